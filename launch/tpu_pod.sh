@@ -54,7 +54,7 @@ run() { if [[ $dry_run == 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi; }
 if [[ $dry_run == 1 ]] || ! "${gc[@]}" describe "$name" "${common[@]}" >/dev/null 2>&1; then
   run "${gc[@]}" create "$name" "${common[@]}" --accelerator-type="$type" --version="$version"
 fi
-archive=$(mktemp /tmp/boom_jax.XXXXXX.tar.gz)
+if [[ $dry_run == 1 ]]; then archive=/tmp/boom_jax.tar.gz; else archive=$(mktemp /tmp/boom_jax.XXXXXX.tar.gz); fi
 run tar -czf "$archive" -C "$repo" --exclude=.git --exclude=.venv --exclude=runs .
 run "${gc[@]}" scp "$archive" "$name":boom_jax.tar.gz --worker=all "${common[@]}"
 setup='mkdir -p boom_jax && tar -xzf boom_jax.tar.gz -C boom_jax && cd boom_jax &&
