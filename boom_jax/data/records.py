@@ -34,6 +34,7 @@ class TrainDataset:
     examples: list[Example]
     in_batch_negatives: bool = True
     instruction: str = ""
+    hard_negatives: int | None = None  # negatives per group for this dataset; None = the batcher's default
 
     def __len__(self) -> int:
         return len(self.examples)
