@@ -1,0 +1,174 @@
+"""BERT-family encoder in Flax (all-MiniLM, BGE/E5/GTE-style BERT checkpoints).
+
+Absolute positions, token types, post-LayerNorm blocks, GELU. Params are float32; `cfg.dtype` is
+the compute dtype (softmax, LayerNorm statistics and pooling stay float32). Submodule names mirror
+the Hugging Face names so the weight map in boom_jax/hf/bert_weights.py stays one rule per tensor.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from boom_jax.models.config import ModelConfig
+from boom_jax.models.pooling import pool
+
+ACTIVATIONS = {
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu_new": functools.partial(nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
+
+
+def activation(name: str):
+    """The activation function called `name` in an HF config (hidden_act)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"hidden_act={name!r} is not supported: expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
+    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def _dense(cfg: ModelConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(features, dtype=compute_dtype(cfg), param_dtype=jnp.float32, name=name)
+
+
+def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=compute_dtype(cfg), param_dtype=jnp.float32, name=name)
+
+
+class BertEmbeddings(nn.Module):
+    """Word + absolute position + token type embeddings, LayerNorm, dropout."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        embed = functools.partial(nn.Embed, features=cfg.hidden_size, dtype=compute_dtype(cfg), param_dtype=jnp.float32)
+        positions = jnp.arange(input_ids.shape[1])[None, :]
+        x = (
+            embed(cfg.vocab_size, name="word_embeddings")(input_ids)
+            + embed(cfg.max_position_embeddings, name="position_embeddings")(positions)
+            + embed(cfg.type_vocab_size, name="token_type_embeddings")(token_type_ids)
+        )
+        x = _layer_norm(cfg, "LayerNorm")(x)
+        return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head attention scores and context (HF "attention.self")."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.cfg
+        heads = cfg.num_attention_heads
+        head_dim = cfg.hidden_size // heads
+        b, t, _ = x.shape
+
+        def split(y):
+            return y.reshape(b, t, heads, head_dim)
+
+        q = split(_dense(cfg, cfg.hidden_size, "query")(x))
+        k = split(_dense(cfg, cfg.hidden_size, "key")(x))
+        v = split(_dense(cfg, cfg.hidden_size, "value")(x))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(float(head_dim))
+        probs = jax.nn.softmax(scores + mask_bias, axis=-1)
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        return context.reshape(b, t, cfg.hidden_size)
+
+
+class BertResidualOutput(nn.Module):
+    """Dense, dropout, residual add, LayerNorm (HF "attention.output" and "output")."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, residual: jax.Array, deterministic: bool) -> jax.Array:
+        y = _dense(self.cfg, self.cfg.hidden_size, "dense")(x)
+        y = nn.Dropout(self.cfg.dropout)(y, deterministic=deterministic)
+        return _layer_norm(self.cfg, "LayerNorm")(y + residual)
+
+
+class BertAttention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+        context = BertSelfAttention(self.cfg, name="self")(x, mask_bias, deterministic)
+        return BertResidualOutput(self.cfg, name="output")(context, x, deterministic)
+
+
+class BertIntermediate(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return activation(self.cfg.hidden_act)(_dense(self.cfg, self.cfg.intermediate_size, "dense")(x))
+
+
+class BertLayer(nn.Module):
+    """One post-LN transformer block."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+        x = BertAttention(self.cfg, name="attention")(x, mask_bias, deterministic)
+        h = BertIntermediate(self.cfg, name="intermediate")(x)
+        return BertResidualOutput(self.cfg, name="output")(h, x, deterministic)
+
+
+class BertStack(nn.Module):
+    """The layers, each optionally rematerialized (cfg.remat) to save activation memory."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+        layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.cfg.remat else BertLayer
+        for i in range(self.cfg.num_hidden_layers):
+            x = layer_cls(self.cfg, name=f"layer_{i}")(x, mask_bias, deterministic)
+        return x
+
+
+class BertEncoder(nn.Module):
+    """input_ids, attention_mask [B, T] -> pooled float32 embeddings [B, D] (token states on request).
+
+    The HF pooler (dense + tanh on [CLS]) is not used for embeddings; its params are created at init
+    (when cfg.has_pooler) so that exported checkpoints load into transformers' BertModel complete.
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        deterministic: bool = True,
+        token_type_ids: jax.Array | None = None,
+        return_token_states: bool = False,
+    ) -> jax.Array:
+        cfg = self.cfg
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
+        mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        x = BertStack(cfg, name="encoder")(x, mask_bias, deterministic)
+        if cfg.has_pooler and self.is_initializing():
+            nn.tanh(_dense(cfg, cfg.hidden_size, "pooler")(x[:, 0]))
+        if return_token_states:
+            return x.astype(jnp.float32)
+        return pool(x, attention_mask, cfg.pooling, cfg.normalize)

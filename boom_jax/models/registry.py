@@ -1,0 +1,148 @@
+"""Architecture registry: arch name -> how to build the module and how to map its HF weights.
+
+Each ArchSpec field that holds code may be a callable or a "module:attribute" string that is
+imported on first use, so the registry stays cheap to import and free of import cycles (the weight
+maps live in boom_jax/hf/ and import only numpy and models/config.py).
+
+To add an architecture, add one ARCHS entry, e.g.
+    "qwen3": ArchSpec(name="qwen3", model_types=("qwen3",), module="boom_jax.models.qwen3:Qwen3Encoder",
+                      weights="boom_jax.hf.qwen3_weights", hf_prefixes=("model.",),
+                      hf_architectures=("Qwen3Model",)),
+where `weights` names a module with config_from_hf, hf_to_flax, flax_to_hf (and optionally
+config_from_tensors, ignored_hf_tensors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+
+from boom_jax.models.config import ModelConfig
+
+Params = dict[str, Any]
+
+
+class UnsupportedArchitectureError(ValueError):
+    """An arch name or HF model_type that no registry entry handles."""
+
+
+def _resolve(ref: Any) -> Any:
+    if not isinstance(ref, str):
+        return ref
+    module_name, _, attr = ref.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """How one architecture is built and how its weights map to and from Hugging Face names.
+
+    module: callable cfg -> flax.linen.Module (a class or a "module:Class" string).
+    weights: a module (or its dotted name) providing
+      config_from_hf(hf_dict) -> dict of ModelConfig fields,
+      hf_to_flax(tensors: dict[name, np.ndarray], cfg) -> params (names already stripped of prefixes;
+        raises WeightMapError naming missing / unexpected / misshapen tensors),
+      flax_to_hf(params, cfg) -> dict[name, np.ndarray],
+      optionally config_from_tensors(cfg, names) -> cfg (e.g. "is there a pooler?") and
+      ignored_hf_tensors(name) -> bool (buffers such as position_ids that carry no weights).
+    hf_prefixes: prefixes that checkpoints may put before the bare names ("bert.", "model.").
+    hf_architectures: the config.json "architectures" written on export.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    module: Any
+    weights: Any
+    hf_prefixes: tuple[str, ...] = ()
+    hf_architectures: tuple[str, ...] = ()
+
+    def build_module(self, cfg: ModelConfig):
+        return _resolve(self.module)(cfg)
+
+    def _weights(self) -> Any:
+        return _resolve(self.weights)
+
+    def config_from_hf(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
+        return self._weights().config_from_hf(hf_config)
+
+    def config_from_tensors(self, cfg: ModelConfig, names: Iterable[str]) -> ModelConfig:
+        fn = getattr(self._weights(), "config_from_tensors", None)
+        return fn(cfg, set(names)) if fn else cfg
+
+    def is_ignored_hf_tensor(self, name: str) -> bool:
+        fn = getattr(self._weights(), "ignored_hf_tensors", None)
+        return bool(fn(name)) if fn else False
+
+    def hf_to_flax(self, tensors: Mapping[str, np.ndarray], cfg: ModelConfig) -> Params:
+        return self._weights().hf_to_flax(tensors, cfg)
+
+    def flax_to_hf(self, params: Params, cfg: ModelConfig) -> dict[str, np.ndarray]:
+        return self._weights().flax_to_hf(params, cfg)
+
+    def strip_prefix(self, name: str, expected: set[str] | None = None) -> str:
+        """`name` without a known checkpoint prefix (only when the bare name is expected, if given)."""
+        for prefix in self.hf_prefixes:
+            if name.startswith(prefix):
+                bare = name[len(prefix):]
+                if expected is None or bare in expected:
+                    return bare
+        return name
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "bert": ArchSpec(
+        name="bert",
+        model_types=("bert",),
+        module="boom_jax.models.bert:BertEncoder",
+        weights="boom_jax.hf.bert_weights",
+        hf_prefixes=("bert.", "model.", "0.auto_model."),
+        hf_architectures=("BertModel",),
+    ),
+}
+
+
+def get_arch(name: str) -> ArchSpec:
+    """The spec registered under `name`; a clear error listing the known ones otherwise."""
+    if name not in ARCHS:
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture {name!r}: known architectures are {sorted(ARCHS)}"
+        )
+    return ARCHS[name]
+
+
+def arch_for_model_type(model_type: str | None, source: str = "config.json") -> ArchSpec:
+    """The spec handling an HF `model_type`; the error names the file and the supported types."""
+    for spec in ARCHS.values():
+        if model_type in spec.model_types:
+            return spec
+    supported = sorted(t for s in ARCHS.values() for t in s.model_types)
+    raise UnsupportedArchitectureError(
+        f"{source}: unsupported model_type {model_type!r}; supported model types: {supported}"
+    )
+
+
+def build_model(cfg: ModelConfig):
+    """The flax.linen.Module for `cfg`; apply returns pooled float32 embeddings [B, D]."""
+    return get_arch(cfg.arch).build_module(cfg)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> Params:
+    """Random params for `cfg` (tests, tiny configs): a plain nested dict of float32 arrays."""
+    import jax.numpy as jnp
+
+    module = build_model(cfg)
+    ids = jnp.ones((1, seq_len), jnp.int32)
+    variables = jax.jit(lambda r: module.init(r, ids, jnp.ones_like(ids), deterministic=True))(rng)
+    return to_plain_dict(variables["params"])
+
+
+def to_plain_dict(tree: Any) -> Params:
+    """Nested mappings (FrozenDict or dict) as plain nested dicts, leaves untouched."""
+    if isinstance(tree, Mapping):
+        return {str(k): to_plain_dict(v) for k, v in tree.items()}
+    return tree
