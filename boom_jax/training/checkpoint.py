@@ -1,0 +1,169 @@
+"""Orbax checkpoints of the training state under WORKDIR/checkpoints.
+
+Each checkpoint step holds four items: `params` (the model tree), `train_state` (optimizer state,
+step, rng, skip counters: the rest of the state dict), `data` (the batcher's JSON state, so a
+resumed run sees exactly the remaining batches) and `config` (the run's config as JSON).
+Saves are asynchronous by default; Orbax writes each step into a temporary folder and renames it
+when complete, so a run killed mid-save leaves the previous checkpoints intact (the temporary
+folder is ignored and cleaned up on the next start). `latest_params` restores params only, and
+every restore accepts target shardings, so a run can resume on a different mesh.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+ITEMS = ("params", "train_state", "data", "config")
+
+
+def _handlers() -> dict:
+    return {"params": ocp.StandardCheckpointHandler(), "train_state": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+
+
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(directory, item_handlers=_handlers(),
+                                 options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree: Any) -> Any:
+    """Typed PRNG keys are stored as their raw uint32 data."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _data_to_keys(restored: Any, like: Any) -> Any:
+    return jax.tree.map(lambda r, t: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_key(t) else r,
+                        restored, like)
+
+
+def _with_shapes(tree: Any) -> Any:
+    """An abstract target from a concrete (possibly sharded) state, keys replaced by key data."""
+    def one(x):
+        if _is_key(x):
+            x = jax.random.key_data(x)
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+    return jax.tree.map(one, tree)
+
+
+class TrainCheckpointer:
+    """Saves and restores the training state of one run (one workdir)."""
+
+    def __init__(self, workdir: str, every_steps: int = 500, keep: int = 3, async_save: bool = True):
+        self.directory = checkpoint_dir(workdir)
+        self.every_steps = every_steps
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, item_handlers=_handlers(), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        return step > 0 and step % self.every_steps == 0
+
+    def save(self, step: int, state: dict, data_state: dict, config: dict) -> None:
+        """Start saving `state` (a dict with "params" and the rest) at `step`; returns once the
+        arrays are copied off the devices, the write continues in the background."""
+        params = state["params"]
+        rest = _keys_to_data({k: v for k, v in state.items() if k != "params"})
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                train_state=ocp.args.StandardSave(rest),
+                data=ocp.args.JsonSave(data_state),
+                config=ocp.args.JsonSave(config),
+            ),
+            force=True,
+        )
+
+    def restore(self, target_state: dict, step: int | None = None) -> tuple[dict, dict, dict]:
+        """Restore (state, data_state, config) at `step` (default: latest) into the structure,
+        dtypes and shardings of `target_state` (concrete arrays or ShapeDtypeStructs; pass
+        ShapeDtypeStructs with other shardings to restore onto another mesh)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        params_target = _with_shapes(target_state["params"])
+        rest_like = {k: v for k, v in target_state.items() if k != "params"}
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(params_target),
+                train_state=ocp.args.StandardRestore(_with_shapes(rest_like)),
+                data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+            ),
+        )
+        rest = _data_to_keys(restored["train_state"], rest_like)
+        state = {"params": restored["params"], **rest}
+        return state, restored["data"], restored["config"]
+
+    def wait(self) -> None:
+        """Block until every pending asynchronous save is written and finalized."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def latest_step(workdir: str) -> int | None:
+    """The newest complete checkpoint step of a workdir, or None."""
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return None
+    manager = _read_only_manager(checkpoint_dir(workdir))
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
+def latest_params(workdir: str, target: Any = None, step: int | None = None) -> Any:
+    """Params only, from the newest (or given) checkpoint of `workdir`.
+
+    `target` (arrays or ShapeDtypeStructs, e.g. with another mesh's shardings) fixes dtypes and
+    placement; without it every leaf is restored onto the first local device.
+    """
+    directory = checkpoint_dir(workdir)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{workdir}: no {CHECKPOINT_DIR}/ folder (not a training workdir?)")
+    manager = _read_only_manager(directory)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no complete checkpoint")
+        if target is None:
+            meta = manager.item_metadata(step)["params"]
+            device = jax.local_devices()[0]
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
+                meta, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+        else:
+            target = _with_shapes(target)
+        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        return restored["params"]
+    finally:
+        manager.close()
