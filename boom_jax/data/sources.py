@@ -28,6 +28,7 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 HF_FILE_SUFFIXES = (".parquet", ".json", ".json.gz", ".arrow")
 NO_IN_BATCH_NEGATIVES_TYPES = ("classification", "clustering")
 SOURCE_FORMATS = ("auto", "jsonl", "hf")
+HUB_PREFIX = "hf:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +36,15 @@ class DatasetSpec:
     """The settings of one training dataset, as given in the config.
 
     path: a JSONL file, folder or glob (.jsonl / .jsonl.gz), or a Hugging Face dataset: a local folder
-      written by `save_to_disk`, a local folder of JSON/parquet files, or a hub name.
+      written by `save_to_disk`, a local folder of JSON/parquet files, or a hub dataset written
+      "hf:owner/repo" or "hf:owner/repo/folder-or-file" (needs network).
     name: the dataset name; default the file name (a folder or glob without a name gives one dataset
       per file).
     task_type: default the records' "type" field, else "retrieval".
     in_batch_negatives: default off for classification and clustering, on otherwise.
     hard_negatives: negatives per group (group size = 1 + hard_negatives); None = the batcher's default.
     instruction: the query instruction, prepended to every query whose record has no "prompt".
-    limit: keep at most this many examples (the first ones).
+    limit: keep at most this many examples (the first ones); None or 0 = all.
     """
 
     path: str
@@ -80,8 +82,8 @@ class DatasetSpec:
             raise ValueError(f"{where}.format: expected one of {SOURCE_FORMATS}, got {self.format!r}")
         if self.hard_negatives is not None and (not isinstance(self.hard_negatives, int) or self.hard_negatives < 0):
             raise ValueError(f"{where}.hard_negatives: expected an int >= 0, got {self.hard_negatives!r}")
-        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
-            raise ValueError(f"{where}.limit: expected an int >= 1, got {self.limit!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 0):
+            raise ValueError(f"{where}.limit: expected an int >= 0 (0 = all), got {self.limit!r}")
 
 
 def parse_dataset_specs(config: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]]) -> list[DatasetSpec]:
@@ -159,7 +161,7 @@ class _RecordReader:
 
     @property
     def full(self) -> bool:
-        return self.spec.limit is not None and len(self.examples) >= self.spec.limit
+        return bool(self.spec.limit) and len(self.examples) >= self.spec.limit
 
     def add(self, location: str, decode) -> None:
         try:
@@ -239,6 +241,8 @@ def open_hf_dataset(source: str, split: str = "train"):
     """A `datasets.Dataset`: a save_to_disk folder, a local JSON/parquet folder or file, or a hub name."""
     import datasets
 
+    if source.startswith(HUB_PREFIX):
+        return _open_hub_dataset(source, split)
     if os.path.isdir(source) and _looks_like_saved_dataset(source):
         loaded = datasets.load_from_disk(source)
         if isinstance(loaded, datasets.DatasetDict):
@@ -254,10 +258,24 @@ def open_hf_dataset(source: str, split: str = "train"):
         return datasets.load_dataset(builder, data_files={split: [source]}, split=split)
     if source.endswith(JSONL_SUFFIXES + HF_FILE_SUFFIXES) or source.startswith((".", "/", "~")):
         raise DataError(source, "no such file or folder", "missing file")
+    return _open_hub_dataset(source, split)
+
+
+def _open_hub_dataset(source: str, split: str):
+    """A hub dataset: "hf:owner/repo" (or a bare "owner/repo"), optionally "/folder" or "/file.jsonl" inside."""
+    import datasets
+
+    parts = source[len(HUB_PREFIX):].split("/", 2) if source.startswith(HUB_PREFIX) else source.split("/", 2)
+    repo = "/".join(parts[:2])
+    inner = parts[2] if len(parts) > 2 else ""
+    kwargs = {}
+    if inner:
+        kwargs = {"data_files": {split: inner}} if "." in os.path.basename(inner) else {"data_dir": inner}
     try:
-        return datasets.load_dataset(source, split=split)
-    except Exception as e:  # the hub is unreachable offline; say what was tried
-        raise DataError(source, f"could not load Hugging Face dataset (split {split!r}): {e}", "missing file") from e
+        return datasets.load_dataset(repo, split=split, **kwargs)
+    except Exception as e:  # e.g. no network: say what was tried
+        raise DataError(source, f"could not load Hugging Face dataset {repo!r} {kwargs or ''} (split {split!r}): "
+                        f"{type(e).__name__}: {e}", "missing file") from e
 
 
 def load_hf_dataset(
@@ -278,6 +296,8 @@ def _resolve_format(spec: DatasetSpec) -> str:
     if spec.format != "auto":
         return spec.format
     path = spec.path
+    if path.startswith(HUB_PREFIX):
+        return "hf"
     if _is_glob(path):
         return "jsonl"
     if os.path.isfile(path):
@@ -298,7 +318,7 @@ def load_dataset_spec(spec: DatasetSpec, on_error: str = "raise", report: LoadRe
     spec.check()
     report = report if report is not None else LoadReport()
     if _resolve_format(spec) == "hf":
-        name = spec.name or dataset_name_from_file(spec.path.rstrip("/"))
+        name = spec.name or dataset_name_from_file(spec.path.rstrip("/").split(":")[-1])
         return [load_hf_dataset(spec.path, name, spec, on_error, report)]
     files = find_jsonl_files(spec.path)
     if spec.name is None and len(files) > 1:

@@ -1,0 +1,194 @@
+"""The batcher: a schedule's plan turned into fixed-shape numpy batches, resumable and multi-host aware.
+
+Each batch is a dict
+  query_ids, query_mask      int32 [b, Tq]       (queries with their instruction prepended)
+  passage_ids, passage_mask  int32 [b * G, Tp]   (group layout: for each query pos, neg1 .. neg{G-1})
+  dataset_id                 int                 (position of the batch's dataset in `datasets`; -1 mixed;
+                                                  also under the alias "dataset_index")
+  in_batch_negatives         bool                (False when any dataset of the batch turns them off)
+where b = batch_size / process_count (this host's contiguous slice of the global batch) and Tq, Tp are
+length buckets chosen from the whole global batch, so every host yields the same shapes.
+
+Texts are tokenized lazily, one global batch at a time, with batched calls of the (fast) tokenizers.
+Which positive and which negatives a group gets is drawn per batch from (seed, epoch, position), so a
+restored batcher yields exactly the same remaining batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from boom_jax.data.records import Example, TrainDataset
+from boom_jax.data.sampling import dataset_rng
+from boom_jax.data.schedules import PlannedBatch, make_plan
+
+Tokenize = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+STATE_KEYS = ("epoch", "position", "seed", "schedule", "batch_size")
+
+
+def query_text(example: Example) -> str:
+    """The text the model sees for a query: its instruction (if any) followed by the query."""
+    return example.prompt + example.query if example.prompt else example.query
+
+
+def choose_passages(dataset: TrainDataset, position: int, num_negatives: int, rng: np.random.Generator) -> list[str]:
+    """The group of example `position`: one positive (drawn among its positives), then `num_negatives`.
+
+    Enough negatives: drawn without replacement. Fewer: all of them, shuffled and cycled. None: the
+    first positives of other examples of the same dataset, drawn at random (random negatives).
+    """
+    example = dataset.examples[position]
+    pos = example.pos[int(rng.integers(len(example.pos)))] if len(example.pos) > 1 else example.pos[0]
+    if num_negatives == 0:
+        return [pos]
+    neg = example.neg
+    if len(neg) >= num_negatives:
+        picked = [neg[i] for i in rng.choice(len(neg), size=num_negatives, replace=False)]
+    elif neg:
+        order = rng.permutation(len(neg))
+        picked = [neg[order[i % len(neg)]] for i in range(num_negatives)]
+    else:
+        if len(dataset) < 2:
+            raise ValueError(f"dataset {dataset.name!r}: example {example.index} has no negatives and the dataset "
+                             f"has no other example to draw random negatives from")
+        others = rng.integers(len(dataset) - 1, size=num_negatives)
+        others = others + (others >= position)  # skip the example itself
+        picked = [dataset.examples[int(j)].pos[0] for j in others]
+    return [pos, *picked]
+
+
+class Batcher:
+    """Iterates fixed-shape batches of a schedule over `num_epochs` epochs (None = forever).
+
+    `query_tokenizer` / `passage_tokenizer`: callables texts -> (ids, mask) padded to length buckets
+    (e.g. `boom_jax.tokenization.TextTokenizer` with query_max_len / passage_max_len).
+    `group_size`: 1 positive + (group_size - 1) negatives, unless a dataset sets `hard_negatives`.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[TrainDataset],
+        query_tokenizer: Tokenize,
+        passage_tokenizer: Tokenize,
+        batch_size: int,
+        group_size: int = 8,
+        schedule: str = "bls",
+        schedule_options: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        num_epochs: int | None = 1,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"group_size must be an int >= 1 (1 positive + negatives), got {group_size!r}")
+        if not isinstance(process_count, int) or process_count < 1 or not 0 <= process_index < process_count:
+            raise ValueError(f"process_index must be in [0, process_count), got {process_index} of {process_count}")
+        if batch_size % process_count:
+            raise ValueError(f"global batch_size {batch_size} must be divisible by process_count {process_count}")
+        self.datasets = list(datasets)
+        self._by_name = {d.name: d for d in self.datasets}
+        self._ids = {d.name: i for i, d in enumerate(self.datasets)}
+        self.query_tokenizer = query_tokenizer
+        self.passage_tokenizer = passage_tokenizer
+        self.batch_size = batch_size
+        self.group_size = group_size
+        self.schedule = schedule
+        self.schedule_options = dict(schedule_options or {})
+        self.seed = int(seed)
+        self.num_epochs = num_epochs
+        self.process_index = process_index
+        self.process_count = process_count
+        self.epoch = 0
+        self.position = 0
+        self._plan_epoch: int | None = None
+        self._plan: list[PlannedBatch] = []
+        if self.steps_per_epoch == 0:
+            sizes = {d.name: len(d) for d in self.datasets}
+            raise ValueError(f"schedule {schedule!r} makes no full batch of {batch_size} from datasets {sizes}")
+
+    # ---- plan and state -------------------------------------------------------------------------
+    def plan(self, epoch: int) -> list[PlannedBatch]:
+        """The (cached) plan of one epoch."""
+        if self._plan_epoch != epoch:
+            self._plan = make_plan(self.schedule, self.datasets, self.batch_size, self.seed, epoch,
+                                   **self.schedule_options)
+            self._plan_epoch = epoch
+        return self._plan
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.plan(self.epoch))
+
+    @property
+    def total_steps(self) -> int | None:
+        return None if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
+
+    def state(self) -> dict:
+        """JSON-able position: the next batch to yield is batch `position` of epoch `epoch`."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "schedule": self.schedule,
+                "batch_size": self.batch_size}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continues from a `state()`; the seed, schedule and batch size must match this batcher's."""
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"batcher state misses key(s) {missing}")
+        for key in ("seed", "schedule", "batch_size"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"batcher state has {key}={state[key]!r} but this batcher has {getattr(self, key)!r}; "
+                                 f"resume with the same data settings")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position <= len(self.plan(epoch)):
+            raise ValueError(f"batcher state position {position} of epoch {epoch} is outside the plan")
+        self.epoch, self.position = epoch, position
+
+    # ---- iteration ------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        if self.position >= len(self.plan(self.epoch)):
+            self.epoch += 1
+            self.position = 0
+        if self.num_epochs is not None and self.epoch >= self.num_epochs:
+            raise StopIteration
+        batch = self.build(self.plan(self.epoch)[self.position], self.epoch, self.position)
+        self.position += 1
+        return batch
+
+    def _group_size_of(self, dataset: TrainDataset) -> int:
+        return self.group_size if dataset.hard_negatives is None else 1 + dataset.hard_negatives
+
+    def build(self, planned: PlannedBatch, epoch: int, position: int) -> dict:
+        """The batch (this host's slice) of one planned global batch."""
+        rng = dataset_rng(self.seed, "passages", epoch, position)
+        names = [name for name, _ in planned.items]
+        group_sizes = {self._group_size_of(self._by_name[n]) for n in set(names)}
+        if len(group_sizes) > 1:
+            raise ValueError(f"a batch mixes datasets with different group sizes {sorted(group_sizes)}; give the "
+                             f"mixed datasets the same hard_negatives")
+        group = group_sizes.pop()
+        queries, passages = [], []
+        for name, i in planned.items:
+            dataset = self._by_name[name]
+            queries.append(query_text(dataset.examples[i]))
+            passages.extend(choose_passages(dataset, i, group - 1, rng))
+        query_ids, query_mask = self.query_tokenizer(queries)
+        passage_ids, passage_mask = self.passage_tokenizer(passages)
+        b = self.batch_size // self.process_count
+        q = slice(self.process_index * b, (self.process_index + 1) * b)
+        p = slice(self.process_index * b * group, (self.process_index + 1) * b * group)
+        dataset = planned.dataset
+        dataset_id = self._ids[dataset] if dataset is not None else -1
+        return {
+            "query_ids": np.ascontiguousarray(query_ids[q], dtype=np.int32),
+            "query_mask": np.ascontiguousarray(query_mask[q], dtype=np.int32),
+            "passage_ids": np.ascontiguousarray(passage_ids[p], dtype=np.int32),
+            "passage_mask": np.ascontiguousarray(passage_mask[p], dtype=np.int32),
+            "dataset_id": dataset_id,
+            "dataset_index": dataset_id,  # alias of dataset_id
+            "in_batch_negatives": all(self._by_name[n].in_batch_negatives for n in set(names)),
+        }
