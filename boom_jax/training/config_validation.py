@@ -238,3 +238,19 @@ def validate_config(
     check_values(config, DEFAULT_SCHEDULES if schedules is None else schedules)
     if device_count is not None:
         check_combinations(config, device_count, arch)
+
+
+def check_override_keys(argv: Iterable[str], flag_name: str = "config") -> None:
+    """Command-line overrides (`--config.train.batch_size=8`) must name known keys.
+
+    absl reports an unknown override as a bare AttributeError; this names the key and close matches.
+    """
+    free_form = tuple(f"{p}." for p, t in SCHEMA.items() if t == _DICT)
+    prefix = f"--{flag_name}."
+    for arg in argv:
+        if not arg.startswith(prefix):
+            continue
+        path = arg[len(prefix):].split("=", 1)[0]
+        if path in SCHEMA or path.startswith(free_form) or path.split(".")[0] in EXTENSION_SECTIONS:
+            continue
+        _fail(f"config.{path} is not a known key" + _close_matches(path, SCHEMA))
