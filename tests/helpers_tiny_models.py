@@ -6,6 +6,7 @@ head_dim 32 != 64 / 4) with a byte-level BPE tokenizer trained on a few built-in
 `make_tiny_bert_folder(dir)`: a random BertModel (2 layers, hidden 32) sharing all-MiniLM-L6-v2's
 tokenizer (so vocab_size is 30522).
 Both return the folder path (str) holding config.json, model.safetensors and the tokenizer files.
+Norm weights (and biases) are randomized too, so that a swapped or dropped norm tensor shows.
 """
 
 from __future__ import annotations
@@ -66,6 +67,19 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _randomize_norm_weights(model) -> None:
+    """Norm weights start at 1 (and biases at 0); random values make weight-map mix-ups visible."""
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if "norm" in name.lower() and tensor.ndim == 1:
+                if name.endswith("bias"):
+                    tensor.uniform_(-0.1, 0.1)
+                else:
+                    tensor.uniform_(0.5, 1.5)
+
+
 def make_tiny_qwen3_tokenizer(out_dir: str | os.PathLike, eos_in_post_processor: bool = False):
     """Trains a byte-level BPE tokenizer (vocab 1000) on built-in text and saves it into `out_dir`.
 
@@ -117,6 +131,7 @@ def make_tiny_qwen3_folder(
     kwargs.setdefault("bos_token_id", tokenizer.eos_token_id)
     _seed_everything(seed)
     model = Qwen3Model(Qwen3Config(**kwargs)).eval()
+    _randomize_norm_weights(model)
     model.save_pretrained(str(out))
     return str(out)
 
@@ -135,5 +150,6 @@ def make_tiny_bert_folder(out_dir: str | os.PathLike, seed: int = 0, **config_ov
     kwargs.update(config_overrides)
     _seed_everything(seed)
     model = BertModel(BertConfig(**kwargs)).eval()  # with pooler, like all-MiniLM-L6-v2
+    _randomize_norm_weights(model)
     model.save_pretrained(str(out))
     return str(out)
