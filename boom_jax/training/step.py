@@ -1,0 +1,231 @@
+"""The jitted, sharded train step and the jitted eval embedding.
+
+Train state is a plain dict (a pytree that Orbax saves as is):
+  params               the model params (nested dict of float32 arrays)
+  opt_state            the optax state
+  step                 int32, batches consumed (advances on skipped steps too)
+  rng                  the base PRNG key; step ``s`` uses ``fold_in(rng, s)`` (dropout), so a resumed
+                       run draws the same keys
+  skipped              int32, total updates skipped because the loss or a gradient was not finite
+  consecutive_skipped  int32, skips in a row (reset by a good step; the loop stops after N)
+
+Batches: ``query_ids``/``query_mask`` [B, Tq], ``passage_ids``/``passage_mask`` [B * G, Tp] in group
+layout, ``in_batch_negatives`` (scalar or [B] bool; False = only the query's own group). Other keys
+(``dataset_index`` ...) are ignored. ``B`` is the GLOBAL batch: on a mesh the step is one SPMD program
+over all devices, the loss sees every device's passages (cross-device negatives) and is the mean over
+the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from boom_jax.training.grad_cache import EmbedFn, chunked_value_and_grad, grad_cache_value_and_grad
+from boom_jax.training.loss import info_nce
+from boom_jax.training.sharding import (
+    batch_sharding,
+    param_shardings,
+    path_string,
+    replicated,
+    state_shardings_like,
+)
+
+BATCH_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask", "in_batch_negatives")
+COUNTER_KEYS = ("step", "skipped", "consecutive_skipped")
+
+
+def module_embed_fn(module: Any) -> EmbedFn:
+    """An ``embed_fn(params, ids, mask, rng)`` for a boom_jax model module (rng None = deterministic)."""
+
+    def embed(params, ids, mask, rng):
+        if rng is None:
+            return module.apply({"params": params}, ids, mask, deterministic=True)
+        return module.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": rng})
+
+    return embed
+
+
+def init_train_state(params: Any, optimizer: optax.GradientTransformation, rng: jax.Array) -> dict:
+    """A fresh train state (see the module docstring). ``rng`` is a typed or raw PRNG key."""
+    zero = jnp.zeros((), jnp.int32)
+    return {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": zero,
+        "rng": rng,
+        "skipped": zero,
+        "consecutive_skipped": zero,
+    }
+
+
+def train_state_shardings(
+    params: Any, optimizer: optax.GradientTransformation, rng: jax.Array, mesh: Mesh, rules: Any
+) -> dict:
+    """NamedShardings for every leaf of the train state: params by ``rules``, optimizer moments like
+    their params, counters and the rng replicated. ``params`` may be arrays or ShapeDtypeStructs."""
+    p_shardings = param_shardings(params, mesh, rules)
+    opt_shapes = jax.eval_shape(optimizer.init, params)
+    rep = replicated(mesh)
+    return {
+        "params": p_shardings,
+        "opt_state": state_shardings_like(opt_shapes, params, p_shardings, mesh),
+        "step": rep,
+        "rng": rep,
+        "skipped": rep,
+        "consecutive_skipped": rep,
+    }
+
+
+def prepare_batch(batch: dict) -> dict:
+    """The step's inputs from a batcher batch: the needed keys only, ``in_batch_negatives`` as [B] bool
+    (so every input has the batch on its leading axis). Missing keys are an error naming them."""
+    missing = [k for k in BATCH_KEYS[:4] if k not in batch]
+    if missing:
+        raise KeyError(f"train batch lacks {missing}; it has {sorted(batch)}")
+    b = np.shape(batch["query_ids"])[0]
+    n = np.shape(batch["passage_ids"])[0]
+    if b == 0 or n % b:
+        raise ValueError(f"train batch: passage_ids has {n} rows, not a multiple of the {b} queries")
+    out = {k: batch[k] for k in BATCH_KEYS[:4]}
+    flag = batch.get("in_batch_negatives", True)
+    if isinstance(flag, jax.Array):
+        out["in_batch_negatives"] = jnp.broadcast_to(flag.astype(bool), (b,))
+    else:
+        out["in_batch_negatives"] = np.broadcast_to(np.asarray(flag, dtype=bool), (b,)).copy()
+    return out
+
+
+def _tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def make_train_step(
+    embed_fn: EmbedFn,
+    optimizer: optax.GradientTransformation,
+    temperature: float,
+    schedule: optax.Schedule | None = None,
+    mesh: Mesh | None = None,
+    state_shardings: dict | None = None,
+    grad_cache_chunk: int | None = None,
+    trainable: Callable[[str], bool] | None = None,
+    donate: bool = True,
+) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """``train_step(state, batch) -> (new_state, metrics)``, jitted (state donated).
+
+    - ``embed_fn(params, ids, mask, rng)`` embeds a side of the batch (see :func:`module_embed_fn`).
+    - ``temperature``: InfoNCE scores are cos / temperature (the paper uses 0.02).
+    - ``schedule``: the optimizer's lr schedule, reported as ``metrics["lr"]`` (of the update applied).
+    - ``mesh`` + ``state_shardings`` (from :func:`train_state_shardings`): state and outputs keep those
+      shardings, batches are split over ("data", "fsdp"). Without a mesh: plain single-device jit.
+    - ``grad_cache_chunk``: sequences per forward chunk (global, per side); None = plain backprop.
+      Queries and passages counts must be multiples of it.
+    - ``trainable(path)``: leaves outside it get zero gradients (so XLA skips their weight gradients);
+      pass the same predicate as the optimizer's.
+    Metrics: loss, grad_norm (global norm of the gradients before clipping), lr, skipped (1 if this
+    update was skipped for a non-finite loss or gradient), consecutive_skipped.
+    """
+
+    def loss_and_grads(params, batch, rng):
+        loss_fn = lambda q, p: info_nce(q, p, temperature, batch["in_batch_negatives"])  # noqa: E731
+        args = (params, batch["query_ids"], batch["query_mask"], batch["passage_ids"], batch["passage_mask"], rng)
+        if grad_cache_chunk is None:
+            return chunked_value_and_grad(embed_fn, loss_fn, *args)
+        return grad_cache_value_and_grad(embed_fn, loss_fn, *args, chunk_size=grad_cache_chunk)
+
+    def step(state, batch):
+        params = state["params"]
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        loss, grads = loss_and_grads(params, batch, rng)
+        if trainable is not None:
+            grads = jax.tree_util.tree_map_with_path(
+                lambda p, g: g if trainable(path_string(p)) else jnp.zeros_like(g), grads
+            )
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # Non-finite gradients would poison the Adam moments even if discarded later: zero them first.
+        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+        updates, new_opt_state = optimizer.update(safe_grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        applied = state["step"] - state["skipped"]  # number of updates applied so far (optax count)
+        skipped = (~finite).astype(jnp.int32)
+        new_state = {
+            "params": _tree_select(finite, new_params, params),
+            "opt_state": _tree_select(finite, new_opt_state, state["opt_state"]),
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+            "skipped": state["skipped"] + skipped,
+            "consecutive_skipped": jnp.where(finite, 0, state["consecutive_skipped"] + 1).astype(jnp.int32),
+        }
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": jnp.asarray(schedule(applied) if schedule is not None else jnp.nan, jnp.float32),
+            "skipped": skipped,
+            "consecutive_skipped": new_state["consecutive_skipped"],
+        }
+        return new_state, metrics
+
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        jitted = jax.jit(step, donate_argnums=donate_argnums)
+    else:
+        if state_shardings is None:
+            raise ValueError("make_train_step: a mesh needs state_shardings (see train_state_shardings)")
+        rep = replicated(mesh)
+        jitted = jax.jit(
+            step,
+            in_shardings=(state_shardings, batch_sharding(mesh)),
+            out_shardings=(state_shardings, rep),
+            donate_argnums=donate_argnums,
+        )
+
+    def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+        return jitted(state, prepare_batch(batch))
+
+    train_step.jitted = jitted  # for .lower(...).compile().cost_analysis() in benchmarks
+    return train_step
+
+
+def make_eval_embed(
+    embed_fn: EmbedFn,
+    mesh: Mesh | None = None,
+    params_sharding: Any = None,
+) -> Callable[[Any, Any, Any], jax.Array]:
+    """``embed(params, ids, mask) -> float32 [N, D]``, jitted, deterministic (no dropout).
+
+    On a mesh, ids/mask are split over ("data", "fsdp") (N must be divisible by those shards) and the
+    embeddings come back replicated; ``params_sharding`` (e.g. from ``param_shardings``) keeps params in
+    place, otherwise they are taken as placed."""
+
+    def embed(params, ids, mask):
+        return embed_fn(params, ids, mask, None).astype(jnp.float32)
+
+    if mesh is None:
+        return jax.jit(embed)
+    bs = batch_sharding(mesh)
+    if params_sharding is None:
+        jitted = jax.jit(embed, out_shardings=replicated(mesh))
+    else:
+        jitted = jax.jit(embed, in_shardings=(params_sharding, bs, bs), out_shardings=replicated(mesh))
+
+    def sharded_embed(params, ids, mask):
+        return jitted(params, jax.device_put(ids, bs), jax.device_put(mask, bs))
+
+    return sharded_embed
+
+
+__all__ = [
+    "BATCH_KEYS",
+    "init_train_state",
+    "make_eval_embed",
+    "make_train_step",
+    "module_embed_fn",
+    "prepare_batch",
+    "train_state_shardings",
+]
