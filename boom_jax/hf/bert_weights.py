@@ -153,3 +153,29 @@ def flax_to_hf(params: Params, cfg: ModelConfig) -> dict[str, np.ndarray]:
         out["pooler.dense.weight"] = np.zeros((d, d), np.float32)
         out["pooler.dense.bias"] = np.zeros((d,), np.float32)
     return out
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """config.json for transformers' BertModel: the original one (if any) with the sizes of `cfg`."""
+    hf = dict(cfg.hf_config)
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+        hf.pop(key, None)
+    hf.update(
+        architectures=["BertModel"],
+        model_type="bert",
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=cfg.layer_norm_eps,
+        hidden_act=cfg.hidden_act,
+        position_embedding_type="absolute",
+        torch_dtype="float32",
+    )
+    hf.setdefault("pad_token_id", 0)
+    hf.setdefault("hidden_dropout_prob", cfg.dropout)
+    hf.setdefault("attention_probs_dropout_prob", cfg.attention_dropout)
+    return hf

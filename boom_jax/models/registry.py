@@ -48,8 +48,9 @@ class ArchSpec:
       hf_to_flax(tensors: dict[name, np.ndarray], cfg) -> params (names already stripped of prefixes;
         raises WeightMapError naming missing / unexpected / misshapen tensors),
       flax_to_hf(params, cfg) -> dict[name, np.ndarray],
-      optionally config_from_tensors(cfg, names) -> cfg (e.g. "is there a pooler?") and
-      ignored_hf_tensors(name) -> bool (buffers such as position_ids that carry no weights).
+      optionally config_from_tensors(cfg, names) -> cfg (e.g. "is there a pooler?"),
+      ignored_hf_tensors(name) -> bool (buffers such as position_ids that carry no weights) and
+      config_to_hf(cfg) -> config.json dict for export (default: cfg.hf_config as read).
     hf_prefixes: prefixes that checkpoints may put before the bare names ("bert.", "model.").
     hf_architectures: the config.json "architectures" written on export.
     """
@@ -83,6 +84,11 @@ class ArchSpec:
 
     def flax_to_hf(self, params: Params, cfg: ModelConfig) -> dict[str, np.ndarray]:
         return self._weights().flax_to_hf(params, cfg)
+
+    def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        """config.json for export: the weights module's config_to_hf, else the original config."""
+        fn = getattr(self._weights(), "config_to_hf", None)
+        return fn(cfg) if fn else dict(cfg.hf_config)
 
     def strip_prefix(self, name: str, expected: set[str] | None = None) -> str:
         """`name` without a known checkpoint prefix (only when the bare name is expected, if given)."""

@@ -1,0 +1,110 @@
+"""Encoder: texts -> float32 numpy embeddings with a Flax model, its params and its tokenizer.
+
+Texts are tokenized once, sorted by length, cut into batches, and each batch is padded to a
+(batch size, length) bucket, so jit compiles a handful of shapes once and reuses them. Results come
+back in input order.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from boom_jax.models.config import ModelConfig
+from boom_jax.models.registry import build_model
+from boom_jax.tokenization import TextTokenizer, bucket_for
+
+Params = dict[str, Any]
+
+
+def batch_buckets(batch_size: int) -> tuple[int, ...]:
+    """Row-count buckets: powers of two below batch_size, then batch_size (small inputs stay cheap)."""
+    sizes, b = [], 1
+    while b < batch_size:
+        sizes.append(b)
+        b *= 2
+    return tuple(sizes) + (batch_size,)
+
+
+class Encoder:
+    """A ready-to-use text encoder (see `encode`)."""
+
+    def __init__(self, cfg: ModelConfig, params: Params, tokenizer, buckets: Sequence[int] | None = None):
+        self.cfg = cfg
+        self.params = jax.tree_util.tree_map(jnp.asarray, params)
+        self.tokenizer = tokenizer
+        self.text_tokenizer = TextTokenizer(
+            tokenizer, cfg.max_seq_length, cfg.padding_side, cfg.append_eos, buckets=buckets
+        )
+        module = build_model(cfg)
+
+        def apply(params, input_ids, attention_mask):
+            return module.apply({"params": params}, input_ids, attention_mask, deterministic=True)
+
+        self._apply = jax.jit(apply)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "Encoder":
+        """An Encoder from an HF / sentence-transformers folder (`overrides` replace config fields)."""
+        from boom_jax.hf.loader import load_hf_model
+        from boom_jax.tokenization import load_tokenizer
+
+        cfg, params = load_hf_model(path, **overrides)
+        return cls(cfg, params, load_tokenizer(path))
+
+    def resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str:
+        """The text to put before each input: `prompt`, or cfg.prompts[prompt_name]."""
+        if prompt is not None and prompt_name is not None:
+            raise ValueError("give either prompt or prompt_name, not both")
+        if prompt_name is not None:
+            if prompt_name not in self.cfg.prompts:
+                raise KeyError(f"prompt_name={prompt_name!r} is not among the model's prompts {sorted(self.cfg.prompts)}")
+            return self.cfg.prompts[prompt_name]
+        return prompt or ""
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray:
+        """float32 [N, D] embeddings in input order (L2-normalized when cfg.normalize)."""
+        if isinstance(texts, str):
+            raise TypeError("encode expects a list of texts, not one string")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be positive")
+        prefix = self.resolve_prompt(prompt, prompt_name)
+        texts = [prefix + t for t in texts] if prefix else list(texts)
+        out = np.zeros((len(texts), self.cfg.embedding_dim), np.float32)
+        if not texts:
+            return out
+        ids = self.text_tokenizer.token_ids(texts)
+        order = np.argsort([-len(r) for r in ids], kind="stable")
+        row_buckets = batch_buckets(batch_size)
+        starts = range(0, len(order), batch_size)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="batch")
+        pending = []
+        for start in starts:
+            idx = order[start:start + batch_size]
+            rows = [ids[i] for i in idx]
+            input_ids, mask = self.text_tokenizer.pad(rows)
+            n = bucket_for(len(rows), row_buckets)
+            if n > len(rows):
+                input_ids = np.concatenate([input_ids, np.full((n - len(rows), input_ids.shape[1]), self.text_tokenizer.pad_id, np.int32)])
+                mask = np.concatenate([mask, np.zeros((n - len(rows), mask.shape[1]), np.int32)])
+            pending.append((idx, self._apply(self.params, input_ids, mask)))
+            if len(pending) > 2:  # keep a couple of batches in flight, bound memory
+                i, emb = pending.pop(0)
+                out[i] = np.asarray(emb)[: len(i)]
+        for i, emb in pending:
+            out[i] = np.asarray(emb)[: len(i)]
+        return out
