@@ -1,0 +1,100 @@
+"""Merge trained embedding models into one.
+
+Usage:
+  python -m boom_jax.merge --method=multislerp --out=DIR [--weights=0.5,0.5] [--base=PATH]
+      [--streaming] [--overwrite] [--param=density=0.5 ...] INPUT...
+
+INPUT is a model folder, a train workdir (its WORKDIR/model), a bag workdir (every DIR/members/*/) or a
+Hugging Face / sentence-transformers folder. DIR receives a model folder (model_config.json, params/,
+tokenizer/) and DIR/export, the sentence-transformers folder. Run with --help for the methods.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+
+from absl import app, flags
+
+from boom_jax.merging.methods import MERGE_METHODS
+
+_METHOD_HELP = "Merge method. One of:\n" + "\n".join(
+    f"  {m.name}: {m.description}"
+    + (f" [params: {', '.join(m.params)}]" if m.params else "")
+    + (" (needs --base)" if m.needs_base else "")
+    for m in MERGE_METHODS.values()
+)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("method", "multislerp", list(MERGE_METHODS), _METHOD_HELP)
+flags.DEFINE_string("out", None, "Output folder (a model folder plus export/). Refused when not empty, unless --overwrite.")
+flags.DEFINE_list("weights", None, "One weight per input model, comma separated (default: uniform).")
+flags.DEFINE_string("base", None, "Base model (task-vector space; required by task_arithmetic, ties, dare_*, model_stock).")
+flags.DEFINE_bool("streaming", False, "Merge leaf by leaf from disk (memory ~ output + (K+1) x largest tensor).")
+flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
+flags.DEFINE_bool("export", True, "Also write the sentence-transformers folder to OUT/export.")
+flags.DEFINE_multi_string("param", [], "Method parameter NAME=VALUE (e.g. density=0.5, lambda_=0.8, t=0.3, seed=1).")
+flags.DEFINE_multi_string("include", None, "Merge only parameters whose path fullmatches one of these regexes.")
+flags.DEFINE_multi_string("exclude", None, "Do not merge parameters matching these regexes (copied from --base or the first input).")
+flags.DEFINE_integer("group_mb", 0, "Streaming: MB of tensors read per input at once (0 = the largest tensor).")
+
+
+def parse_params(items: list[str]) -> dict[str, object]:
+    """{'density': 0.5} from ['density=0.5']; values are Python literals, else strings."""
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            raise app.UsageError(f"--param={item!r}: expected NAME=VALUE")
+        name, value = item.split("=", 1)
+        try:
+            out[name.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[name.strip()] = value
+    return out
+
+
+def parse_weights(items: list[str] | None) -> list[float] | None:
+    if items is None:
+        return None
+    try:
+        return [float(w) for w in items]
+    except ValueError:
+        raise app.UsageError(f"--weights={','.join(items)}: expected comma-separated numbers") from None
+
+
+def main(argv: list[str]) -> None:
+    inputs = argv[1:]
+    if not inputs:
+        raise app.UsageError("no INPUT models given")
+    if not FLAGS.out:
+        raise app.UsageError("--out is required")
+    from boom_jax.hf.errors import HFFolderError, WeightMapError
+    from boom_jax.merging.compat import IncompatibleModelsError
+    from boom_jax.merging.methods import MergeError
+    from boom_jax.merging.streaming import merge_models
+    from boom_jax.model_io import ModelFolderError
+
+    expected = (MergeError, IncompatibleModelsError, ModelFolderError, HFFolderError, WeightMapError, FileExistsError)
+    try:
+        out = merge_models(
+            inputs,
+            FLAGS.out,
+            FLAGS.method,
+            weights=parse_weights(FLAGS.weights),
+            base=FLAGS.base,
+            include=FLAGS.include,
+            exclude=FLAGS.exclude,
+            streaming=FLAGS.streaming,
+            export=FLAGS.export,
+            overwrite=FLAGS.overwrite,
+            group_bytes=FLAGS.group_mb * 2**20 or None,
+            **parse_params(FLAGS.param),
+        )
+    except expected as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"merged {len(inputs)} input(s) with {FLAGS.method} into {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,221 @@
+"""Merging models stored on disk, in memory or leaf by leaf (streaming), into a model folder.
+
+Inputs are model folders, train workdirs (WORKDIR/model), bag workdirs (DIR/members/*/) or Hugging
+Face / sentence-transformers folders. The streaming merge reads a few leaves at a time from each input
+(Orbax partial restore), merges them with `methods.merge_leaf` and keeps only the merged model, so
+peak memory is about the output model plus (K + 1) groups of leaves, a group holding at most
+`group_bytes` (default: the largest tensor). Hugging Face inputs cannot be read leaf by leaf and are
+loaded whole. Both paths call the same `merge_leaf` on the same arrays, so they agree exactly.
+
+The result is written atomically: a model folder (plus, with `export=True`, the sentence-transformers
+folder in OUT/export), built in a temp folder and renamed at the end; an incompatible set of inputs
+raises before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from boom_jax import model_io
+from boom_jax.merging import compat, methods
+from boom_jax.models.config import ModelConfig
+
+EXPORT_DIR = "export"
+
+
+@dataclasses.dataclass
+class ModelSource:
+    """One input model: its config, tokenizer folder, and its leaves on disk or in memory."""
+
+    name: str
+    cfg: ModelConfig
+    tokenizer_dir: str | None
+    folder: str | None = None  # a model folder read leaf by leaf
+    params: dict | None = None  # or a whole tree in memory
+
+    def specs(self) -> compat.Spec:
+        if self.folder is not None:
+            return model_io.read_param_specs(self.folder)
+        return compat.spec_of(self.params)
+
+    def read(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
+        if self.folder is not None:
+            return model_io.read_leaves(self.folder, paths)
+        flat = dict(methods.flatten_with_paths(self.params)[0])
+        return {p: np.asarray(flat[p]) for p in paths}
+
+    def read_all(self) -> dict:
+        if self.params is None:
+            self.params = model_io.read_params(self.folder)
+        return self.params
+
+
+def open_source(path: str | os.PathLike, in_memory: bool = False) -> ModelSource:
+    """The ModelSource of a model folder, train workdir or HF folder (HF folders load whole)."""
+    path = os.fspath(path)
+    folder = model_io.resolve_model_folder(path)
+    if folder is None:
+        cfg, params, tok = model_io.load_model(path)
+        return ModelSource(path, cfg, tok, params=params)
+    source = ModelSource(path, model_io.read_config(folder), model_io.tokenizer_dir_of(folder), folder=folder)
+    if in_memory:
+        source.read_all()
+    return source
+
+
+def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Input paths with each bag workdir (DIR/members/*/) replaced by its members, in name order."""
+    out: list[str] = []
+    for p in map(os.fspath, paths):
+        members = os.path.join(p, "members")
+        if os.path.isdir(members) and not model_io.is_model_folder(p) and not model_io.is_hf_folder(p):
+            found = sorted(os.path.join(members, m) for m in os.listdir(members) if os.path.isdir(os.path.join(members, m)))
+            if not found:
+                raise model_io.ModelFolderError(f"{p}: a bag workdir with no members in {members}/")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def leaf_groups(specs: compat.Spec, group_bytes: int) -> list[list[str]]:
+    """Leaf paths in checkpoint order, split into groups of at most `group_bytes` (a bigger leaf alone)."""
+    groups: list[list[str]] = []
+    size = 0
+    for path, (shape, dtype) in specs.items():
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if not groups or size + nbytes > group_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(path)
+        size += nbytes
+    return groups
+
+
+def largest_leaf_bytes(specs: compat.Spec) -> int:
+    return max(int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for s, d in specs.values())
+
+
+def _check(sources: list[ModelSource], base: ModelSource | None) -> compat.Spec:
+    specs = [s.specs() for s in sources]
+    compat.check_compatible(
+        specs,
+        configs=[s.cfg for s in sources],
+        names=[s.name for s in sources],
+        base=None if base is None else base.specs(),
+        base_config=None if base is None else base.cfg,
+        base_name=f"base {base.name}" if base is not None else "base",
+    )
+    return specs[0]
+
+
+def _set_leaf(tree: dict, path: str, value: Any) -> None:
+    keys = path.split("/")
+    for k in keys[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[keys[-1]] = value
+
+
+def _merge_streaming(sources, base, specs, method, weights, include, exclude, params, group_bytes, progress) -> dict:
+    merged: dict = {}
+    budget = group_bytes or largest_leaf_bytes(specs)
+    bar = tqdm(total=len(specs), desc=f"merging ({method}, streaming)", unit="tensor", disable=not progress)
+    for group in leaf_groups(specs, budget):
+        # One read per input for the group: at most (K + 1) x group_bytes of inputs in memory.
+        reads = [s.read(group) for s in sources]
+        base_reads = None if base is None else base.read(group)
+        for path in group:
+            leaves = [r.pop(path) for r in reads]
+            base_leaf = None if base_reads is None else base_reads.pop(path)
+            _set_leaf(merged, path, methods.merge_leaf(method, path, leaves, base_leaf, weights, include, exclude, **params))
+            del leaves, base_leaf
+            bar.update(1)
+        del reads, base_reads
+    bar.close()
+    return merged
+
+
+def merge_models(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    method: str,
+    weights: Any = None,
+    base: str | os.PathLike | None = None,
+    include: Any = None,
+    exclude: Any = None,
+    streaming: bool = True,
+    export: bool = False,
+    overwrite: bool = False,
+    group_bytes: int | None = None,
+    progress: bool = True,
+    **params: Any,
+) -> str:
+    """Merges the models at `inputs` with `method` into the model folder `out_dir`; returns its path.
+
+    `weights`, `include`, `exclude` and `params` are those of `methods.MERGE_METHODS[method]`; `base`
+    is the path of the base model (task-vector methods). The merged model takes the first input's
+    config and tokenizer. With `export`, OUT/export holds the sentence-transformers folder.
+    """
+    out_dir = os.fspath(out_dir)
+    m = methods.get_method(method)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise methods.MergeError("no input models")
+    if m.needs_base and base is None:
+        raise methods.MergeError(f"{m.name} works on task vectors and needs a base model (--base)")
+    sources = [open_source(p, in_memory=not streaming) for p in paths]
+    base_source = None if base is None else open_source(base, in_memory=not streaming)
+    specs = _check(sources, base_source)
+    # Fail on bad weights / parameters before reading any tensor.
+    first = next(iter(specs))
+    methods.leaf_weights(m, weights, first, len(sources))
+    if streaming:
+        merged = _merge_streaming(sources, base_source, specs, method, weights, include, exclude, params, group_bytes, progress)
+    else:
+        merged = m(
+            [s.read_all() for s in sources],
+            weights=weights,
+            base=None if base_source is None else base_source.read_all(),
+            include=include,
+            exclude=exclude,
+            **params,
+        )
+    cfg = sources[0].cfg
+    tokenizer_dir = next((s.tokenizer_dir for s in sources if s.tokenizer_dir), None)
+    readme = _readme(method, paths, weights, base, params)
+    tmp = model_io.temp_sibling(out_dir)
+    try:
+        model_io.write_model_files(tmp, cfg, tokenizer_dir, readme)
+        model_io.write_params(os.path.join(tmp, model_io.PARAMS_DIR), merged)
+        if export:
+            if tokenizer_dir is None:
+                raise model_io.ModelFolderError("cannot export: no input model has a tokenizer")
+            from boom_jax.hf import export_sentence_transformers
+
+            export_sentence_transformers(merged, cfg, tokenizer_dir, os.path.join(tmp, EXPORT_DIR))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.isdir(out_dir) and not os.listdir(out_dir):
+        os.rmdir(out_dir)
+    model_io.publish(tmp, out_dir, overwrite)
+    return out_dir
+
+
+def _readme(method: str, paths: Sequence[str], weights: Any, base: Any, params: dict) -> str:
+    lines = [f"# Merged model ({method})", "", "Inputs:"] + [f"- {p}" for p in paths]
+    if base is not None:
+        lines.append(f"\nBase: {base}")
+    lines.append(f"\nWeights: {weights if weights is not None else 'uniform'}")
+    if params:
+        lines.append(f"Parameters: {params}")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""Merges over model folders: streaming equals in memory, compatibility errors, bag inputs, the CLI."""
+
+import os
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from boom_jax import model_io
+from boom_jax.merging import MERGE_METHODS, IncompatibleModelsError, check_compatible
+from boom_jax.merging.streaming import leaf_groups, merge_models
+from boom_jax.models.config import ModelConfig
+
+TINY = ModelConfig(arch="bert", vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(seed, hidden=8):
+    rng = np.random.default_rng(seed)
+    return {
+        "embeddings": {"word": rng.normal(size=(40, hidden)).astype(np.float32)},
+        "layer_0": {"kernel": rng.normal(size=(hidden, 16)).astype(np.float32), "bias": rng.normal(size=(16,)).astype(np.float32)},
+        "layer_1": {"kernel": rng.normal(size=(16, hidden)).astype(np.float32)},
+        "norm": {"scale": rng.normal(size=(hidden,)).astype(ml_dtypes.bfloat16)},
+    }
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, minilm_path):
+    root = tmp_path_factory.mktemp("models")
+    paths = []
+    for i in range(4):  # 3 members + a base
+        paths.append(model_io.save_model_folder(root / f"m{i}", TINY, _params(i), minilm_path))
+    return root, paths[:3], paths[3]
+
+
+def _equal_trees(a, b):
+    from boom_jax.merging.methods import flatten_with_paths
+
+    fa, fb = dict(flatten_with_paths(a)[0]), dict(flatten_with_paths(b)[0])
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        assert fa[k].dtype == fb[k].dtype, k
+        np.testing.assert_array_equal(np.asarray(fa[k], np.float32), np.asarray(fb[k], np.float32), err_msg=k)
+
+
+@pytest.mark.parametrize(
+    "method,kwargs",
+    [
+        ("multislerp", {"weights": [0.2, 0.3, 0.5]}),
+        ("ties", {"density": 0.5, "use_base": True}),
+        ("dare_ties", {"density": 0.5, "seed": 3, "use_base": True}),
+    ],
+)
+def test_streaming_equals_in_memory(folders, tmp_path, method, kwargs):
+    _, members, base = folders
+    kwargs = dict(kwargs)
+    base_path = base if kwargs.pop("use_base", False) else None
+    reference = MERGE_METHODS[method](
+        [_params(i) for i in range(3)], base=None if base_path is None else _params(3), **kwargs
+    )
+    for group_mb, name in ((None, "largest"), (1e-4, "tiny_groups")):
+        out = merge_models(
+            members, tmp_path / name, method, base=base_path, streaming=True, progress=False,
+            group_bytes=None if group_mb is None else int(group_mb * 2**20), **kwargs,
+        )
+        cfg, merged, tok = model_io.load_model(out)
+        assert cfg == TINY and tok is not None
+        _equal_trees(merged, reference)
+    in_memory = merge_models(members, tmp_path / "mem", method, base=base_path, streaming=False, progress=False, **kwargs)
+    _equal_trees(model_io.load_model(in_memory)[1], reference)
+
+
+def test_leaf_groups_respect_budget():
+    specs = {"a": ((10,), np.dtype(np.float32)), "b": ((5,), np.dtype(np.float32)), "c": ((100,), np.dtype(np.float32)), "d": ((1,), np.dtype(np.float32))}
+    assert leaf_groups(specs, 60) == [["a", "b"], ["c"], ["d"]]
+    assert leaf_groups(specs, 10**6) == [["a", "b", "c", "d"]]
+
+
+def test_incompatible_models_fail_listing_mismatches_and_write_nothing(folders, tmp_path, minilm_path):
+    root, members, _ = folders
+    wide = model_io.save_model_folder(tmp_path / "wide", TINY.replace(hidden_size=10), _params(5, hidden=10), minilm_path)
+    missing = _params(6)
+    del missing["layer_1"]
+    short = model_io.save_model_folder(tmp_path / "short", TINY, missing, minilm_path)
+    qwen = model_io.save_model_folder(tmp_path / "qwen", TINY.replace(arch="qwen3"), _params(7), minilm_path)
+    for other, patterns in (
+        (wide, [r"'embeddings/word' has shape \(40, 10\)", r"config hidden_size = 10"]),
+        (short, [r"missing parameter 'layer_1/kernel'"]),
+        (qwen, [r"config arch = 'qwen3'"]),
+    ):
+        out = tmp_path / "out"
+        for streaming in (True, False):
+            with pytest.raises(IncompatibleModelsError) as err:
+                merge_models([members[0], other], out, "linear", streaming=streaming, progress=False)
+            for pattern in patterns:
+                assert err.match(pattern)
+            assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["qwen", "short", "wide"]  # no temp folders left
+
+
+def test_mismatch_list_is_truncated():
+    a = {f"p{i}": np.zeros(2, np.float32) for i in range(15)}
+    b = {f"p{i}": np.zeros(3, np.float32) for i in range(15)}
+    with pytest.raises(IncompatibleModelsError, match=r"and 5 more") as err:
+        check_compatible([a, b])
+    assert len(err.value.mismatches) == 15
+    # Training-only config fields are ignored.
+    check_compatible([a, a], configs=[TINY, TINY.replace(dropout=0.1, remat=True, dtype="bfloat16")])
+
+
+def test_bag_workdir_inputs(folders, tmp_path, minilm_path):
+    bag = tmp_path / "bag"
+    for i in range(2):
+        model_io.save_model_folder(bag / "members" / f"member_{i}" / "model", TINY, _params(i), minilm_path)
+    out = merge_models([bag], tmp_path / "merged", "linear", progress=False)
+    _equal_trees(model_io.load_model(out)[1], MERGE_METHODS["linear"]([_params(0), _params(1)]))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_folders(tmp_path_factory, minilm_path):
+    """Two real tiny BERT model folders (random init + a perturbation) that export can write."""
+    from boom_jax.models import init_params
+    import jax
+
+    root = tmp_path_factory.mktemp("bert")
+    cfg = ModelConfig(arch="bert", vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, normalize=True)
+    params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(0)))
+    other = jax.tree_util.tree_map(lambda x: (x + 0.01 * np.random.default_rng(1).normal(size=x.shape)).astype(x.dtype), params)
+    a = model_io.save_model_folder(root / "a", cfg, params, minilm_path)
+    b = model_io.save_model_folder(root / "b", cfg, other, minilm_path)
+    return a, b, params, other
+
+
+def test_cli_merges_and_exports(tiny_bert_folders, tmp_path):
+    a, b, params, other = tiny_bert_folders
+    out = tmp_path / "merged"
+    cmd = [sys.executable, "-m", "boom_jax.merge", "--method=multislerp", f"--out={out}", "--weights=1,3", "--streaming", a, b]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    cfg, merged, _ = model_io.load_model(out)
+    _equal_trees(merged, MERGE_METHODS["multislerp"]([params, other], weights=[0.25, 0.75]))
+    # The export is a HF / sentence-transformers folder holding the same weights.
+    assert os.path.isfile(out / "export" / "modules.json")
+    exported_cfg, exported, _ = model_io.load_model(out / "export")
+    assert exported_cfg.normalize and exported_cfg.hidden_size == 16
+    np.testing.assert_array_equal(
+        exported["embeddings"]["word_embeddings"]["embedding"], merged["embeddings"]["word_embeddings"]["embedding"]
+    )
+    # A non-empty --out is refused without --overwrite, and left untouched.
+    before = sorted(os.listdir(out))
+    run = subprocess.run(cmd[:3] + [f"--out={out}", a, b], capture_output=True, text=True, env=env, cwd=REPO)
+    assert run.returncode == 1 and "not empty" in run.stderr and "--overwrite" in run.stderr.replace("overwrite=True", "--overwrite")
+    assert sorted(os.listdir(out)) == before
