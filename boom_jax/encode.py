@@ -1,0 +1,100 @@
+"""Encode a file of texts into a .npy matrix of embeddings.
+
+  python -m boom_jax.encode --model=DIR --input=FILE --output=OUT.npy [--prompt_name=query] [--batch_size=32]
+
+DIR: an HF / sentence-transformers folder, a model folder or a train workdir. FILE: one text per
+line (.txt) or JSON Lines with a "text" field (.jsonl). The output holds float32 [N, D] rows in
+input order, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from absl import app, flags
+
+flags.DEFINE_string("model", None, "Model: HF / sentence-transformers folder, model folder or train workdir.")
+flags.DEFINE_string("input", None, "Texts: one per line (.txt) or JSON Lines with a 'text' field (.jsonl).")
+flags.DEFINE_string("output", None, "Where to write the float32 [N, D] embeddings (.npy).")
+flags.DEFINE_string("prompt_name", None, "Name of a prompt of the model (e.g. query) put before each text.")
+flags.DEFINE_string("prompt", None, "Literal prompt text put before each text.")
+flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.")
+flags.DEFINE_boolean("overwrite", False, "Replace an existing output file.")
+
+
+def read_texts(path: str) -> list[str]:
+    """Texts of a .txt (one per line) or .jsonl file (field 'text'); errors name the file and line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input file {path!r} does not exist")
+    texts: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise ValueError(f"{path}:{lineno}: expected an object with a string field 'text'")
+                texts.append(record["text"])
+        else:
+            texts = [line.rstrip("\n") for line in f]
+    return texts
+
+
+def load_encoder(path: str, **overrides):
+    """An Encoder for any model path that boom_jax.model_io.load_model understands."""
+    from boom_jax.model_io import load_model
+    from boom_jax.models.encoder import Encoder
+    from boom_jax.tokenization import load_tokenizer
+
+    cfg, params, tokenizer_dir = load_model(path)
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    if tokenizer_dir is None:
+        raise ValueError(f"{path}: the model has no tokenizer files")
+    return Encoder(cfg, params, load_tokenizer(tokenizer_dir))
+
+
+def encode_file(model: str, input_path: str, output: str, prompt_name: str | None = None,
+                prompt: str | None = None, batch_size: int = 32, overwrite: bool = False, **overrides) -> str:
+    """Encode `input_path` with `model` into `output` (.npy); returns the output path."""
+    import numpy as np
+
+    if os.path.exists(output) and not overwrite:
+        raise FileExistsError(f"output {output!r} already exists (pass --overwrite to replace it)")
+    texts = read_texts(input_path)
+    encoder = load_encoder(model, **overrides)
+    embeddings = encoder.encode(texts, prompt=prompt, prompt_name=prompt_name, batch_size=batch_size,
+                                show_progress_bar=True)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".encode-", suffix=".npy", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, embeddings)
+        os.replace(tmp, output)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return output
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    for name in ("model", "input", "output"):
+        if not getattr(f, name):
+            raise app.UsageError(f"--{name} is required")
+    overrides = {"dtype": f.dtype} if f.dtype else {}
+    out = encode_file(f.model, f.input, f.output, f.prompt_name, f.prompt, f.batch_size, f.overwrite, **overrides)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
