@@ -1,0 +1,241 @@
+"""A BOOM bag: members trained on per-dataset subsets of the corpus, merged into one model.
+
+Layout of a bag workdir (every piece is self-describing and resumable):
+
+    DIR/bag.json                    the bag's plan: members, ratios, seeds, merge method
+    DIR/members/<name>/             one train workdir per member (checkpoints, metrics, model/, ...)
+    DIR/members/<name>/member.json  written when the member finished: steps, examples, wall time
+    DIR/merged/                     the merged model folder
+    DIR/export/                     the merged model as a sentence-transformers folder
+    DIR/eval/                       dev scores of the base model, every member and the merged model
+    DIR/summary.md, summary.json    the table of all of the above
+
+Re-running the same command skips finished members (their member.json exists), resumes an
+unfinished one from its latest checkpoint, and redoes the merge and the summary.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from boom_jax.data.records import TrainDataset
+from boom_jax.data.sampling import SubsetManifest, member_seed, sample_subsets
+
+MEMBER_RECORD = "member.json"
+
+
+class BagConfigError(ValueError):
+    """A bag section that cannot run; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One bag member: its position, name, sampling ratio and sampling seed."""
+
+    index: int
+    name: str
+    ratio: float
+    seed: int
+
+
+def member_name(ratio: float) -> str:
+    """'r020' for 0.2, 'r100' for 1.0: sortable, and readable as a percentage."""
+    return f"r{int(round(ratio * 100)):03d}"
+
+
+def bag_members(bag: ml_collections.ConfigDict) -> list[Member]:
+    """The members that config.bag describes, in ratio order as given."""
+    ratios = [float(r) for r in bag.ratios]
+    if not ratios:
+        raise BagConfigError("config.bag.ratios is empty; give at least one sampling ratio, e.g. (0.8, 1.0)")
+    for r in ratios:
+        if not 0.0 < r <= 1.0:
+            raise BagConfigError(f"config.bag.ratios: {r} is not in (0, 1]")
+    names = [member_name(r) for r in ratios]
+    if len(set(names)) != len(names):
+        raise BagConfigError(f"config.bag.ratios has repeated ratios: {ratios}")
+    if not -1 <= bag.member < len(ratios):
+        raise BagConfigError(f"config.bag.member={bag.member} must be -1 (all) or in [0, {len(ratios) - 1}]")
+    if bag.sampling not in ("without_replacement", "with_replacement", "pooled"):
+        raise BagConfigError(
+            f"config.bag.sampling={bag.sampling!r}: expected without_replacement, with_replacement or pooled")
+    return [Member(i, n, r, member_seed(bag.seed, i)) for i, (n, r) in enumerate(zip(names, ratios))]
+
+
+def member_subset(datasets: Sequence[TrainDataset], member: Member, sampling: str) -> SubsetManifest:
+    """The member's per-dataset subset (the 100% member without replacement sees every example)."""
+    return sample_subsets(datasets, member.ratio, member.seed,
+                          replace=sampling == "with_replacement", pooled=sampling == "pooled")
+
+
+def member_config(config: ml_collections.ConfigDict, member: Member) -> ml_collections.ConfigDict:
+    """The member's training config: the bag's own, with its ratio and seed recorded."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.name = f"{config.name}/{member.name}"
+        c.data.subset_ratio = member.ratio
+        c.data.subset_seed = member.seed
+    return c
+
+
+def read_member_record(member_dir: str) -> dict | None:
+    path = os.path.join(member_dir, MEMBER_RECORD)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def train_member(config: ml_collections.ConfigDict, workdir: str, member: Member,
+                 datasets: Sequence[TrainDataset]) -> dict:
+    """Trains (or resumes, or skips when finished) one member; returns its record."""
+    from boom_jax.training.loop import train
+
+    member_dir = os.path.join(workdir, "members", member.name)
+    record = read_member_record(member_dir)
+    if record is not None:
+        print(f"[bag] member {member.name} already finished ({record['steps']} steps); skipping")
+        return record
+    print(f"[bag] training member {member.name} (ratio {member.ratio:g}, seed {member.seed})")
+    mconfig = member_config(config, member)
+    subset = member_subset(datasets, member, config.bag.sampling)
+    start = time.time()
+    result = train(mconfig, member_dir, datasets=datasets, subset=subset)
+    if result.preempted:
+        raise SystemExit(f"[bag] member {member.name} was preempted at step {result.steps}; re-run to resume")
+    record = {
+        "name": member.name, "index": member.index, "ratio": member.ratio, "seed": member.seed,
+        "steps": int(result.steps), "examples": int(result.steps) * int(config.train.batch_size),
+        "subset_examples": int(sum(len(v) for v in subset.indices.values())),
+        "wall_time_s": round(time.time() - start, 2), "final_loss": float(result.final_loss),
+        "model": os.path.join(member_dir, "model"),
+    }
+    _write_json(os.path.join(member_dir, MEMBER_RECORD), record)
+    return record
+
+
+def merge_members(config: ml_collections.ConfigDict, workdir: str, records: Sequence[dict]) -> str:
+    """Merges the finished members into DIR/merged (model folder) and DIR/export (sentence-transformers)."""
+    from boom_jax.merging.streaming import merge_models
+
+    weights = [float(w) for w in config.bag.merge_weights] or None
+    if weights is not None and len(weights) != len(records):
+        raise BagConfigError(
+            f"config.bag.merge_weights has {len(weights)} weights for {len(records)} members")
+    out = os.path.join(workdir, "merged")
+    merge_models([r["model"] for r in records], out, config.bag.merge_method, weights=weights,
+                 streaming=True, export=False, overwrite=True, progress=config.log.progress_bar)
+    _export(out, os.path.join(workdir, "export"))
+    return out
+
+
+def _export(model_folder: str, out: str) -> None:
+    from boom_jax.hf import export_sentence_transformers
+    from boom_jax.model_io import load_model
+
+    cfg, params, tokenizer_dir = load_model(model_folder)
+    export_sentence_transformers(params, cfg, tokenizer_dir, out, overwrite=True)
+
+
+def evaluate_bag(config: ml_collections.ConfigDict, workdir: str, models: dict[str, str]) -> dict:
+    """Dev scores (built-in in-domain and out-of-domain tasks) of every model, in DIR/eval."""
+    from boom_jax.evaluation.runner import evaluate_models
+
+    return evaluate_models(models, config.bag.eval_tasks, os.path.join(workdir, "eval"),
+                           batch_size=config.eval.batch_size, overwrite=True,
+                           show_progress_bar=config.log.progress_bar)
+
+
+def write_summary(workdir: str, records: Sequence[dict], results: dict | None, merge: dict) -> dict:
+    """DIR/summary.json and DIR/summary.md: cost and dev scores of every member and the merged model."""
+    from boom_jax.evaluation.report import summarize
+
+    means = summarize(results) if results else {}
+    rows = []
+    for label in ["base"] + [r["name"] for r in records] + ["merged"]:
+        rec = next((r for r in records if r["name"] == label), None)
+        row = {"model": label, "steps": rec["steps"] if rec else 0, "examples": rec["examples"] if rec else 0,
+               "wall_time_s": rec["wall_time_s"] if rec else 0.0}
+        if label == "merged":
+            row.update(steps=sum(r["steps"] for r in records), examples=sum(r["examples"] for r in records),
+                       wall_time_s=round(sum(r["wall_time_s"] for r in records) + merge["wall_time_s"], 2))
+        m = means.get(label, {})
+        row["in_domain"] = m.get("in_domain")
+        row["out_of_domain"] = m.get("out_of_domain")
+        row["mean"] = m.get("mean")
+        rows.append(row)
+    summary = {"members": list(records), "merge": merge, "models": rows, "scores": results or {}}
+    _write_json(os.path.join(workdir, "summary.json"), summary)
+
+    def fmt(x):
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    lines = ["# BOOM bag summary", "",
+             f"Merge: {merge['method']} over {len(records)} members, weights {merge['weights'] or 'equal'}.",
+             "Scores are means of the built-in dev tasks' main scores (x100); cost of `merged` is the sum",
+             "of its members' plus the merge.", "",
+             "| model | steps | examples | wall time (s) | in-domain | out-of-domain | all |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['steps']} | {r['examples']} | {r['wall_time_s']:.1f} | "
+                     f"{fmt(r['in_domain'])} | {fmt(r['out_of_domain'])} | {fmt(r['mean'])} |")
+    with open(os.path.join(workdir, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return summary
+
+
+def run_bag(config: ml_collections.ConfigDict, workdir: str,
+            datasets: Sequence[TrainDataset] | None = None) -> dict | None:
+    """Trains the bag's members (all, or config.bag.member only), merges and evaluates them.
+
+    Returns the summary, or None when only one member was asked for (a parallel launch: merge later
+    with `python -m boom_jax.merge` or by re-running without --config.bag.member).
+    """
+    from boom_jax.training.loop import load_train_datasets, resolve_model_path
+
+    workdir = os.path.abspath(workdir)
+    members = bag_members(config.bag)
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, "bag.json"), {
+        "members": [dataclasses.asdict(m) for m in members], "sampling": config.bag.sampling,
+        "seed": config.bag.seed, "merge_method": config.bag.merge_method,
+        "merge_weights": list(config.bag.merge_weights), "base_model": config.model.path})
+    if datasets is None:
+        datasets = load_train_datasets(config)
+    if config.bag.member >= 0:
+        train_member(config, workdir, members[config.bag.member], datasets)
+        return None
+    records = [train_member(config, workdir, m, datasets) for m in members]
+
+    start = time.time()
+    merge_members(config, workdir, records)
+    merge = {"method": config.bag.merge_method, "weights": list(config.bag.merge_weights),
+             "wall_time_s": round(time.time() - start, 2)}
+
+    results = None
+    if config.bag.evaluate:
+        models = {}
+        if not config.model.random_init:
+            models["base"] = resolve_model_path(config.model.path)
+        models.update({r["name"]: r["model"] for r in records})
+        models["merged"] = os.path.join(workdir, "merged")
+        results = evaluate_bag(config, workdir, models)
+    summary = write_summary(workdir, records, results, merge)
+    with open(os.path.join(workdir, "summary.md")) as f:
+        print(f.read())
+    return summary
