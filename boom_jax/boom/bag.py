@@ -175,8 +175,8 @@ def write_summary(workdir: str, records: Sequence[dict], results: dict | None, m
             row.update(steps=sum(r["steps"] for r in records), examples=sum(r["examples"] for r in records),
                        wall_time_s=round(sum(r["wall_time_s"] for r in records) + merge["wall_time_s"], 2))
         m = means.get(label, {})
-        row["in_domain"] = m.get("in_domain")
-        row["out_of_domain"] = m.get("out_of_domain")
+        row["in_domain"] = m.get("in_domain_mean")
+        row["out_of_domain"] = m.get("out_of_domain_mean")
         row["mean"] = m.get("mean")
         rows.append(row)
     summary = {"members": list(records), "merge": merge, "models": rows, "scores": results or {}}
