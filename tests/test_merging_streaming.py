@@ -121,25 +121,30 @@ def test_bag_workdir_inputs(folders, tmp_path, minilm_path):
 
 @pytest.fixture(scope="module")
 def tiny_bert_folders(tmp_path_factory, minilm_path):
-    """Two real tiny BERT model folders (random init + a perturbation) that export can write."""
-    from boom_jax.models import init_params
-    import jax
+    """Two tiny BERT model folders (random weights through the HF name map) that export can write."""
+    from boom_jax.hf.bert_weights import expected_shapes, hf_to_flax
 
     root = tmp_path_factory.mktemp("bert")
     cfg = ModelConfig(arch="bert", vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, normalize=True)
-    params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(0)))
-    other = jax.tree_util.tree_map(lambda x: (x + 0.01 * np.random.default_rng(1).normal(size=x.shape)).astype(x.dtype), params)
-    a = model_io.save_model_folder(root / "a", cfg, params, minilm_path)
-    b = model_io.save_model_folder(root / "b", cfg, other, minilm_path)
-    return a, b, params, other
+    trees = []
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        tensors = {n: (0.02 * rng.normal(size=s)).astype(np.float32) for n, s in expected_shapes(cfg).items()}
+        trees.append(hf_to_flax(tensors, cfg))
+    a = model_io.save_model_folder(root / "a", cfg, trees[0], minilm_path)
+    b = model_io.save_model_folder(root / "b", cfg, trees[1], minilm_path)
+    return a, b, trees[0], trees[1]
 
 
-def test_cli_merges_and_exports(tiny_bert_folders, tmp_path):
+def test_cli_merges_and_exports(tiny_bert_folders, tmp_path, capsys):
+    from absl import flags
+
+    from boom_jax import merge as cli
+
     a, b, params, other = tiny_bert_folders
     out = tmp_path / "merged"
     cmd = [sys.executable, "-m", "boom_jax.merge", "--method=multislerp", f"--out={out}", "--weights=1,3", "--streaming", a, b]
-    env = dict(os.environ, PYTHONPATH=REPO)
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO)
     assert run.returncode == 0, run.stderr
     cfg, merged, _ = model_io.load_model(out)
     _equal_trees(merged, MERGE_METHODS["multislerp"]([params, other], weights=[0.25, 0.75]))
@@ -150,8 +155,12 @@ def test_cli_merges_and_exports(tiny_bert_folders, tmp_path):
     np.testing.assert_array_equal(
         exported["embeddings"]["word_embeddings"]["embedding"], merged["embeddings"]["word_embeddings"]["embedding"]
     )
-    # A non-empty --out is refused without --overwrite, and left untouched.
+    # A non-empty --out is refused without --overwrite, and left untouched (same main, in process).
     before = sorted(os.listdir(out))
-    run = subprocess.run(cmd[:3] + [f"--out={out}", a, b], capture_output=True, text=True, env=env, cwd=REPO)
-    assert run.returncode == 1 and "not empty" in run.stderr and "--overwrite" in run.stderr.replace("overwrite=True", "--overwrite")
+    argv = flags.FLAGS(["merge", "--method=linear", f"--out={out}", a, b])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 1
+    assert "not empty" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == before
+    assert "multislerp: spherical weighted mean" in flags.FLAGS["method"].help
