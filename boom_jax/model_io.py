@@ -135,7 +135,13 @@ def write_params(params_dir: str, params: Params) -> None:
     """Saves params (a nested dict of arrays) as an Orbax PyTree checkpoint at `params_dir` (new)."""
     import orbax.checkpoint as ocp
 
-    with ocp.PyTreeCheckpointer() as ckpt:
+    # Host arrays are written as they are: Orbax's default handler first deep-copies every numpy
+    # array (a second copy of the whole model in memory), which a merge of large models cannot afford.
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False))
+    )
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+    with ocp.Checkpointer(handler) as ckpt:
         ckpt.save(os.path.abspath(params_dir), args=ocp.args.PyTreeSave(_to_numpy(params)))
 
 
