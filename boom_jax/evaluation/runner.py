@@ -1,0 +1,349 @@
+"""Run models on tasks: mteb for the full evaluation, NumPy metrics for the fast dev evaluation.
+
+`evaluate_models(models, tasks, out_dir)` scores each model (a JAX `Encoder`, a model folder, a train
+workdir, an HF folder, or an exported sentence-transformers folder) on mteb tasks, the built-in
+offline tasks or any `EvalTask`s, and writes mteb's per-task result files plus the report
+(results.json, table.md, chart.png). `evaluate_builtin_retrieval(encoder, tasks)` is the cheap path
+the training loop uses: nDCG@10 of the retrieval tasks, computed directly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import random
+import re
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from boom_jax.data.records import EvalTask
+from boom_jax.evaluation import metrics
+from boom_jax.evaluation.report import write_report
+from boom_jax.evaluation.tasks import SPLIT, TYPE_FROM_MTEB, task_metadata, to_mteb_task
+
+BUILTIN_SELECTORS = {"builtin": None, "builtin_in": "in", "builtin_out": "out"}
+# Benchmarks whose tasks count as out-of-domain in the report (the paper treats RTEB as OOD).
+OUT_OF_DOMAIN_BENCHMARK_PREFIXES = ("RTEB",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
+BACKENDS = ("auto", "jax", "sentence_transformers")
+
+
+class EvaluationError(ValueError):
+    """Bad evaluation input: an unknown task or benchmark, an unusable model path."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks
+
+
+def _close_matches(name: str, candidates: Sequence[str], n: int = 5) -> str:
+    lowered = {c.lower(): c for c in candidates}
+    found = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
+    found += [c for c in candidates if name.lower() in c.lower() and c.lower() not in found][: n - len(found)]
+    return ", ".join(lowered.get(f, f) for f in found) or "none"
+
+
+def _builtin_tasks(names: Sequence[str] | None = None, domain: str | None = None) -> list[EvalTask]:
+    from boom_jax.data.builtin import builtin_eval_tasks
+
+    return builtin_eval_tasks(names=names, domain=domain) if names is not None else builtin_eval_tasks(domain=domain)
+
+
+def _mteb_type_name(mteb_type: str) -> str:
+    """Our type name for an mteb task type: "Retrieval" -> "retrieval", "InstructionRetrieval" -> "instruction_retrieval"."""
+    return TYPE_FROM_MTEB.get(mteb_type) or re.sub(r"(?<!^)(?=[A-Z])", "_", mteb_type).lower()
+
+
+def _label_task(mteb_task, type_: str, domain: str):
+    mteb_task.boom_type = type_
+    mteb_task.domain = domain
+    return mteb_task
+
+
+def _mteb_task_by_name(name: str, builtin_names: Sequence[str]):
+    import mteb
+
+    try:
+        task = mteb.get_task(name)
+    except KeyError as e:
+        try:
+            from mteb.get_tasks import TASK_LIST
+
+            known = [t.metadata.name for t in TASK_LIST]
+        except Exception:  # the registry layout is mteb-internal; the suggestion below is a courtesy
+            known = []
+        raise EvaluationError(
+            f"unknown task {name!r}: not a built-in task (close: {_close_matches(name, builtin_names)}) nor an mteb "
+            f"task (close: {_close_matches(name, known)}). Use --tasks=builtin to run every built-in task."
+        ) from e
+    return _label_task(task, _mteb_type_name(task.metadata.type), "in")
+
+
+def resolve_tasks(tasks: Any = None, benchmark: str | None = None) -> list:
+    """mteb task objects, each labelled with `.boom_type` and `.domain` ("in" | "out").
+
+    `tasks`: "builtin" | "builtin_in" | "builtin_out", a comma-separated string or a list of names
+    (built-in task names first, then mteb task names), `EvalTask`s or mteb task objects.
+    `benchmark`: an mteb benchmark name (e.g. "MTEB(eng, v2)"); its tasks are added.
+    """
+    if tasks is None and benchmark is None:
+        raise EvaluationError("nothing to evaluate: give tasks (e.g. 'builtin') or a benchmark name")
+    items: list = []
+    if isinstance(tasks, str):
+        items = [t.strip() for t in tasks.split(",") if t.strip()]
+    elif tasks is not None:
+        items = list(tasks)
+    out: list = []
+    builtin_names: list[str] | None = None
+    for item in items:
+        if isinstance(item, EvalTask):
+            out.append(_label_task(to_mteb_task(item), item.type, item.domain))
+        elif not isinstance(item, str):
+            if not hasattr(item, "metadata"):
+                raise EvaluationError(f"not a task: {item!r} (expected a name, an EvalTask or an mteb task)")
+            out.append(_label_task(item, getattr(item, "boom_type", None) or _mteb_type_name(item.metadata.type),
+                                   getattr(item, "domain", "in")))
+        elif item in BUILTIN_SELECTORS:
+            out += [_label_task(to_mteb_task(t), t.type, t.domain) for t in _builtin_tasks(domain=BUILTIN_SELECTORS[item])]
+        else:
+            if builtin_names is None:
+                builtin_names = [t.name for t in _builtin_tasks()]
+            if item in builtin_names:
+                (task,) = _builtin_tasks(names=[item])
+                out.append(_label_task(to_mteb_task(task), task.type, task.domain))
+            else:
+                out.append(_mteb_task_by_name(item, builtin_names))
+    if benchmark is not None:
+        out += _benchmark_tasks(benchmark)
+    names = [t.metadata.name for t in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise EvaluationError(f"tasks given more than once: {dupes}")
+    if not out:
+        raise EvaluationError(f"no tasks selected by tasks={tasks!r}")
+    return out
+
+
+def _benchmark_tasks(name: str) -> list:
+    import mteb
+
+    try:
+        bench = mteb.get_benchmark(name)
+    except (KeyError, ValueError) as e:
+        known = [b.name for b in mteb.get_benchmarks()]
+        raise EvaluationError(f"unknown benchmark {name!r}; close matches: {_close_matches(name, known)}") from e
+    domain = "out" if bench.name.startswith(OUT_OF_DOMAIN_BENCHMARK_PREFIXES) else "in"
+    return [_label_task(t, _mteb_type_name(t.metadata.type), domain) for t in bench.tasks]
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+def _has_tokenizer(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES)
+
+
+def load_encoder(path: str | os.PathLike):
+    """A JAX `Encoder` from a model folder, train workdir, or HF / sentence-transformers folder."""
+    from boom_jax.model_io import load_model
+    from boom_jax.models.encoder import Encoder
+    from boom_jax.tokenization import load_tokenizer
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise EvaluationError(f"model path {path} does not exist")
+    cfg, params, tokenizer_dir = load_model(path)
+    if tokenizer_dir is None or not _has_tokenizer(tokenizer_dir):
+        raise EvaluationError(
+            f"{path}: no tokenizer files found (expected one of {', '.join(TOKENIZER_FILES)} in the folder or its tokenizer/)"
+        )
+    return Encoder(cfg, params, load_tokenizer(tokenizer_dir))
+
+
+def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a sentence-transformers folder (modules.json present)."""
+    return os.path.isfile(os.path.join(path, "modules.json"))
+
+
+def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, show_progress_bar: bool):
+    from sentence_transformers import SentenceTransformer
+
+    from boom_jax.evaluation.mteb_encoder import INSTRUCTION_ARCHS, MtebEncoder
+
+    if not _has_tokenizer(path):
+        raise EvaluationError(f"{path}: no tokenizer files found (expected one of {', '.join(TOKENIZER_FILES)})")
+    st = SentenceTransformer(path, local_files_only=True)
+    model_type = getattr(getattr(getattr(st[0], "auto_model", None), "config", None), "model_type", "")
+    return MtebEncoder(st, label, batch_size=batch_size, instructions=model_type in INSTRUCTION_ARCHS,
+                       prompts={k: v for k, v in (st.prompts or {}).items() if v}, show_progress_bar=show_progress_bar)
+
+
+def to_mteb_model(model: Any, label: str, batch_size: int = 32, backend: str = "auto", show_progress_bar: bool = False):
+    """An mteb encoder for an `Encoder`, a path, or an object mteb already understands.
+
+    backend "auto": sentence-transformers folders run through sentence-transformers (PyTorch),
+    everything else through the JAX encoder; "jax" forces the JAX encoder for every path.
+    """
+    from boom_jax.evaluation.mteb_encoder import MtebEncoder
+
+    if backend not in BACKENDS:
+        raise EvaluationError(f"backend={backend!r}; expected one of {BACKENDS}")
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise EvaluationError(f"model path {path} does not exist")
+        if backend == "sentence_transformers" or (backend == "auto" and is_sentence_transformers_folder(path)):
+            if not is_sentence_transformers_folder(path):
+                raise EvaluationError(f"{path}: not a sentence-transformers folder (no modules.json)")
+            return _sentence_transformers_mteb_model(path, label, batch_size, show_progress_bar)
+        model = load_encoder(path)
+    if hasattr(model, "cfg") and hasattr(model, "encode") and not hasattr(model, "mteb_model_meta"):
+        return MtebEncoder(model, label, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+def _task_entry(mteb_task, task_result) -> dict:
+    return {
+        "main_score": float(task_result.get_score()),
+        "metric": mteb_task.metadata.main_score,
+        "type": getattr(mteb_task, "boom_type", None) or _mteb_type_name(mteb_task.metadata.type),
+        "domain": getattr(mteb_task, "domain", "in"),
+        "evaluation_time": task_result.evaluation_time,
+    }
+
+
+def _temp_sibling(path: str) -> str:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    return os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def evaluate_models(
+    models: Mapping[str, Any],
+    tasks: Any,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    benchmark: str | None = None,
+    batch_size: int = 32,
+    backend: str = "auto",
+    overwrite: bool = False,
+    show_progress_bar: bool = True,
+) -> dict[str, dict[str, dict]]:
+    """Score every model on every task; returns {label: {task: {main_score, metric, type, domain, ...}}}.
+
+    `models`: label -> `Encoder` or path (see `to_mteb_model`). `tasks`: see `resolve_tasks`.
+    With `out_dir`: writes out_dir/mteb/<label>/<task>.json (mteb's result files), results.json,
+    table.md and chart.png, all built in a temporary folder that replaces out_dir at the end.
+    """
+    import mteb
+
+    if not models:
+        raise EvaluationError("no models to evaluate")
+    mteb_tasks = resolve_tasks(tasks, benchmark)
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        if os.path.exists(out_dir) and not overwrite:
+            raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+        tmp = _temp_sibling(out_dir)
+        os.makedirs(tmp)
+    results: dict[str, dict[str, dict]] = {}
+    try:
+        for label, model in tqdm(models.items(), desc="models", disable=not show_progress_bar or len(models) < 2):
+            mteb_model = to_mteb_model(model, label, batch_size=batch_size, backend=backend)
+            for task in mteb_tasks:  # every model sees the same samples (clustering bootstraps, few-shot draws)
+                _reseed(task)
+            model_result = mteb.evaluate(
+                mteb_model,
+                mteb_tasks,
+                cache=None,
+                encode_kwargs={"batch_size": batch_size},
+                show_progress_bar=show_progress_bar,
+                overwrite_strategy="always",
+            )
+            by_name = {r.task_name: r for r in model_result.task_results}
+            results[label] = {}
+            for task in mteb_tasks:
+                name = task.metadata.name
+                if name not in by_name:
+                    raise RuntimeError(f"mteb returned no result for task {name!r} with model {label!r}")
+                results[label][name] = _task_entry(task, by_name[name])
+                if out_dir is not None:
+                    folder = os.path.join(tmp, "mteb", _safe_name(label))
+                    os.makedirs(folder, exist_ok=True)
+                    from pathlib import Path
+
+                    by_name[name].to_disk(Path(folder) / f"{_safe_name(name)}.json")
+            del mteb_model
+        if out_dir is not None:
+            write_report(results, tmp)
+            if os.path.exists(out_dir):
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+    finally:
+        if out_dir is not None and os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def _reseed(mteb_task) -> None:
+    """Reset a task's random state to its seed, as a freshly built task has it."""
+    seed = getattr(mteb_task, "seed", None)
+    if seed is not None:
+        mteb_task.rng_state, mteb_task.np_rng = random.Random(seed), np.random.default_rng(seed)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.,()=+-]+", "_", name)
+
+
+def evaluate_builtin_retrieval(
+    encoder: Any,
+    tasks: Sequence[EvalTask] | None = None,
+    batch_size: int = 32,
+    k: int = 10,
+) -> dict[str, float]:
+    """Fast dev evaluation: {task: nDCG@k} for the retrieval tasks among `tasks` (others are skipped).
+
+    Uses the NumPy metrics directly (no mteb run) but the same prompts and scores mteb would give.
+    `tasks` defaults to every built-in retrieval task.
+    """
+    from mteb.types import PromptType
+
+    from boom_jax.evaluation.mteb_encoder import MtebEncoder
+
+    if tasks is None:
+        tasks = _builtin_tasks()
+    retrieval = [t for t in tasks if t.type == "retrieval"]
+    if not retrieval:
+        raise EvaluationError(f"no retrieval task among {[t.name for t in tasks]}")
+    prompts = MtebEncoder(encoder)
+    out: dict[str, float] = {}
+    for task in retrieval:
+        meta = task_metadata(task)
+        qids, dids = list(task.queries), list(task.corpus)
+        q = encoder.encode([task.queries[i] for i in qids], prompt=prompts.prompt_for(meta, PromptType.query), batch_size=batch_size)
+        d = encoder.encode([task.corpus[i] for i in dids], prompt=prompts.prompt_for(meta, PromptType.document), batch_size=batch_size)
+        scores = metrics.retrieval_scores(q, d, qids, dids, task.qrels, k_values=(k,))
+        out[task.name] = scores[f"ndcg_at_{k}"]
+    return out
+
+
+__all__ = [
+    "EvaluationError",
+    "evaluate_models",
+    "evaluate_builtin_retrieval",
+    "resolve_tasks",
+    "to_mteb_model",
+    "load_encoder",
+    "SPLIT",
+]
