@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_group_size = 8  # 1 positive + 7 hard negatives
     c.data.query_max_len = 512
     c.data.passage_max_len = 512
+    c.data.fixed_length = False  # pad every batch to the max lengths (one compiled shape) vs length buckets
     c.data.schedule = "bls"  # batch-level shuffling
     c.data.subset_ratio = 1.0  # fraction of every dataset this run trains on (a bag member)
     c.data.subset_seed = 0

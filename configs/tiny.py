@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.train_group_size = 2
     c.data.query_max_len = 32
     c.data.passage_max_len = 32
+    c.data.fixed_length = True
     c.train.batch_size = 8
     c.train.learning_rate = 1e-3
     c.train.warmup_ratio = 0.1

@@ -29,7 +29,7 @@ SCHEMA: dict[str, Any] = {
     "model.lora_rank": _INT, "model.lora_alpha": _FLOAT, "model.lora_dropout": _FLOAT,
     "model.lora_targets": _STR, "model.query_prompt_template": _STR,
     "data.source": _STR, "data.names": _STR, "data.limit": _INT, "data.datasets": _DICT,
-    "data.train_group_size": _INT, "data.query_max_len": _INT, "data.passage_max_len": _INT,
+    "data.train_group_size": _INT, "data.query_max_len": _INT, "data.passage_max_len": _INT, "data.fixed_length": _BOOL,
     "data.schedule": _STR, "data.subset_ratio": _FLOAT, "data.subset_seed": _INT,
     "train.batch_size": _INT, "train.grad_cache_chunk": _INT, "train.learning_rate": _FLOAT,
     "train.warmup_ratio": _FLOAT, "train.lr_schedule": _STR, "train.weight_decay": _FLOAT,
@@ -45,9 +45,6 @@ SCHEMA: dict[str, Any] = {
 
 # Top-level sections that other parts of the project add and validate themselves (e.g. a BOOM bag).
 EXTENSION_SECTIONS = ("bag",)
-
-DATASET_SPEC_KEYS = {"path": _STR, "task_type": _STR, "in_batch_negatives": _BOOL, "instruction": _STR,
-                     "limit": _INT}
 
 CHOICES = {
     "model.pooling": ("", "mean", "cls", "lasttoken"),
@@ -169,15 +166,12 @@ def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = D
     if config.data.source == "files":
         if not config.data.datasets:
             _fail("config.data.datasets is empty but config.data.source='files'")
-        for name, spec in config.data.datasets.items():
-            for key, value in spec.items():
-                if key not in DATASET_SPEC_KEYS:
-                    _fail(f"config.data.datasets.{name}.{key} is not a known key; expected {sorted(DATASET_SPEC_KEYS)}")
-                if not _type_ok(value, DATASET_SPEC_KEYS[key]):
-                    _fail(f"config.data.datasets.{name}.{key}={value!r} has type {type(value).__name__}; "
-                          f"expected {_type_name(DATASET_SPEC_KEYS[key])}")
-            if not spec.get("path"):
-                _fail(f"config.data.datasets.{name}.path is missing or empty")
+        from boom_jax.data.sources import parse_dataset_specs
+
+        try:
+            parse_dataset_specs({name: dict(spec) for name, spec in config.data.datasets.items()})
+        except ValueError as e:
+            raise ConfigError(f"config.data.{e}") from None
     if "bag" in config and "ratios" in config.bag:
         for i, r in enumerate(config.bag.ratios):
             check_ratio(f"bag.ratios[{i}]", r)

