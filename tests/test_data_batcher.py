@@ -113,3 +113,17 @@ def test_host_slices_concatenate_to_the_global_batch(tokenizers):
         assert h0["dataset_id"] == h1["dataset_id"] == g["dataset_id"]
     with pytest.raises(ValueError, match="divisible by process_count 3"):
         Batcher(datasets, qtok, ptok, batch_size=4, process_index=0, process_count=3)
+
+
+def test_character_cap_keeps_the_tokens_of_long_texts(tokenizers):
+    import inspect
+
+    from boom_jax.data.batcher import cap_chars
+
+    _, ptok = tokenizers
+    source = inspect.getsource(inspect)
+    texts = [source[i * 3000 : i * 3000 + 6000] for i in range(8)] + ["short text"]
+    capped = cap_chars(texts, ptok)
+    assert max(len(t) for t in capped) == 64 * 16 < len(texts[0])
+    for a, b in zip(ptok(capped), ptok(texts)):
+        np.testing.assert_array_equal(a, b)

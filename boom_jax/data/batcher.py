@@ -27,6 +27,20 @@ from boom_jax.data.schedules import PlannedBatch, make_plan
 
 Tokenize = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 STATE_KEYS = ("epoch", "position", "seed", "schedule", "batch_size")
+MAX_CHARS_PER_TOKEN = 16  # no wordpiece/BPE token of real text is longer; cuts far past max_length
+
+
+def cap_chars(texts: list[str], tokenizer: Tokenize) -> list[str]:
+    """Cuts texts far longer than the tokenizer's max_length (in characters) before tokenizing.
+
+    Fast tokenizers encode the whole text and truncate afterwards, so a 10,000-character passage costs
+    as much as 80 short ones; its first max_length tokens lie well inside max_length * 16 characters.
+    """
+    max_length = getattr(tokenizer, "max_length", None)
+    if not max_length:
+        return texts
+    limit = int(max_length) * MAX_CHARS_PER_TOKEN
+    return [t[:limit] if len(t) > limit else t for t in texts]
 
 
 def query_text(example: Example) -> str:
@@ -176,8 +190,8 @@ class Batcher:
             dataset = self._by_name[name]
             queries.append(query_text(dataset.examples[i]))
             passages.extend(choose_passages(dataset, i, group - 1, rng))
-        query_ids, query_mask = self.query_tokenizer(queries)
-        passage_ids, passage_mask = self.passage_tokenizer(passages)
+        query_ids, query_mask = self.query_tokenizer(cap_chars(queries, self.query_tokenizer))
+        passage_ids, passage_mask = self.passage_tokenizer(cap_chars(passages, self.passage_tokenizer))
         b = self.batch_size // self.process_count
         q = slice(self.process_index * b, (self.process_index + 1) * b)
         p = slice(self.process_index * b * group, (self.process_index + 1) * b * group)
