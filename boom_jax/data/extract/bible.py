@@ -7,6 +7,8 @@ import html
 import re
 from pathlib import Path
 
+from tqdm import tqdm
+
 from boom_jax.data.extract.text import squash
 
 _NOTE = re.compile(r"<note\b.*?</note>", re.S)
@@ -39,13 +41,13 @@ def read_bible(sword_dir: Path, module_key: str) -> list[Verse]:
     modules.parse_modules()
     bible = modules.get_bible_from_module(module_key)
     verses = []
-    for testament, books in bible.get_structure().get_books().items():
-        for book in books:
-            for chapter, length in enumerate(book.chapter_lengths, 1):
-                numbers = list(range(1, length + 1))
-                texts = bible.get(books=[book.osis_name], chapters=[chapter], verses=numbers, clean=False, join="\x00")
-                for number, markup in zip(numbers, texts.split("\x00")):
-                    text = clean_osis(markup)
-                    if text:
-                        verses.append(Verse(testament, book.osis_name, chapter, number, text))
+    books = [(testament, book) for testament, group in bible.get_structure().get_books().items() for book in group]
+    for testament, book in tqdm(books, desc=f"sword {module_key}"):
+        for chapter, length in enumerate(book.chapter_lengths, 1):
+            numbers = list(range(1, length + 1))
+            texts = bible.get(books=[book.osis_name], chapters=[chapter], verses=numbers, clean=False, join="\x00")
+            for number, markup in zip(numbers, texts.split("\x00")):
+                text = clean_osis(markup)
+                if text:
+                    verses.append(Verse(testament, book.osis_name, chapter, number, text))
     return verses

@@ -8,7 +8,6 @@ import dataclasses
 import sysconfig
 from pathlib import Path
 
-from boom_jax.data.extract.text import squash
 
 _SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "lib2to3", "__pycache__"}
 
@@ -65,5 +64,5 @@ def read_python_functions(root: Path | None = None, min_doc_words: int = 4, min_
                     code = textwrap.dedent(_strip_docstring(node, lines))
                     if len([line for line in code.splitlines() if line.strip()]) < min_lines + 1:
                         continue
-                    out.append(PyFunction(module, prefix + node.name, node.lineno, squash(doc), code))
+                    out.append(PyFunction(module, prefix + node.name, node.lineno, doc, code))
     return sorted(out, key=lambda f: (f.module, f.line))
