@@ -127,3 +127,19 @@ def test_character_cap_keeps_the_tokens_of_long_texts(tokenizers):
     assert max(len(t) for t in capped) == 64 * 16 < len(texts[0])
     for a, b in zip(ptok(capped), ptok(texts)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_prefetching_batcher_matches_and_resumes(tokenizers):
+    from boom_jax.data.batcher import PrefetchingBatcher
+
+    qtok, ptok = tokenizers
+    make = lambda: Batcher(DATASETS, qtok, ptok, batch_size=4, group_size=2, seed=5)
+    plain = [batch_digest(b) for b in make()]
+    pre = PrefetchingBatcher(make(), depth=3)
+    head = [batch_digest(next(pre)) for _ in range(4)]
+    state = pre.state()
+    pre.close()
+    assert head == plain[:4] and state["position"] == 4
+    resumed = make()
+    resumed.restore(state)
+    assert [batch_digest(b) for b in PrefetchingBatcher(resumed)] == plain[4:]

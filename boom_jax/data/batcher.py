@@ -16,6 +16,8 @@ restored batcher yields exactly the same remaining batches.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -206,3 +208,64 @@ class Batcher:
             "dataset_index": dataset_id,  # alias of dataset_id
             "in_batch_negatives": all(self._by_name[n].in_batch_negatives for n in set(names)),
         }
+
+
+class PrefetchingBatcher:
+    """Builds the next `depth` batches of a Batcher in a background thread (tokenization overlaps the
+    train step; the fast tokenizers release the GIL). `state()` is the position after the last batch
+    handed out, so checkpoints resume exactly as with the plain Batcher."""
+
+    def __init__(self, batcher: Batcher, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self.batcher = batcher
+        self._state = batcher.state()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="batch-prefetch", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            for batch in self.batcher:
+                item = (batch, self.batcher.state())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:  # wait for the consumer
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(StopIteration)
+        except BaseException as error:  # surface errors (e.g. a tokenizer failure) in the consumer
+            self._queue.put(error)
+
+    def __iter__(self) -> "PrefetchingBatcher":
+        return self
+
+    def __next__(self) -> dict:
+        item = self._queue.get()
+        if item is StopIteration:
+            self._queue.put(StopIteration)
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        batch, self._state = item
+        return batch
+
+    def state(self) -> dict:
+        return dict(self._state)
+
+    def close(self) -> None:
+        """Stops the background thread (call before dropping an unfinished iterator)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batcher.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.batcher.total_steps
