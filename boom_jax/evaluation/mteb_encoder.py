@@ -28,9 +28,9 @@ INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery: "
 INSTRUCTION_ARCHS = ("qwen3",)
 
 
-def uses_instructions(encoder: "Encoder") -> bool:
-    """Whether the paper's query instruction applies: decoder embedding models."""
-    return encoder.cfg.arch in INSTRUCTION_ARCHS
+def uses_instructions(cfg) -> bool:
+    """Whether the paper's query instruction applies to a model config: decoder embedding models."""
+    return getattr(cfg, "arch", None) in INSTRUCTION_ARCHS
 
 
 def mteb_model_name(label: str) -> str:
@@ -60,7 +60,7 @@ class MtebEncoder(AbsEncoder):
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
         if instructions is None:
-            instructions = cfg is not None and uses_instructions(encoder)
+            instructions = uses_instructions(cfg)
         self.use_instructions = instructions
         self.instruction_template = INSTRUCTION_TEMPLATE if instructions else None
         if prompts is None:

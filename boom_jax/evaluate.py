@@ -1,0 +1,89 @@
+"""Evaluate embedding models on mteb benchmarks or the built-in offline tasks.
+
+Usage:
+  python -m boom_jax.evaluate --model=PATH [--model=PATH2 ...] [--name=LABEL ...]
+      (--benchmark="MTEB(eng, v2)" | --tasks=NAME,NAME | --tasks=builtin | --tasks=builtin_in | --tasks=builtin_out)
+      --out=DIR [--batch_size=32] [--backend=auto|jax|sentence_transformers] [--overwrite]
+
+PATH is a model folder, a train workdir, a Hugging Face folder (run by the JAX encoder, no export
+needed) or an exported sentence-transformers folder (run by sentence-transformers unless
+--backend=jax). Benchmarks and mteb task names need the network (mteb downloads their data);
+the built-in tasks run offline. DIR receives mteb/<label>/<task>.json (mteb's result files),
+results.json, table.md and chart.png comparing the models.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("model", [], "Model to evaluate (repeat for several): model folder, train workdir, HF or "
+                          "sentence-transformers folder.")
+flags.DEFINE_multi_string("name", [], "Label of each --model in the report, in order (default: the folder name).")
+flags.DEFINE_string("benchmark", None, 'mteb benchmark name, e.g. "MTEB(eng, v2)" (needs the network).')
+flags.DEFINE_list("tasks", None, "Comma-separated task names (built-in or mteb), or builtin / builtin_in / builtin_out.")
+flags.DEFINE_string("out", None, "Output folder for the results, table and chart.")
+flags.DEFINE_integer("batch_size", 32, "Encoding batch size.")
+flags.DEFINE_enum("backend", "auto", ["auto", "jax", "sentence_transformers"],
+                  "auto: sentence-transformers folders through sentence-transformers, everything else through JAX.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.")
+
+
+def model_labels(paths: list[str], names: list[str]) -> dict[str, str]:
+    """label -> path: the given --name values, else folder names made unique with a numeric suffix."""
+    if names and len(names) != len(paths):
+        raise app.UsageError(f"--name given {len(names)} time(s) for {len(paths)} --model(s); give one per model or none")
+    labels = list(names) or [os.path.basename(os.path.normpath(p)) or "model" for p in paths]
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 and labels.count(label) == 1 else f"{label}-{seen[label]}")
+    if names and len(set(names)) != len(names):
+        raise app.UsageError(f"--name values must be unique, got {names}")
+    return dict(zip(unique, paths))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.model:
+        raise app.UsageError("give at least one --model")
+    if not FLAGS.out:
+        raise app.UsageError("--out is required")
+    if not FLAGS.tasks and not FLAGS.benchmark:
+        raise app.UsageError("give --tasks (e.g. --tasks=builtin) or --benchmark")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size} must be positive")
+    for path in FLAGS.model:
+        if not os.path.exists(path):
+            print(f"error: model path {path} does not exist", file=sys.stderr)
+            sys.exit(1)
+    models = model_labels(FLAGS.model, FLAGS.name)
+
+    from boom_jax.evaluation.report import TABLE_FILE
+    from boom_jax.evaluation.runner import evaluate_models
+
+    try:
+        evaluate_models(
+            models,
+            FLAGS.tasks,
+            FLAGS.out,
+            benchmark=FLAGS.benchmark,
+            batch_size=FLAGS.batch_size,
+            backend=FLAGS.backend,
+            overwrite=FLAGS.overwrite,
+        )
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: names what is wrong
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    with open(os.path.join(FLAGS.out, TABLE_FILE), encoding="utf-8") as f:
+        print(f.read())
+    print(f"results written to {FLAGS.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main)

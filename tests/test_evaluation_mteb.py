@@ -1,0 +1,178 @@
+"""mteb on the JAX encoder vs mteb on the exported sentence-transformers folder (real MiniLM weights),
+the fast retrieval path vs mteb, prompts and instructions, the command line and its error messages."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import mteb
+import pytest
+from mteb.types import PromptType
+from sentence_transformers import SentenceTransformer
+
+from boom_jax.data.records import EvalTask
+from boom_jax.evaluation import report
+from boom_jax.evaluation.mteb_encoder import MtebEncoder, uses_instructions
+from boom_jax.evaluation.runner import (
+    EvaluationError,
+    evaluate_builtin_retrieval,
+    evaluate_models,
+    resolve_tasks,
+    to_mteb_model,
+)
+from boom_jax.evaluation.tasks import task_metadata, to_mteb_tasks
+from boom_jax.hf import export_sentence_transformers
+from boom_jax.models.config import ModelConfig
+from boom_jax.models.encoder import Encoder
+
+RETRIEVAL = EvalTask(
+    name="TinyRetrieval",
+    type="retrieval",
+    domain="in",
+    description="Given a question, retrieve passages that answer it",
+    queries={
+        "q1": "What do cats like to eat?",
+        "q2": "How tall is Mount Everest?",
+        "q3": "Who wrote the play Hamlet?",
+        "q4": "What is the boiling point of water?",
+        "q5": "Which animal is the largest mammal?",
+        "q6": "What language is spoken in Brazil?",
+    },
+    corpus={
+        "d1": "Cats are carnivores and mostly eat meat and fish.",
+        "d2": "Dogs enjoy chewing bones and playing fetch.",
+        "d3": "Mount Everest rises 8,849 metres above sea level.",
+        "d4": "K2 is the second highest mountain on Earth.",
+        "d5": "Hamlet is a tragedy written by William Shakespeare.",
+        "d6": "Macbeth is another Shakespeare play about ambition.",
+        "d7": "At sea level water boils at 100 degrees Celsius.",
+        "d8": "Ice melts at zero degrees Celsius.",
+        "d9": "The blue whale is the largest animal ever known.",
+        "d10": "Elephants are the largest land animals.",
+        "d11": "Portuguese is the official language of Brazil.",
+        "d12": "Spanish is spoken in most of South America.",
+    },
+    qrels={
+        "q1": {"d1": 1},
+        "q2": {"d3": 2, "d4": 0},
+        "q3": {"d5": 1},
+        "q4": {"d7": 1},
+        "q5": {"d9": 2, "d10": 1},
+        "q6": {"d11": 1, "d12": 1},
+    },
+)
+PAIRS = EvalTask(
+    name="TinyPairs",
+    type="pair_classification",
+    domain="out",
+    description="Retrieve duplicate questions",
+    texts1=["How old are you?", "What is your name?", "Where is Paris?", "Is it raining today?"],
+    texts2=["What is your age?", "How is the weather?", "In which country is Paris?", "Do cats eat fish?"],
+    labels=[1, 0, 1, 0],
+)
+CLUSTERING = EvalTask(
+    name="TinyClustering",
+    type="clustering",
+    domain="out",
+    description="Identify the topic of a sentence",
+    texts=["The dog barked.", "A cat purred.", "The car honked.", "A truck drove by.", "The puppy slept.", "The bus was late."],
+    labels=["animal", "animal", "vehicle", "vehicle", "animal", "vehicle"],
+)
+
+
+@pytest.fixture(scope="module")
+def minilm_encoder(minilm_path):
+    return Encoder.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="module")
+def st_export(minilm_encoder, minilm_path, tmp_path_factory):
+    enc = minilm_encoder
+    return export_sentence_transformers(enc.params, enc.cfg, minilm_path, tmp_path_factory.mktemp("st") / "export")
+
+
+def test_jax_wrapper_and_exported_folder_score_alike(minilm_encoder, st_export, tmp_path):
+    tasks = [RETRIEVAL, PAIRS, CLUSTERING]
+    reference = mteb.evaluate(SentenceTransformer(st_export), to_mteb_tasks(tasks), cache=None, show_progress_bar=False)
+    ref = {r.task_name: r for r in reference.task_results}
+    out = tmp_path / "eval"
+    results = evaluate_models({"jax": minilm_encoder, "export": st_export}, tasks, out, show_progress_bar=False)
+
+    ndcg = ref["TinyRetrieval"].get_score()
+    assert 0.5 < ndcg < 0.999  # a real ranking, neither broken nor saturated
+    for label in ("jax", "export"):
+        for name in ("TinyRetrieval", "TinyPairs", "TinyClustering"):
+            assert results[label][name]["main_score"] == pytest.approx(ref[name].get_score(), abs=1e-4), (label, name)
+    assert results["jax"]["TinyPairs"] == {**results["jax"]["TinyPairs"], "type": "pair_classification", "domain": "out"}
+    # every retrieval metric in mteb's own result file, not only the main score
+    saved = json.loads((out / "mteb" / "jax" / "TinyRetrieval.json").read_text())["scores"]["test"][0]
+    expected = ref["TinyRetrieval"].scores["test"][0]
+    for key in ("ndcg_at_1", "ndcg_at_5", "map_at_10", "recall_at_3", "mrr_at_10"):
+        assert saved[key] == pytest.approx(expected[key], abs=1e-4), key
+    assert sorted(os.listdir(out)) == ["chart.png", "mteb", "results.json", "table.md"]
+    assert report.load_results(out) == json.loads(json.dumps(results))
+    assert "| TinyRetrieval | retrieval | in | ndcg_at_10 |" in (out / "table.md").read_text()
+
+    # the fast dev path: NumPy metrics on the same encoder give mteb's nDCG@10
+    fast = evaluate_builtin_retrieval(minilm_encoder, [RETRIEVAL, PAIRS])
+    assert list(fast) == ["TinyRetrieval"]
+    assert fast["TinyRetrieval"] == pytest.approx(results["jax"]["TinyRetrieval"]["main_score"], abs=1e-6)
+
+    with pytest.raises(FileExistsError, match="already exists"):
+        evaluate_models({"jax": minilm_encoder}, [PAIRS], out, show_progress_bar=False)
+
+
+def test_prompts_and_decoder_instructions(minilm_encoder):
+    meta = task_metadata(RETRIEVAL)
+    pair_meta = task_metadata(PAIRS)
+    decoder_cfg = ModelConfig(arch="qwen3", num_key_value_heads=2, head_dim=32, pooling="lasttoken", padding_side="left")
+    assert uses_instructions(decoder_cfg) and not uses_instructions(minilm_encoder.cfg)
+    qwen = MtebEncoder(minilm_encoder, instructions=True)
+    instruct = "Instruct: Given a question, retrieve passages that answer it\nQuery: "
+    assert qwen.prompt_for(meta, PromptType.query) == instruct
+    assert qwen.prompt_for(meta, PromptType.document) is None
+    assert qwen.prompt_for(pair_meta, None) == "Instruct: Retrieve duplicate questions\nQuery: "
+    assert qwen.mteb_model_meta.use_instructions
+
+    cfg = dataclasses.replace(minilm_encoder.cfg, prompts={"query": "query: ", "Retrieval-document": "passage: "})
+    bert = MtebEncoder(Encoder(cfg, minilm_encoder.params, minilm_encoder.tokenizer))
+    assert bert.prompt_for(meta, PromptType.query) == "query: "
+    assert bert.prompt_for(meta, PromptType.document) == "passage: "
+    assert bert.prompt_for(pair_meta, None) is None
+    assert MtebEncoder(minilm_encoder).prompt_for(meta, PromptType.query) is None
+
+
+def test_bad_models_and_task_names(tmp_path, minilm_path):
+    with pytest.raises(EvaluationError, match="does not exist"):
+        to_mteb_model(str(tmp_path / "nowhere"), "x")
+    # HF weights without tokenizer files, first as a plain HF folder, then as a sentence-transformers one
+    folder = tmp_path / "no_tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        os.symlink(os.path.join(minilm_path, name), folder / name)
+    with pytest.raises(EvaluationError, match="no tokenizer files"):
+        to_mteb_model(str(folder), "x")
+    os.symlink(os.path.join(minilm_path, "modules.json"), folder / "modules.json")
+    with pytest.raises(EvaluationError, match="no tokenizer files"):
+        to_mteb_model(str(folder), "x")
+
+    with pytest.raises(EvaluationError, match=r"unknown task 'SciFactt'.*SciFact"):
+        resolve_tasks("SciFactt")
+    with pytest.raises(EvaluationError, match=r"unknown benchmark 'MTEB\(eng, v3\)'.*MTEB\(eng, v2\)"):
+        resolve_tasks(benchmark="MTEB(eng, v3)")
+    with pytest.raises(EvaluationError, match="more than once"):
+        resolve_tasks([PAIRS, PAIRS])
+    bad = dataclasses.replace(PAIRS, name="BadPairs", labels=[1, 0, 2, 0])
+    with pytest.raises(ValueError, match=r"'BadPairs': pair labels must be 0 or 1, got \[2\]"):
+        to_mteb_tasks([bad])[0].load_data()
+
+
+def test_command_line_errors(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "boom_jax.evaluate", "--tasks=builtin", f"--out={tmp_path / 'o'}"]
+    run = subprocess.run(cmd + [f"--model={tmp_path / 'missing'}"], capture_output=True, text=True, env=env)
+    assert run.returncode == 1 and "model path" in run.stderr and "does not exist" in run.stderr
+    run = subprocess.run(cmd + [f"--model={tmp_path}", "--name=a", "--name=b"], capture_output=True, text=True, env=env)
+    assert run.returncode != 0 and "--name given 2 time(s) for 1 --model(s)" in run.stderr
