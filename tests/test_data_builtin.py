@@ -95,3 +95,32 @@ def test_selection_limit_domain_and_unknown_names():
         builtin.builtin_eval_tasks("nope")
     with pytest.raises(ValueError, match="domain"):
         builtin.builtin_eval_tasks(domain="mid")
+
+
+def test_bm25_index_matches_rank_bm25_scores():
+    import numpy as np
+    from rank_bm25 import BM25Okapi
+
+    from boom_jax.data.extract.bm25 import Bm25Index
+    from boom_jax.data.extract.text import words
+
+    docs = ["the cat sat on the mat", "a dog chased the cat", "stock markets fell sharply", "the mat was red", "dogs and cats"]
+    queries = ["cat on a mat", "falling markets", "red dog"]
+    index = Bm25Index(docs)
+    reference = BM25Okapi([words(d) for d in docs])
+    for row, query in zip(index.scores(queries), queries):
+        np.testing.assert_allclose(row, reference.get_scores(words(query)), rtol=1e-12)
+    expected = [int(d) for d in np.argsort(-reference.get_scores(words(queries[0])), kind="stable") if d != 0][:2]
+    assert index.search(queries, 2, lambda q, d: d == 0)[0] == expected
+
+
+def test_osis_cleaning_and_near_duplicates():
+    from boom_jax.data.extract.bible import clean_osis
+    from boom_jax.data.extract.near_dup import NearDuplicateIndex
+
+    markup = ('<w lemma="strong:H0430">God</w><note placement="foot">a note</note><w lemma="x">created</w> '
+              '<w>the</w> <w>heavens</w> . ¶')
+    assert clean_osis(markup) == "God created the heavens."
+    index = NearDuplicateIndex(["one two three four five six seven eight", "alpha beta gamma delta epsilon"])
+    assert index.covered("one two three four five six seven eight nine ten") == 5 / 7
+    assert index.covered("zeta eta theta iota kappa") == 0.0

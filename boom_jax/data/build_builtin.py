@@ -22,6 +22,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -37,6 +38,7 @@ from tqdm import tqdm
 
 from boom_jax.data.extract import bible, debian, faq, foldoc, gcide, golang, python_lib, wordnet
 from boom_jax.data.extract.bm25 import Bm25Index
+from boom_jax.data.extract.near_dup import NearDuplicateIndex
 from boom_jax.data.extract.text import clip, fingerprint, squash
 from boom_jax.data.records import EvalTask
 
@@ -322,6 +324,20 @@ def build_wordnet(cache: Path, seed: int, size: int) -> tuple[list[TrainSet], li
                 pairs.append((w, s.gloss, webster[w]))
                 break
     pairs = sample(sorted(pairs), 600, seed)
+
+    # Training: Webster definition -> WordNet gloss for monosemous training words
+    winstr = "Given a definition from Webster's 1913 dictionary, retrieve the WordNet gloss of the same word sense"
+    train_pairs = []
+    for k, s in enumerate(train_syn):
+        for lemma in s.lemmas:
+            w = lemma.lower()
+            if senses[w] == 1 and w in webster and fingerprint(s.gloss) not in fingerprint(webster[w]):
+                train_pairs.append((webster[w], k))
+                break
+    train_pairs = sorted(sample(train_pairs, size, seed + 4), key=lambda p: p[1])
+    wnegs = mine(index, [q for q, _ in train_pairs], NUM_NEG + 1, lambda q, d: d == train_pairs[q][1], "webster")
+    webster_records = [record(q, [glosses[k]], [glosses[d] for d in wnegs[n]], winstr, "retrieval")
+                       for n, (q, k) in enumerate(train_pairs) if len(wnegs[n]) >= NUM_NEG]
     half = len(pairs) // 2
     positives = pairs[:half]
     negatives_src = pairs[half:]
@@ -337,7 +353,8 @@ def build_wordnet(cache: Path, seed: int, size: int) -> tuple[list[TrainSet], li
     tasks.append(EvalTask(name="wordnet_webster_pairs", type="pair_classification", domain="in",
                           description="Is the WordNet gloss and the Webster 1913 definition the same word sense? (held-out words)",
                           texts1=[t1[i] for i in order], texts2=[t2[i] for i in order], labels=[labels[i] for i in order]))
-    return [TrainSet("wordnet_gloss", "retrieval", instr, True, ("wordnet",), records)], tasks
+    return [TrainSet("wordnet_gloss", "retrieval", instr, True, ("wordnet",), records),
+            TrainSet("webster_wordnet", "retrieval", winstr, True, ("gcide", "wordnet"), webster_records)], tasks
 
 
 def _first_paragraph(doc: str) -> str:
@@ -433,9 +450,13 @@ def eval_texts(task: EvalTask) -> list[str]:
             + task.texts + task.texts1 + task.texts2)
 
 
-def remove_leaks(task: EvalTask, train_fps: set[str]) -> tuple[EvalTask, int]:
-    """Drops every evaluation text whose fingerprint equals a training text's; returns the task and the count."""
-    leak = lambda t: fingerprint(t) in train_fps
+NEAR_DUP_COVERAGE = 0.5
+
+
+def remove_leaks(task: EvalTask, train_fps: set[str], near: NearDuplicateIndex) -> tuple[EvalTask, int]:
+    """Drops every evaluation text equal (after normalization) to a training text, or half covered by the word
+    4-grams of one training text; returns the task and the number of texts dropped."""
+    leak = lambda t: fingerprint(t) in train_fps or near.covered(t) >= NEAR_DUP_COVERAGE
     dropped = sum(1 for t in eval_texts(task) if leak(t))
     if task.type == "retrieval":
         corpus = {k: v for k, v in task.corpus.items() if not leak(v)}
@@ -478,7 +499,23 @@ def task_counts(task: EvalTask) -> dict:
     return {"pairs": len(task.texts1), "positives": sum(task.labels)}
 
 
-def write_corpus(out: Path, sets: list[TrainSet], tasks: list[EvalTask], versions: dict, seed: int) -> dict:
+def bm25_ndcg_at_10(task: EvalTask) -> float:
+    """nDCG@10 of plain BM25 on a retrieval task: the lexical baseline to report beside model scores."""
+    doc_ids = list(task.corpus)
+    index = Bm25Index([task.corpus[d] for d in doc_ids])
+    query_ids = list(task.queries)
+    ranked = index.search([task.queries[q] for q in query_ids], 10, lambda q, d: False)
+    total = 0.0
+    for q, docs in zip(query_ids, ranked):
+        rel = task.qrels[q]
+        dcg = sum(rel.get(doc_ids[d], 0) / math.log2(r + 2) for r, d in enumerate(docs))
+        ideal = sum(g / math.log2(r + 2) for r, g in enumerate(sorted(rel.values(), reverse=True)[:10]))
+        total += dcg / ideal if ideal else 0.0
+    return round(total / len(query_ids), 4)
+
+
+def write_corpus(out: Path, sets: list[TrainSet], tasks: list[EvalTask], versions: dict, seed: int,
+                 baselines: dict[str, float]) -> dict:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -499,6 +536,8 @@ def write_corpus(out: Path, sets: list[TrainSet], tasks: list[EvalTask], version
         _write_gzip(path, json.dumps(t.to_dict(), ensure_ascii=False, sort_keys=True))
         manifest["eval"][t.name] = {"file": f"eval/{t.name}.json.gz", "type": t.type, "domain": t.domain,
                                     "counts": task_counts(t), "sha256": _sha256(path)}
+        if t.name in baselines:
+            manifest["eval"][t.name]["bm25_ndcg_at_10"] = baselines[t.name]
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     sources = sorted({src for s in sets for src in s.sources} | {"gcide", "golang", "faq", "foldoc"})
     notice = ["boom_jax built-in corpus: text extracted from freely licensed sources that ship offline.",
@@ -528,13 +567,17 @@ def build(out: Path, cache: Path, seed: int, size: int) -> dict:
         sets += s
         tasks += t
     tasks += build_out_of_domain(cache, seed)
-    train_fps = {fingerprint(x) for s in sets for r in s.records for x in [r["query"], *r["pos"], *r["neg"]]}
-    clean = []
-    for task in tasks:
-        task, dropped = remove_leaks(task, train_fps)
-        logging.info("%s: dropped %d leaked texts", task.name, dropped)
+    train_texts = sorted({x for s in sets for r in s.records for x in [r["query"], *r["pos"], *r["neg"]]})
+    train_fps = {fingerprint(x) for x in train_texts}
+    near = NearDuplicateIndex(train_texts)
+    clean, baselines = [], {}
+    for task in tqdm(tasks, desc="leakage check"):
+        task, dropped = remove_leaks(task, train_fps, near)
+        logging.info("%s: dropped %d leaked or near-duplicate texts", task.name, dropped)
         clean.append(task)
-    manifest = write_corpus(Path(out), sets, clean, versions, seed)
+        if task.type == "retrieval":
+            baselines[task.name] = bm25_ndcg_at_10(task)
+    manifest = write_corpus(Path(out), sets, clean, versions, seed, baselines)
     logging.info("built %s in %.0f s", out, time.time() - start)
     return manifest
 

@@ -50,6 +50,7 @@ def read_perlfaq(pod_dir: Path) -> list[FaqEntry]:
         for block in blocks[1:]:
             title, _, body = block.partition("\n")
             body = re.sub(r"^=\w+.*$", " ", body, flags=re.M)
+            body = re.sub(r"X<+[^>]*>+", " ", body)  # index entries
             answer = squash(_POD_CODE.sub(r"\1", body))
             title = squash(_POD_CODE.sub(r"\1", title))
             if title.endswith("?") and len(answer.split()) >= 8:
