@@ -53,14 +53,14 @@ def module_embed_fn(module: Any) -> EmbedFn:
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, rng: jax.Array) -> dict:
     """A fresh train state (see the module docstring). ``rng`` is a typed or raw PRNG key."""
-    zero = jnp.zeros((), jnp.int32)
+    counter = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers: the state is donated)
     return {
         "params": params,
         "opt_state": optimizer.init(params),
-        "step": zero,
+        "step": counter(),
         "rng": rng,
-        "skipped": zero,
-        "consecutive_skipped": zero,
+        "skipped": counter(),
+        "consecutive_skipped": counter(),
     }
 
 
@@ -146,7 +146,7 @@ def make_train_step(
             grads = jax.tree_util.tree_map_with_path(
                 lambda p, g: g if trainable(path_string(p)) else jnp.zeros_like(g), grads
             )
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         # Non-finite gradients would poison the Adam moments even if discarded later: zero them first.
         safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
