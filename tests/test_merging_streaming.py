@@ -155,6 +155,9 @@ def test_cli_merges_and_exports(tiny_bert_folders, tmp_path, capsys):
     np.testing.assert_array_equal(
         exported["embeddings"]["word_embeddings"]["embedding"], merged["embeddings"]["word_embeddings"]["embedding"]
     )
+    # An HF / sentence-transformers folder is an input too (loaded whole, merged with a model folder).
+    mixed = merge_models([out / "export", a], tmp_path / "mixed", "linear", progress=False)
+    _equal_trees(model_io.load_model(mixed)[1], MERGE_METHODS["linear"]([merged, params]))
     # A non-empty --out is refused without --overwrite, and left untouched (same main, in process).
     before = sorted(os.listdir(out))
     argv = flags.FLAGS(["merge", "--method=linear", f"--out={out}", a, b])

@@ -22,8 +22,9 @@ TRAINING_ONLY_FIELDS = frozenset(
 )
 # Fields of the embedding head: they must agree between the merged models, not with a base.
 HEAD_FIELDS = frozenset({"pooling", "normalize", "max_seq_length", "padding_side", "append_eos", "prompts"})
-# hf_config keys that are bookkeeping or training-only.
-IGNORED_HF_KEYS = frozenset({"transformers_version", "torch_dtype", "dtype", "architectures", "use_cache", "gradient_checkpointing"})
+# The original config.json is not compared: the architecture and its sizes are ModelConfig fields of
+# their own, and config.json differs in bookkeeping between an HF folder and its round trips.
+IGNORED_FIELDS = frozenset({"hf_config"})
 MAX_LISTED = 10
 
 
@@ -50,17 +51,13 @@ def spec_of(tree_or_spec: Any) -> Spec:
     return {p: (tuple(np.shape(x)), np.dtype(x.dtype)) for p, x in leaves}
 
 
-def _hf_view(hf: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in hf.items() if not k.startswith("_") and k not in IGNORED_HF_KEYS and "dropout" not in k}
-
-
 def config_view(cfg: Any, with_head: bool = True) -> dict[str, Any]:
     """The config fields a merge must agree on (a ModelConfig or its to_dict())."""
     data = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-    out = {k: v for k, v in data.items() if k not in TRAINING_ONLY_FIELDS and (with_head or k not in HEAD_FIELDS)}
-    if "hf_config" in out:
-        for k, v in _hf_view(out.pop("hf_config") or {}).items():
-            out[f"hf_config.{k}"] = v
+    skip = TRAINING_ONLY_FIELDS | IGNORED_FIELDS | (frozenset() if with_head else HEAD_FIELDS)
+    out = {k: v for k, v in data.items() if k not in skip}
+    if "prompts" in out:  # an empty prompt is no prompt (sentence-transformers writes {"query": ""})
+        out["prompts"] = {k: v for k, v in (out["prompts"] or {}).items() if v}
     return out
 
 
