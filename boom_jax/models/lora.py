@@ -162,11 +162,11 @@ def fold_lora(params: Mapping[str, Any], cfg: Any) -> dict:
 
 
 def add_lora_params(params: Mapping[str, Any], cfg: Any, rng: jax.Array) -> dict:
-    """Adds fresh LoRA leaves (`lora_a` random, `lora_b` zeros) to every targeted dense layer.
+    """Adds fresh LoRA leaves (`lora_a` random, `lora_b` zeros; float32 NumPy) to every targeted layer.
 
     `cfg.lora_targets` picks the layers (by module name, see `LORA_TARGET_MODULES`); `cfg.lora_rank`
-    their rank. Each leaf gets its own key (`rng` folded with the layer's index in sorted path order),
-    so the result depends only on `rng` and the tree. Raises when a layer already has LoRA leaves or
+    their rank. Each layer draws from its own stream (`rng`'s key data plus the layer's index in
+    sorted path order), so the result depends only on `rng` and the tree. Raises when a layer already has LoRA leaves or
     no layer matches the targets.
     """
     if cfg.lora_rank <= 0:
@@ -176,13 +176,16 @@ def add_lora_params(params: Mapping[str, Any], cfg: Any, rng: jax.Array) -> dict
     targets = sorted(((p, n) for p, n in _walk_dense(out) if p[-1] in modules), key=lambda t: t[0])
     if not targets:
         raise ValueError(f"lora_targets {list(cfg.lora_targets)} match no dense layer in the params tree")
+    seed = [int(v) for v in np.asarray(jax.random.key_data(rng)).ravel()]
     for index, (path, node) in enumerate(targets):
         if LORA_A in node or LORA_B in node:
             raise ValueError(f"{'/'.join(path)} already has LoRA leaves")
         fan_in, fan_out = node["kernel"].shape
-        key = jax.random.fold_in(rng, index)
-        node[LORA_A] = lora_a_init(key, (fan_in, cfg.lora_rank), jnp.float32)
-        node[LORA_B] = jnp.zeros((cfg.lora_rank, fan_out), jnp.float32)
+        # Host-side NumPy draws: no per-shape compilation, same law as `lora_a_init`.
+        bound = 1.0 / np.sqrt(fan_in)
+        gen = np.random.default_rng(seed + [index])
+        node[LORA_A] = gen.uniform(-bound, bound, (fan_in, cfg.lora_rank)).astype(np.float32)
+        node[LORA_B] = np.zeros((cfg.lora_rank, fan_out), np.float32)
     return out
 
 
