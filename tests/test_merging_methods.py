@@ -169,6 +169,7 @@ def test_multislerp_float64_reference_on_hard_geometry():
         "nearly_parallel": [v + 1e-6 * rng.normal(size=4096) for _ in range(3)],
         "nearly_opposite": [v, -v + 1e-4 * rng.normal(size=4096)],
         "opposite_plus_third": [v, -v, rng.normal(size=4096)],
+        "antipodal_to_mean": [v, 2 * v, -v],  # the last one sits exactly at -mean: no tangent direction
     }
     for name, vecs in cases.items():
         w = rng.uniform(0.5, 1.5, size=len(vecs))
