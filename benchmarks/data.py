@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--group_size", type=int, default=4)
     parser.add_argument("--query_max_len", type=int, default=64)
     parser.add_argument("--passage_max_len", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the data (later ones hit the token cache)")
+    parser.add_argument("--token_cache_size", type=int, default=200_000, help="0 disables the token cache")
     parser.add_argument("--limit", type=int, default=0, help="examples per dataset (0 = all)")
     parser.add_argument("--all_cores", action="store_true", help="do not pin the process to core 0")
     args = parser.parse_args()
@@ -89,7 +91,8 @@ def main() -> None:
         start, cpu_start = time.perf_counter(), time.process_time()
         datasets = load_datasets([{"path": data, "limit": args.limit}])
         loaded, cpu_loaded = time.perf_counter(), time.process_time()
-        batcher = Batcher(datasets, qtok, ptok, batch_size=args.batch_size, group_size=args.group_size, seed=0)
+        batcher = Batcher(datasets, qtok, ptok, batch_size=args.batch_size, group_size=args.group_size, seed=0,
+                          num_epochs=args.epochs, token_cache_size=args.token_cache_size)
         examples = 0
         for batch in batcher:
             examples += batch["query_ids"].shape[0]
@@ -98,7 +101,7 @@ def main() -> None:
     total = sum(len(d) for d in datasets)
     print(f"data: {data} ({len(datasets)} datasets, {total} examples)")
     print(f"batch_size={args.batch_size} group_size={args.group_size} query_max_len={args.query_max_len} "
-          f"passage_max_len={args.passage_max_len} cores={'all' if args.all_cores else 1}")
+          f"passage_max_len={args.passage_max_len} epochs={args.epochs} token_cache_size={args.token_cache_size} cores={'all' if args.all_cores else 1}")
     print(f"load + validate: {loaded - start:.2f} s wall, {cpu_loaded - cpu_start:.2f} s CPU "
           f"({total / (cpu_loaded - cpu_start):,.0f} examples per CPU second)")
     print(f"plan + tokenize + batch: {done - loaded:.2f} s wall, {cpu_done - cpu_loaded:.2f} s CPU "

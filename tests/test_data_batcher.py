@@ -88,6 +88,10 @@ def test_resume_yields_identical_remaining_stream(tokenizers):
     make = lambda: Batcher(DATASETS, qtok, ptok, batch_size=4, group_size=2, seed=3, num_epochs=2)
     full = [batch_digest(b) for b in make()]
     assert len(full) == 22 and len(set(full)) == 22  # the second epoch differs from the first
+    uncached = Batcher(DATASETS, qtok, ptok, batch_size=4, group_size=2, seed=3, num_epochs=2, token_cache_size=0)
+    assert [batch_digest(b) for b in uncached] == full  # the token cache changes nothing
+    tiny_cache = Batcher(DATASETS, qtok, ptok, batch_size=4, group_size=2, seed=3, num_epochs=2, token_cache_size=5)
+    assert [batch_digest(b) for b in tiny_cache] == full and len(tiny_cache._passage_cache) == 5
     first = make()
     for _ in range(8):
         next(first)

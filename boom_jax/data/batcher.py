@@ -76,12 +76,45 @@ def choose_passages(dataset: TrainDataset, position: int, num_negatives: int, rn
     return [pos, *picked]
 
 
+class TokenCache:
+    """Token ids of recently seen texts (negatives recur across groups, every text across epochs).
+
+    Bounded: past `max_entries` the oldest entries are dropped. Used with tokenizers that expose
+    `token_ids(texts)` and `pad(ids)` (TextTokenizer); the batches are identical with or without it.
+    """
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._ids: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def tokenize(self, tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._ids))
+        fresh = dict(zip(missing, (np.asarray(r, dtype=np.int32) for r in tokenizer.token_ids(missing)))) if missing else {}
+        rows = [fresh[t] if t in fresh else self._ids[t] for t in texts]
+        self._ids.update(fresh)
+        while len(self._ids) > self.max_entries:
+            del self._ids[next(iter(self._ids))]
+        return tokenizer.pad(rows)
+
+
+def tokenize(tokenizer: Tokenize, texts: list[str], cache: TokenCache | None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) of texts: very long texts capped first, through the cache when the tokenizer allows."""
+    texts = cap_chars(texts, tokenizer)
+    if cache is not None and hasattr(tokenizer, "token_ids") and hasattr(tokenizer, "pad"):
+        return cache.tokenize(tokenizer, texts)
+    return tokenizer(texts)
+
+
 class Batcher:
     """Iterates fixed-shape batches of a schedule over `num_epochs` epochs (None = forever).
 
     `query_tokenizer` / `passage_tokenizer`: callables texts -> (ids, mask) padded to length buckets
     (e.g. `boom_jax.tokenization.TextTokenizer` with query_max_len / passage_max_len).
     `group_size`: 1 positive + (group_size - 1) negatives, unless a dataset sets `hard_negatives`.
+    `token_cache_size`: texts whose token ids are kept (per tokenizer; 0 disables the cache).
     """
 
     def __init__(
@@ -97,6 +130,7 @@ class Batcher:
         num_epochs: int | None = 1,
         process_index: int = 0,
         process_count: int = 1,
+        token_cache_size: int = 200_000,
     ):
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be an int >= 1 (1 positive + negatives), got {group_size!r}")
@@ -119,6 +153,8 @@ class Batcher:
         self.process_count = process_count
         self.epoch = 0
         self.position = 0
+        self._query_cache = TokenCache(token_cache_size) if token_cache_size > 0 else None
+        self._passage_cache = TokenCache(token_cache_size) if token_cache_size > 0 else None
         self._plan_epoch: int | None = None
         self._plan: list[PlannedBatch] = []
         if self.steps_per_epoch == 0:
@@ -192,8 +228,8 @@ class Batcher:
             dataset = self._by_name[name]
             queries.append(query_text(dataset.examples[i]))
             passages.extend(choose_passages(dataset, i, group - 1, rng))
-        query_ids, query_mask = self.query_tokenizer(cap_chars(queries, self.query_tokenizer))
-        passage_ids, passage_mask = self.passage_tokenizer(cap_chars(passages, self.passage_tokenizer))
+        query_ids, query_mask = tokenize(self.query_tokenizer, queries, self._query_cache)
+        passage_ids, passage_mask = tokenize(self.passage_tokenizer, passages, self._passage_cache)
         b = self.batch_size // self.process_count
         q = slice(self.process_index * b, (self.process_index + 1) * b)
         p = slice(self.process_index * b * group, (self.process_index + 1) * b * group)
