@@ -88,44 +88,61 @@ def test_grad_cache_equals_backprop_with_dropout(dropout_model):
     embed = jax.jit(embed_fn)
     ids, mask = batch["query_ids"], batch["query_mask"]
     assert np.abs(np.asarray(embed(params, ids, mask, rng) - embed(params, ids, mask, jax.random.key(4)))).max() > 1e-3
-    with pytest.raises(ValueError, match="not a multiple of grad_cache_chunk=3"):
+    with pytest.raises(ValueError, match="ids has 8 rows, not a multiple of the chunk size 3"):
         grad_cache_value_and_grad(embed_fn, loss_fn, *args, rng, chunk_size=3)
 
 
-def _run_steps(embed_fn, params, n_steps, mesh=None, grad_cache_chunk=None):
+def _poisonable(embed_fn):
+    """embed_fn whose output is NaN when a mask holds the value 2 (to provoke a non-finite loss)."""
+
+    def embed(p, ids, mask, rng):
+        emb = embed_fn(p, ids, jnp.minimum(mask, 1), rng)
+        return emb * jnp.where(jnp.any(mask == 2), jnp.nan, 1.0)
+
+    return embed
+
+
+def _optimizer():
     # eps=1e-3: the key bias has a mathematically zero gradient (softmax is shift invariant); with a
     # tiny eps Adam would blow its float noise (which differs between layouts) up to lr-sized steps.
-    optimizer, schedule = make_optimizer(
-        1e-2, total_steps=10, warmup_steps=2, weight_decay=0.1, clip_norm=1.0, eps=1e-3
-    )
-    state = init_train_state(params, optimizer, jax.random.key(7))
-    shardings = None
-    if mesh is not None:
-        shardings = train_state_shardings(params, optimizer, jax.random.key(7), mesh, BERT_RULES)
-        state = jax.device_put(state, shardings)
-    step = make_train_step(
-        embed_fn, optimizer, TEMPERATURE, schedule, mesh=mesh, state_shardings=shardings,
-        grad_cache_chunk=grad_cache_chunk,
-    )
+    return make_optimizer(1e-2, total_steps=10, warmup_steps=2, weight_decay=0.1, clip_norm=1.0, eps=1e-3)
+
+
+@pytest.fixture(scope="module")
+def single_device_step(plain_model):
+    embed_fn, _ = plain_model
+    optimizer, schedule = _optimizer()
+    step = make_train_step(_poisonable(embed_fn), optimizer, TEMPERATURE, schedule, donate=False)
+    return step, optimizer, schedule
+
+
+def _run_steps(step, state, n_steps):
     metrics = []
     for i in range(n_steps):
         state, m = step(state, _batch(10 + i, in_batch=(i != 1)))  # step 1: own-group negatives only
         metrics.append(jax.device_get(m))
-    return jax.device_get(state), metrics, shardings
+    return jax.device_get(state), metrics
 
 
-def test_sharded_step_equals_single_device(plain_model):
-    """3 steps on the 8-device mesh (data=2, fsdp=2, tensor=2), plain and with grad cache, equal the
-    single-device uncached run (cross-device negatives + hard negatives + global-mean loss)."""
+def test_sharded_step_equals_single_device(plain_model, single_device_step):
+    """3 steps on the 8-device mesh (data=2, fsdp=2, tensor=2) equal the single-device run
+    (cross-device negatives + hard negatives + global-mean loss + FSDP/tensor-sharded params)."""
     embed_fn, params = plain_model
-    want_state, want_metrics, _ = _run_steps(embed_fn, params, 3)
+    step, optimizer, schedule = single_device_step
+    want_state, want_metrics = _run_steps(step, init_train_state(params, optimizer, jax.random.key(7)), 3)
+
     mesh = make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
-    for chunk in (None, 4):
-        got_state, got_metrics, shardings = _run_steps(embed_fn, params, 3, mesh=mesh, grad_cache_chunk=chunk)
-        _assert_trees_close(got_state["params"], want_state["params"])
-        for got, want in zip(got_metrics, want_metrics):
-            np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
-            np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-4)
+    shardings = train_state_shardings(params, optimizer, jax.random.key(7), mesh, BERT_RULES)
+    state = jax.device_put(init_train_state(params, optimizer, jax.random.key(7)), shardings)
+    sharded_step = make_train_step(
+        _poisonable(embed_fn), optimizer, TEMPERATURE, schedule, mesh=mesh, state_shardings=shardings
+    )
+    got_state, got_metrics = _run_steps(sharded_step, state, 3)
+
+    _assert_trees_close(got_state["params"], want_state["params"])
+    for got, want in zip(got_metrics, want_metrics):
+        np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+        np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-4)
     assert int(got_state["step"]) == 3 and int(got_state["skipped"]) == 0
     # the params really moved, and the schedule's warmup shows in the metrics
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), want_state["params"], params)
@@ -133,25 +150,21 @@ def test_sharded_step_equals_single_device(plain_model):
     assert [float(m["lr"]) for m in want_metrics] == pytest.approx([0.0, 5e-3, 1e-2])
     kernel_sharding = shardings["params"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
     assert tuple(kernel_sharding.spec) == ("fsdp", "tensor")
+    kernel = got_state["params"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+    assert kernel.shape == (32, 64)
 
 
-def test_non_finite_loss_skips_the_update(plain_model):
-    base_fn, params = plain_model
-
-    def embed_fn(p, ids, mask, rng):  # a mask value of 2 poisons the batch (NaN embeddings)
-        emb = base_fn(p, ids, jnp.minimum(mask, 1), rng)
-        return emb * jnp.where(jnp.any(mask == 2), jnp.nan, 1.0)
-
-    optimizer, schedule = make_optimizer(1e-2, total_steps=10, warmup_steps=0)
-    step = make_train_step(embed_fn, optimizer, TEMPERATURE, schedule, donate=False)
+def test_non_finite_loss_skips_the_update(plain_model, single_device_step):
+    _, params = plain_model
+    step, optimizer, schedule = single_device_step
     state = init_train_state(params, optimizer, jax.random.key(0))
     poisoned = _batch(1)
     poisoned["query_mask"] = poisoned["query_mask"] * 2
 
-    state1, m1 = step(state, _batch(0))
+    state1, m1 = step(state, _batch(10))
     state2, m2 = step(state1, poisoned)
     state3, m3 = step(state2, poisoned)
-    state4, m4 = step(state3, _batch(2))
+    state4, m4 = step(state3, _batch(12))
     assert [int(m["skipped"]) for m in (m1, m2, m3, m4)] == [0, 1, 1, 0]
     assert [int(m["consecutive_skipped"]) for m in (m1, m2, m3, m4)] == [0, 1, 2, 0]
     assert not np.isfinite(float(m2["loss"]))

@@ -31,7 +31,8 @@ def _split_chunks(x: jax.Array, chunk_size: int, name: str) -> jax.Array:
     n = x.shape[0]
     if chunk_size <= 0 or n % chunk_size != 0:
         raise ValueError(
-            f"grad cache: {name} has {n} rows, not a multiple of grad_cache_chunk={chunk_size}"
+            f"grad cache: {name} has {n} rows, not a multiple of the chunk size {chunk_size} "
+            f"(grad_cache_chunk queries, times the group size for passages)"
         )
     n_chunks = n // chunk_size
     return jnp.swapaxes(x.reshape((chunk_size, n_chunks) + x.shape[1:]), 0, 1)
@@ -105,16 +106,18 @@ def grad_cache_value_and_grad(
 ) -> tuple[jax.Array, Any]:
     """(loss, param grads) of ``loss_fn(embed(queries), embed(passages))`` with a gradient cache.
 
-    Queries use key ``fold_in(rng, 0)`` and passages ``fold_in(rng, 1)`` (then the chunk index), the
+    ``chunk_size`` counts QUERIES per chunk (global, over all devices); the passages go in chunks of
+    ``chunk_size * G`` (their group size), so both sides have the same number of chunks. Queries use key ``fold_in(rng, 0)`` and passages ``fold_in(rng, 1)`` (then the chunk index), the
     same as :func:`chunked_value_and_grad`, which is the memory-hungry reference it must equal.
     """
     q_rng, p_rng = _query_passage_rngs(rng)
+    p_chunk = _passage_chunk(chunk_size, query_ids, passage_ids)
     frozen = lax.stop_gradient(params)
     q = embed_in_chunks(embed_fn, frozen, query_ids, query_mask, q_rng, chunk_size)
-    p = embed_in_chunks(embed_fn, frozen, passage_ids, passage_mask, p_rng, chunk_size)
+    p = embed_in_chunks(embed_fn, frozen, passage_ids, passage_mask, p_rng, p_chunk)
     loss, (q_grad, p_grad) = jax.value_and_grad(loss_fn, argnums=(0, 1))(q, p)
     grads_q = _pull_back(embed_fn, params, query_ids, query_mask, q_rng, q_grad, chunk_size)
-    grads_p = _pull_back(embed_fn, params, passage_ids, passage_mask, p_rng, p_grad, chunk_size)
+    grads_p = _pull_back(embed_fn, params, passage_ids, passage_mask, p_rng, p_grad, p_chunk)
     return loss, jax.tree.map(jnp.add, grads_q, grads_p)
 
 
@@ -129,7 +132,8 @@ def chunked_value_and_grad(
     rng: jax.Array | None,
     chunk_size: int | None = None,
 ) -> tuple[jax.Array, Any]:
-    """(loss, param grads) by plain backprop; ``chunk_size`` None embeds each side in one call."""
+    """(loss, param grads) by plain backprop; ``chunk_size`` (queries per chunk, as in
+    :func:`grad_cache_value_and_grad`) None embeds each side in one call."""
     q_rng, p_rng = _query_passage_rngs(rng)
 
     def total_loss(params):
@@ -138,10 +142,19 @@ def chunked_value_and_grad(
             p = embed_fn(params, passage_ids, passage_mask, _chunk_rng(p_rng, 0))
         else:
             q = embed_in_chunks(embed_fn, params, query_ids, query_mask, q_rng, chunk_size)
-            p = embed_in_chunks(embed_fn, params, passage_ids, passage_mask, p_rng, chunk_size)
+            p_chunk = _passage_chunk(chunk_size, query_ids, passage_ids)
+            p = embed_in_chunks(embed_fn, params, passage_ids, passage_mask, p_rng, p_chunk)
         return loss_fn(q, p)
 
     return jax.value_and_grad(total_loss)(params)
+
+
+def _passage_chunk(chunk_size: int, query_ids: jax.Array, passage_ids: jax.Array) -> int:
+    """Passages per chunk: ``chunk_size`` queries' groups."""
+    b, n = query_ids.shape[0], passage_ids.shape[0]
+    if b == 0 or n % b:
+        raise ValueError(f"grad cache: {n} passages are not a multiple of the {b} queries (group layout)")
+    return chunk_size * (n // b)
 
 
 def _query_passage_rngs(rng: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:

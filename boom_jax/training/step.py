@@ -123,8 +123,8 @@ def make_train_step(
     - ``schedule``: the optimizer's lr schedule, reported as ``metrics["lr"]`` (of the update applied).
     - ``mesh`` + ``state_shardings`` (from :func:`train_state_shardings`): state and outputs keep those
       shardings, batches are split over ("data", "fsdp"). Without a mesh: plain single-device jit.
-    - ``grad_cache_chunk``: sequences per forward chunk (global, per side); None = plain backprop.
-      Queries and passages counts must be multiples of it.
+    - ``grad_cache_chunk``: queries per gradient-cache chunk (global; passages go ``G`` times as many
+      per chunk); None or 0 = plain backprop. The batch size must be a multiple of it.
     - ``trainable(path)``: leaves outside it get zero gradients (so XLA skips their weight gradients);
       pass the same predicate as the optimizer's.
     Metrics: loss, grad_norm (global norm of the gradients before clipping), lr, skipped (1 if this
@@ -134,7 +134,7 @@ def make_train_step(
     def loss_and_grads(params, batch, rng):
         loss_fn = lambda q, p: info_nce(q, p, temperature, batch["in_batch_negatives"])  # noqa: E731
         args = (params, batch["query_ids"], batch["query_mask"], batch["passage_ids"], batch["passage_mask"], rng)
-        if grad_cache_chunk is None:
+        if not grad_cache_chunk:
             return chunked_value_and_grad(embed_fn, loss_fn, *args)
         return grad_cache_value_and_grad(embed_fn, loss_fn, *args, chunk_size=grad_cache_chunk)
 
