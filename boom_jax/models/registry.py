@@ -109,6 +109,14 @@ ARCHS: dict[str, ArchSpec] = {
         hf_prefixes=("bert.", "model.", "0.auto_model."),
         hf_architectures=("BertModel",),
     ),
+    "qwen3": ArchSpec(
+        name="qwen3",
+        model_types=("qwen3",),
+        module="boom_jax.models.qwen3:Qwen3Encoder",
+        weights="boom_jax.hf.qwen3_weights",
+        hf_prefixes=("model.", "0.auto_model."),
+        hf_architectures=("Qwen3Model",),
+    ),
 }
 
 
@@ -138,12 +146,16 @@ def build_model(cfg: ModelConfig):
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> Params:
-    """Random params for `cfg` (tests, tiny configs): a plain nested dict of float32 arrays."""
+    """Random params for `cfg` (tests, tiny configs): a plain nested dict of float32 arrays.
+
+    Runs the module's init eagerly: on CPU that beats compiling a fresh init program per config
+    (the small per-op programs are shared by every later init).
+    """
     import jax.numpy as jnp
 
     module = build_model(cfg)
     ids = jnp.ones((1, seq_len), jnp.int32)
-    variables = jax.jit(lambda r: module.init(r, ids, jnp.ones_like(ids), deterministic=True))(rng)
+    variables = module.init(rng, ids, jnp.ones_like(ids), deterministic=True)
     return to_plain_dict(variables["params"])
 
 
