@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from boom_jax.training.config_validation import ConfigError, check_override_keys
@@ -47,9 +47,18 @@ def parse_config(argv: Sequence[str]):
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from boom_jax.training.loop import train
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 shows them
+    from boom_jax.training.loop import NonFiniteLossError, train
 
-    result = train(FLAGS.config, FLAGS.workdir)
+    try:
+        result = train(FLAGS.config, FLAGS.workdir)
+    except (ConfigError, NonFiniteLossError) as err:
+        sys.exit(f"error: {err}")
+    if result.preempted:
+        print(f"preempted at step {result.steps}/{result.total_steps}; checkpoint saved in {result.workdir}. "
+              f"Re-run the same command to resume.")
+        return
     print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, workdir {result.workdir}")
 
 

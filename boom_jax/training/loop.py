@@ -93,7 +93,6 @@ def load_model_for_training(config: ml_collections.ConfigDict, rng: jax.Array):
     """(ModelConfig, params, tokenizer_dir) from config.model: pretrained weights, or a random init
     of the folder's architecture resized by config.model.sizes; LoRA leaves added when lora_rank > 0."""
     from boom_jax.model_io import load_model, tokenizer_dir_of
-    from boom_jax.models import init_params
 
     path = resolve_model_path(config.model.path)
     overrides = runtime_overrides(config)
@@ -105,7 +104,7 @@ def load_model_for_training(config: ml_collections.ConfigDict, rng: jax.Array):
             cfg = cfg.replace(**dict(config.model.sizes), **overrides)
         except ValueError as e:
             raise ConfigError(f"config.model.sizes: {e}") from e
-        params = init_params(cfg, jax.random.fold_in(rng, 1))
+        params = random_params(cfg, config.seed)
         tokenizer_dir = path
     else:
         if config.model.sizes:
@@ -123,6 +122,29 @@ def load_model_for_training(config: ml_collections.ConfigDict, rng: jax.Array):
             params = add_lora_params(params, cfg, jax.random.fold_in(rng, 2))
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     return cfg, params, tokenizer_dir
+
+
+def random_params(cfg, seed: int) -> dict:
+    """Random params for `cfg` drawn with NumPy (no compilation, so tiny test models start at once):
+    weights ~ N(0, 0.02), norm scales 1, biases 0. Shapes come from the module's abstract init."""
+    from boom_jax.models import build_model
+    from boom_jax.models.registry import to_plain_dict
+    from boom_jax.training.sharding import path_string
+
+    module = build_model(cfg)
+    ids = jnp.ones((1, 8), jnp.int32)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, ids, deterministic=True))["params"]
+    gen = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path_string(path).rsplit("/", 1)[-1]
+        if name == "scale":
+            return np.ones(leaf.shape, np.float32)
+        if name == "bias":
+            return np.zeros(leaf.shape, np.float32)
+        return (0.02 * gen.standard_normal(leaf.shape)).astype(np.float32)
+
+    return to_plain_dict(jax.tree_util.tree_map_with_path(draw, to_plain_dict(shapes)))
 
 
 def count_matmul_params(params: Any) -> int:
