@@ -198,3 +198,21 @@ def test_exported_tensors_load_into_transformers_without_gaps(tiny, tmp_path):
     (out / "config.json").write_text((Path(folder) / "config.json").read_text())
     _, info = AutoModel.from_pretrained(str(out), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+
+
+def test_loader_reads_a_causal_lm_checkpoint(tiny, params, tmp_path):
+    """A Qwen3ForCausalLM folder ("model." names plus an untied lm_head) loads through the registry."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from boom_jax.hf.loader import load_hf_model
+
+    folder, cfg, tensors = tiny
+    config = Qwen3Config.from_pretrained(folder, tie_word_embeddings=False)
+    causal = Qwen3ForCausalLM(config)
+    causal.model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+    causal.save_pretrained(str(tmp_path))
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert "lm_head.weight" in saved and "model.norm.weight" in saved
+    loaded_cfg, loaded = load_hf_model(str(tmp_path))
+    assert loaded_cfg.arch == "qwen3" and loaded_cfg.head_dim == 32
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, jax.tree_util.tree_map(np.asarray, params))
