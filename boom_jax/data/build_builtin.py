@@ -39,7 +39,7 @@ from tqdm import tqdm
 from boom_jax.data.extract import bible, debian, faq, foldoc, gcide, golang, python_lib, wordnet
 from boom_jax.data.extract.bm25 import Bm25Index
 from boom_jax.data.extract.near_dup import NearDuplicateIndex
-from boom_jax.data.extract.text import clip, fingerprint, squash
+from boom_jax.data.extract.text import clip, fingerprint, squash, words
 from boom_jax.data.records import EvalTask
 
 FLAGS = flags.FLAGS
@@ -418,8 +418,21 @@ def build_bible(cache: Path, seed: int, size: int) -> tuple[list[TrainSet], list
                 if 0 <= j < len(train) and train[j][0]["book"] == train[k][0]["book"]]
         if len(near) >= NUM_NEG:
             records.append(record(src, [tgt], near[:NUM_NEG + 1], instr, "sts"))
-    tasks = [retrieval_task("bible_paraphrase_retrieval", "in", "KJV verse -> World English Bible verse (New Testament; training uses the Old).",
-                            instr, [(a["text"], b["text"]) for a, b in held], [b["text"] for _, b in held], seed)]
+    # Evaluation keeps the freer renderings (word Jaccard < 0.4; the rest is near-trivial for BM25) and puts
+    # the neighbouring verses of every target into the corpus as distractors.
+    def jaccard(a: str, b: str) -> float:
+        x, y = set(words(a)), set(words(b))
+        return len(x & y) / max(1, len(x | y))
+
+    hard = sample([k for k, (a, b) in enumerate(held) if jaccard(a["text"], b["text"]) < 0.4], EVAL_QUERIES, seed)
+    neighbours = [held[j][1]["text"] for k in hard for j in (k - 2, k - 1, k + 1, k + 2)
+                  if 0 <= j < len(held) and held[j][0]["book"] == held[k][0]["book"]]
+    others = sample([b["text"] for _, b in held], EVAL_CORPUS, seed + 5)
+    tasks = [retrieval_task("bible_paraphrase_retrieval", "in",
+                            "KJV verse -> World English Bible verse, freer renderings only, neighbouring verses as "
+                            "distractors (New Testament; training uses the Old).",
+                            instr, [(held[k][0]["text"], held[k][1]["text"]) for k in hard],
+                            list(dict.fromkeys(neighbours)) + others, seed)]
     return [TrainSet("bible_paraphrase", "sts", instr, True, ("bible",), records)], tasks
 
 

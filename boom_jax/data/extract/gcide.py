@@ -8,6 +8,7 @@ from pathlib import Path
 from boom_jax.data.extract.dictd import read_dictd
 from boom_jax.data.extract.text import squash
 
+_LETTER_MARK = re.compile(r"\[[=.'\"`~^-]?([A-Za-z]{1,2})[\^~]?\]")  # [ae], [=a], ["o], [a^]: accented letters
 _SOURCE_TAG = re.compile(r"\[[^\[\]]*(?:Webster|PJC|WordNet|Century)[^\[\]]*\]")
 
 
@@ -29,7 +30,7 @@ def first_webster_definition(entry: str) -> str:
     tag = _SOURCE_TAG.search(entry)
     if not tag or "WordNet" in tag.group(0):
         return ""
-    head, _, body = entry[: tag.start()].partition("\n")
+    head, _, body = _LETTER_MARK.sub(r"\1", entry[: tag.start()]).partition("\n")
     sense = _strip_brackets(head.partition(")")[2] + "\n" + body) if "(" in head else _strip_brackets(body)
     sense = sense.replace("{", "").replace("}", "")
     sense = re.sub(r"^[\s,;]*(?:[a-z]+\.\s*;?\s*)*", "", sense)  # part-of-speech remnants ("n.", "v. t.")
