@@ -98,6 +98,15 @@ def main() -> None:
             examples += batch["query_ids"].shape[0]
         done, cpu_done = time.perf_counter(), time.process_time()
 
+        # Reference: the bare Rust tokenizer on passages of the same data, no pipeline around it.
+        sample = [p for d in datasets for e in d.examples[:2000] for p in e.pos[:1] + e.neg[:args.group_size - 1]]
+        backend = tok.backend_tokenizer
+        backend.no_padding()
+        backend.enable_truncation(args.passage_max_len)
+        cpu_ref = time.process_time()
+        backend.encode_batch(sample)
+        ref_texts_per_s = len(sample) / (time.process_time() - cpu_ref)
+
     total = sum(len(d) for d in datasets)
     print(f"data: {data} ({len(datasets)} datasets, {total} examples)")
     print(f"batch_size={args.batch_size} group_size={args.group_size} query_max_len={args.query_max_len} "
@@ -107,6 +116,8 @@ def main() -> None:
     print(f"plan + tokenize + batch: {done - loaded:.2f} s wall, {cpu_done - cpu_loaded:.2f} s CPU "
           f"({examples / (cpu_done - cpu_loaded):,.0f} examples, "
           f"{examples * (args.group_size + 1) / (cpu_done - cpu_loaded):,.0f} texts per CPU second)")
+    print(f"reference, bare tokenizer encode_batch on {len(sample)} passages of the data: "
+          f"{ref_texts_per_s:,.0f} texts per CPU second")
     print(f"end to end: {examples / (done - start):,.0f} examples/s wall, "
           f"{examples / (cpu_done - cpu_start):,.0f} examples per CPU second, over {examples} batched examples")
 
