@@ -98,7 +98,7 @@ def test_jax_wrapper_and_exported_folder_score_alike(minilm_encoder, st_export, 
     reference = mteb.evaluate(SentenceTransformer(st_export), to_mteb_tasks(tasks), cache=None, show_progress_bar=False)
     ref = {r.task_name: r for r in reference.task_results}
     out = tmp_path / "eval"
-    results = evaluate_models({"jax": minilm_encoder, "export": st_export}, tasks, out, show_progress_bar=False)
+    results = evaluate_models({"jax": minilm_encoder, "export": st_export}, tasks, out, batch_size=8, show_progress_bar=False)
 
     ndcg = ref["TinyRetrieval"].get_score()
     assert 0.5 < ndcg < 0.999  # a real ranking, neither broken nor saturated
@@ -116,7 +116,7 @@ def test_jax_wrapper_and_exported_folder_score_alike(minilm_encoder, st_export, 
     assert "| TinyRetrieval | retrieval | in | ndcg_at_10 |" in (out / "table.md").read_text()
 
     # the fast dev path: NumPy metrics on the same encoder give mteb's nDCG@10
-    fast = evaluate_builtin_retrieval(minilm_encoder, [RETRIEVAL, PAIRS])
+    fast = evaluate_builtin_retrieval(minilm_encoder, [RETRIEVAL, PAIRS], batch_size=8)
     assert list(fast) == ["TinyRetrieval"]
     assert fast["TinyRetrieval"] == pytest.approx(results["jax"]["TinyRetrieval"]["main_score"], abs=1e-6)
 

@@ -151,18 +151,20 @@ def _has_tokenizer(folder: str) -> bool:
 
 def load_encoder(path: str | os.PathLike):
     """A JAX `Encoder` from a model folder, train workdir, or HF / sentence-transformers folder."""
-    from boom_jax.model_io import load_model
+    from boom_jax.model_io import load_model, resolve_model_folder, tokenizer_dir_of
     from boom_jax.models.encoder import Encoder
     from boom_jax.tokenization import load_tokenizer
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise EvaluationError(f"model path {path} does not exist")
-    cfg, params, tokenizer_dir = load_model(path)
+    # check the tokenizer before reading the weights: a missing one is the commoner mistake
+    tokenizer_dir = tokenizer_dir_of(resolve_model_folder(path) or path)
     if tokenizer_dir is None or not _has_tokenizer(tokenizer_dir):
         raise EvaluationError(
             f"{path}: no tokenizer files found (expected one of {', '.join(TOKENIZER_FILES)} in the folder or its tokenizer/)"
         )
+    cfg, params, _ = load_model(path)
     return Encoder(cfg, params, load_tokenizer(tokenizer_dir))
 
 
