@@ -7,6 +7,7 @@ back in input order.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -30,6 +31,18 @@ def batch_buckets(batch_size: int) -> tuple[int, ...]:
     return tuple(sizes) + (batch_size,)
 
 
+@functools.lru_cache(maxsize=16)
+def jitted_forward(cfg: ModelConfig):
+    """The jitted (params, input_ids, attention_mask) -> embeddings function of `cfg`, shared by all
+    Encoders of the same config so each (batch, length) shape compiles once per process."""
+    module = build_model(cfg)
+
+    def forward(params, input_ids, attention_mask):
+        return module.apply({"params": params}, input_ids, attention_mask, deterministic=True)
+
+    return jax.jit(forward)
+
+
 class Encoder:
     """A ready-to-use text encoder (see `encode`)."""
 
@@ -40,12 +53,7 @@ class Encoder:
         self.text_tokenizer = TextTokenizer(
             tokenizer, cfg.max_seq_length, cfg.padding_side, cfg.append_eos, buckets=buckets
         )
-        module = build_model(cfg)
-
-        def apply(params, input_ids, attention_mask):
-            return module.apply({"params": params}, input_ids, attention_mask, deterministic=True)
-
-        self._apply = jax.jit(apply)
+        self._apply = jitted_forward(cfg)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "Encoder":
