@@ -108,3 +108,41 @@ def test_sigterm_saves_then_sigkill_resume_is_exact(runs):
                 for r in read_metrics(workdir) if "loss" in r]
     assert stream(runs["straight"]) == stream(runs["interrupted"])
     assert len(stream(runs["interrupted"])) == STEPS
+
+
+def test_restore_train_state_onto_another_mesh(runs):
+    """The 1-device run's checkpoint restored onto a data=2 x fsdp=4 mesh: same values, new shardings."""
+    import jax
+
+    from boom_jax.training.checkpoint import TrainCheckpointer
+    from boom_jax.training.loop import build_optimizer, load_model_for_training
+    from boom_jax.training.sharding import DEFAULT_RULES, make_mesh
+    from boom_jax.training.step import init_train_state, train_state_shardings
+    from configs import tiny
+
+    config = tiny.get_config()
+    rng = jax.random.PRNGKey(config.seed)
+    cfg, params, _ = load_model_for_training(config, rng)
+    optimizer, _, _ = build_optimizer(config, cfg, STEPS)
+    mesh = make_mesh((("data", 2), ("fsdp", 4), ("tensor", 1)))
+    shardings = train_state_shardings(params, optimizer, rng, mesh, DEFAULT_RULES[cfg.arch])
+    shapes = jax.eval_shape(lambda p, r: init_train_state(p, optimizer, r), params, rng)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    state, data_state, saved_config = TrainCheckpointer(runs["straight"], every_steps=EVERY).restore(target)
+    assert int(state["step"]) == STEPS and saved_config["train"]["max_steps"] == STEPS
+    assert data_state["position"] > 0
+    reference = latest_params(runs["straight"])
+    for x, y in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    kernel = state["params"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
+    assert kernel.sharding == shardings["params"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
+    assert len(kernel.sharding.device_set) == 8
+
+
+def test_non_finite_steps_stop_the_run_with_a_clear_message(tmp_path):
+    proc = _start(str(tmp_path / "nan"), "--config.train.learning_rate=1e30", "--config.train.warmup_ratio=0.0",
+                  "--config.train.max_consecutive_skips=2")
+    out = _finish(proc)
+    assert proc.returncode == 1, out
+    assert "2 steps in a row had a non-finite loss or gradient" in out
+    assert "config.train.max_consecutive_skips=2" in out and "Lower config.train.learning_rate" in out

@@ -268,6 +268,22 @@ class DevEvaluator:
 # The loop
 
 
+def build_optimizer(config: ml_collections.ConfigDict, cfg, total_steps: int):
+    """(optimizer, lr schedule, trainable predicate or None) for config.train; LoRA trains its leaves only."""
+    from boom_jax.training.optim import make_optimizer
+
+    trainable = None
+    if cfg.lora_rank > 0:
+        from boom_jax.models.lora import is_lora_leaf
+
+        trainable = is_lora_leaf
+    optimizer, schedule = make_optimizer(
+        config.train.learning_rate, total_steps, warmup_steps=int(round(config.train.warmup_ratio * total_steps)),
+        decay=config.train.lr_schedule, weight_decay=config.train.weight_decay,
+        clip_norm=config.train.max_grad_norm or None, trainable=trainable)
+    return optimizer, schedule, trainable
+
+
 def _write_json_atomic(path: str, data: Any) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -299,7 +315,6 @@ def train(
     from boom_jax.data.schedules import SCHEDULES
     from boom_jax.models import build_model
     from boom_jax.tokenization import TextTokenizer, load_tokenizer
-    from boom_jax.training.optim import make_optimizer
     from boom_jax.training.sharding import DEFAULT_RULES, make_mesh
     from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn, train_state_shardings
 
@@ -333,15 +348,7 @@ def train(
     # Mesh, optimizer, state.
     mesh = make_mesh(_mesh_spec(config), key="config.mesh")
     rules = DEFAULT_RULES[cfg.arch]
-    trainable = None
-    if cfg.lora_rank > 0:
-        from boom_jax.models.lora import is_lora_leaf
-
-        trainable = is_lora_leaf
-    optimizer, schedule = make_optimizer(
-        config.train.learning_rate, total_steps, warmup_steps=int(round(config.train.warmup_ratio * total_steps)),
-        decay=config.train.lr_schedule, weight_decay=config.train.weight_decay,
-        clip_norm=config.train.max_grad_norm or None, trainable=trainable)
+    optimizer, schedule, trainable = build_optimizer(config, cfg, total_steps)
     shardings = train_state_shardings(params, optimizer, rng, mesh, rules)
     params = jax.device_put(params, shardings["params"])
     state = jax.jit(lambda p, r: init_train_state(p, optimizer, r), out_shardings=shardings)(params, rng)
@@ -382,6 +389,9 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=start_step, desc=config.name, unit="step", dynamic_ncols=True)
+    if evaluator is not None and config.eval.every_steps and start_step == 0:
+        dev_scores = evaluator(state["params"])  # the starting point, for comparison
+        writer.write(0, {f"dev/ndcg_at_10/{k}": v for k, v in dev_scores.items()})
     window_start = time.perf_counter()
     try:
         with PreemptionGuard() as guard:
