@@ -9,8 +9,8 @@ each measurement in its own subprocess so that the peak RSS belongs to that meas
   read       read all K checkpoints fully (model_io.read_params), nothing else
   in_memory  merge_models(..., streaming=False): load K models, merge, write the model folder
   streaming  merge_models(..., streaming=True): leaf groups of at most the largest tensor
-Reported: seconds of the operation (imports excluded), peak RSS growth over the process's RSS just
-before the operation, and read_s / streaming_s (merge throughput relative to a plain read).
+Reported: seconds of the operation (imports excluded), peak RSS growth (VmHWM) over the process's
+RSS just before the operation, and read_s / streaming_s (merge throughput relative to a plain read).
 Results go to WORKDIR/results.json and a Markdown table on stdout.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,16 +31,22 @@ sys.path.insert(0, REPO)
 SYNTHETIC = dict(arch="bert", vocab_size=30522, hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, intermediate_size=4096)
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM belongs to this process image; getrusage's ru_maxrss would carry the parent's peak over
+    # fork + exec and hide everything below it.
+    return _status_mb("VmHWM")
 
 
 # ---------------------------------------------------------------------------------------------
