@@ -3,6 +3,11 @@
     python -m boom_jax.train --config=configs/minilm_bls.py[:smoke] --workdir=runs/minilm \\
         [--config.train.batch_size=64 ...]
 
+Shipped configs: configs/tiny.py (a tiny random model, for tests), configs/minilm_bls.py
+(all-MiniLM-L6-v2 on the built-in corpus, offline), configs/qwen3_0p6b_bls.py and
+configs/qwen3_4b_lora_bls.py (the paper's recipes; need --config.model.path=/path/to/Qwen3 and the BGE
+data); each takes :smoke for a few quick steps.
+
 The config is a Python file whose get_config(arg) returns an ml_collections.ConfigDict (see
 configs/common.py for every key); `--config.key=value` overrides any key, keeping its type. The
 config is validated at start: an unknown key, a wrong type or an impossible combination stops the
