@@ -85,11 +85,10 @@ class TextTokenizer:
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
-        limit = self.max_length - 1 if self.append_eos else self.max_length
-        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
-        if self.append_eos:
+        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
+        if self.append_eos:  # unless the tokenizer already ends rows with EOS
             eos = self.tokenizer.eos_token_id
-            ids = [row if row and row[-1] == eos else row + [eos] for row in ids]
+            ids = [row if row and row[-1] == eos else row[: self.max_length - 1] + [eos] for row in ids]
         return ids
 
     def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
