@@ -60,6 +60,8 @@ def test_missing_file_and_empty_glob_are_named(tmp_path):
         load_one(str(tmp_path / "nowhere.jsonl"))
     with pytest.raises(DataError, match=r"\*\.jsonl: no \.jsonl or \.jsonl\.gz file matches"):
         load_one(str(tmp_path / "*.jsonl"))
+    with pytest.raises(DataError, match=r"missing_folder: no such file or folder"):
+        load_one(str(tmp_path / "missing_folder"))
 
 
 def test_skip_mode_counts_and_duplicates_dropped(tmp_path):

@@ -256,7 +256,9 @@ def open_hf_dataset(source: str, split: str = "train"):
     if os.path.isfile(source):
         builder = "parquet" if source.endswith(".parquet") else "json"
         return datasets.load_dataset(builder, data_files={split: [source]}, split=split)
-    if source.endswith(JSONL_SUFFIXES + HF_FILE_SUFFIXES) or source.startswith((".", "/", "~")):
+    parent = os.path.dirname(source)
+    if source.endswith(JSONL_SUFFIXES + HF_FILE_SUFFIXES) or source.startswith((".", "/", "~")) or (
+            parent and os.path.isdir(parent)):
         raise DataError(source, "no such file or folder", "missing file")
     return _open_hub_dataset(source, split)
 
