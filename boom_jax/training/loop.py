@@ -284,6 +284,18 @@ def build_optimizer(config: ml_collections.ConfigDict, cfg, total_steps: int):
     return optimizer, schedule, trainable
 
 
+def global_batch(batch: dict, mesh) -> dict:
+    """With several processes, each holds its slice of the global batch: assemble global jax.Arrays
+    (split over the batch axes). With one process the numpy batch goes to the step as it is."""
+    if jax.process_count() == 1:
+        return batch
+    from boom_jax.training.sharding import batch_sharding
+    from boom_jax.training.step import prepare_batch
+
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in prepare_batch(batch).items()}
+
+
 def _write_json_atomic(path: str, data: Any) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -397,7 +409,7 @@ def train(
         with PreemptionGuard() as guard:
             while step < total_steps:
                 batch = next(batcher)
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, global_batch(batch, mesh))
                 step += 1
                 metrics = jax.device_get(metrics)
                 loss = float(metrics["loss"])
