@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import gzip
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -110,6 +111,8 @@ def fetch_sources(cache: Path) -> dict[str, str]:
     release = (lists / "deb.debian.org_debian_dists_bookworm_InRelease").read_text(errors="replace")
     versions["debian-apt-index"] = next((l.split(": ", 1)[1] for l in release.splitlines() if l.startswith("Date:")), "?")
     versions["python-stdlib"] = sys.version.split()[0]
+    versions["pysword"] = importlib.metadata.version("pysword")
+    versions["rank-bm25"] = importlib.metadata.version("rank-bm25")
     return versions
 
 
