@@ -12,6 +12,7 @@ import pytest
 from mteb.types import PromptType
 from sentence_transformers import SentenceTransformer
 
+from boom_jax.data.builtin import builtin_eval_tasks
 from boom_jax.data.records import EvalTask
 from boom_jax.evaluation import report
 from boom_jax.evaluation.mteb_encoder import MtebEncoder, uses_instructions
@@ -27,42 +28,23 @@ from boom_jax.hf import export_sentence_transformers
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.encoder import Encoder
 
-RETRIEVAL = EvalTask(
-    name="TinyRetrieval",
-    type="retrieval",
-    domain="in",
-    description="Given a question, retrieve passages that answer it",
-    queries={
-        "q1": "What do cats like to eat?",
-        "q2": "How tall is Mount Everest?",
-        "q3": "Who wrote the play Hamlet?",
-        "q4": "What is the boiling point of water?",
-        "q5": "Which animal is the largest mammal?",
-        "q6": "What language is spoken in Brazil?",
-    },
-    corpus={
-        "d1": "Cats are carnivores and mostly eat meat and fish.",
-        "d2": "Dogs enjoy chewing bones and playing fetch.",
-        "d3": "Mount Everest rises 8,849 metres above sea level.",
-        "d4": "K2 is the second highest mountain on Earth.",
-        "d5": "Hamlet is a tragedy written by William Shakespeare.",
-        "d6": "Macbeth is another Shakespeare play about ambition.",
-        "d7": "At sea level water boils at 100 degrees Celsius.",
-        "d8": "Ice melts at zero degrees Celsius.",
-        "d9": "The blue whale is the largest animal ever known.",
-        "d10": "Elephants are the largest land animals.",
-        "d11": "Portuguese is the official language of Brazil.",
-        "d12": "Spanish is spoken in most of South America.",
-    },
-    qrels={
-        "q1": {"d1": 1},
-        "q2": {"d3": 2, "d4": 0},
-        "q3": {"d5": 1},
-        "q4": {"d7": 1},
-        "q5": {"d9": 2, "d10": 1},
-        "q6": {"d11": 1, "d12": 1},
-    },
-)
+
+
+def builtin_retrieval_subset(name: str = "wordnet_gloss_retrieval", num_queries: int = 32, num_docs: int = 64) -> EvalTask:
+    """A built-in retrieval task cut to its first queries, their relevant documents and distractors."""
+    (task,) = builtin_eval_tasks(names=[name])
+    qids = [q for q in task.queries if task.qrels.get(q)][:num_queries]
+    docs = [d for q in qids for d in task.qrels[q]]
+    docs += [d for d in task.corpus if d not in set(docs)][: num_docs - len(docs)]
+    return dataclasses.replace(
+        task,
+        queries={q: task.queries[q] for q in qids},
+        corpus={d: task.corpus[d] for d in docs},
+        qrels={q: task.qrels[q] for q in qids},
+    )
+
+
+RETRIEVAL = builtin_retrieval_subset()
 PAIRS = EvalTask(
     name="TinyPairs",
     type="pair_classification",
@@ -100,25 +82,25 @@ def test_jax_wrapper_and_exported_folder_score_alike(minilm_encoder, st_export, 
     out = tmp_path / "eval"
     results = evaluate_models({"jax": minilm_encoder, "export": st_export}, tasks, out, batch_size=8, show_progress_bar=False)
 
-    ndcg = ref["TinyRetrieval"].get_score()
+    ndcg = ref[RETRIEVAL.name].get_score()
     assert 0.5 < ndcg < 0.999  # a real ranking, neither broken nor saturated
     for label in ("jax", "export"):
-        for name in ("TinyRetrieval", "TinyPairs", "TinyClustering"):
+        for name in (RETRIEVAL.name, "TinyPairs", "TinyClustering"):
             assert results[label][name]["main_score"] == pytest.approx(ref[name].get_score(), abs=1e-4), (label, name)
     assert results["jax"]["TinyPairs"] == {**results["jax"]["TinyPairs"], "type": "pair_classification", "domain": "out"}
     # every retrieval metric in mteb's own result file, not only the main score
-    saved = json.loads((out / "mteb" / "jax" / "TinyRetrieval.json").read_text())["scores"]["test"][0]
-    expected = ref["TinyRetrieval"].scores["test"][0]
+    saved = json.loads((out / "mteb" / "jax" / f"{RETRIEVAL.name}.json").read_text())["scores"]["test"][0]
+    expected = ref[RETRIEVAL.name].scores["test"][0]
     for key in ("ndcg_at_1", "ndcg_at_5", "map_at_10", "recall_at_3", "mrr_at_10"):
         assert saved[key] == pytest.approx(expected[key], abs=1e-4), key
     assert sorted(os.listdir(out)) == ["chart.png", "mteb", "results.json", "table.md"]
     assert report.load_results(out) == json.loads(json.dumps(results))
-    assert "| TinyRetrieval | retrieval | in | ndcg_at_10 |" in (out / "table.md").read_text()
+    assert f"| {RETRIEVAL.name} | retrieval | in | ndcg_at_10 |" in (out / "table.md").read_text()
 
     # the fast dev path: NumPy metrics on the same encoder give mteb's nDCG@10
     fast = evaluate_builtin_retrieval(minilm_encoder, [RETRIEVAL, PAIRS], batch_size=8)
-    assert list(fast) == ["TinyRetrieval"]
-    assert fast["TinyRetrieval"] == pytest.approx(results["jax"]["TinyRetrieval"]["main_score"], abs=1e-6)
+    assert list(fast) == [RETRIEVAL.name]
+    assert fast[RETRIEVAL.name] == pytest.approx(results["jax"][RETRIEVAL.name]["main_score"], abs=1e-5)  # mteb rounds
 
     with pytest.raises(FileExistsError, match="already exists"):
         evaluate_models({"jax": minilm_encoder}, [PAIRS], out, show_progress_bar=False)
@@ -130,7 +112,7 @@ def test_prompts_and_decoder_instructions(minilm_encoder):
     decoder_cfg = ModelConfig(arch="qwen3", num_key_value_heads=2, head_dim=32, pooling="lasttoken", padding_side="left")
     assert uses_instructions(decoder_cfg) and not uses_instructions(minilm_encoder.cfg)
     qwen = MtebEncoder(minilm_encoder, instructions=True)
-    instruct = "Instruct: Given a question, retrieve passages that answer it\nQuery: "
+    instruct = f"Instruct: {RETRIEVAL.instruction}\nQuery: "
     assert qwen.prompt_for(meta, PromptType.query) == instruct
     assert qwen.prompt_for(meta, PromptType.document) is None
     assert qwen.prompt_for(pair_meta, None) == "Instruct: Retrieve duplicate questions\nQuery: "
@@ -144,7 +126,7 @@ def test_prompts_and_decoder_instructions(minilm_encoder):
     assert MtebEncoder(minilm_encoder).prompt_for(meta, PromptType.query) is None
 
 
-def test_bad_models_and_task_names(tmp_path, minilm_path):
+def test_task_resolution_and_bad_input(tmp_path, minilm_path):
     with pytest.raises(EvaluationError, match="does not exist"):
         to_mteb_model(str(tmp_path / "nowhere"), "x")
     # HF weights without tokenizer files, first as a plain HF folder, then as a sentence-transformers one
@@ -158,6 +140,13 @@ def test_bad_models_and_task_names(tmp_path, minilm_path):
     with pytest.raises(EvaluationError, match="no tokenizer files"):
         to_mteb_model(str(folder), "x")
 
+    out_tasks = resolve_tasks("builtin_out")
+    assert out_tasks and {t.domain for t in out_tasks} == {"out"}
+    assert {t.metadata.name for t in out_tasks} == {t.name for t in builtin_eval_tasks(domain="out")}
+    (one,) = resolve_tasks("wordnet_gloss_retrieval")
+    assert (one.boom_type, one.domain, one.metadata.main_score) == ("retrieval", "in", "ndcg_at_10")
+    with pytest.raises(EvaluationError, match=r"unknown task 'wordnet_glos_retrieval'.*close: wordnet_gloss_retrieval"):
+        resolve_tasks("wordnet_glos_retrieval")
     with pytest.raises(EvaluationError, match=r"unknown task 'SciFactt'.*SciFact"):
         resolve_tasks("SciFactt")
     with pytest.raises(EvaluationError, match=r"unknown benchmark 'MTEB\(eng, v3\)'.*MTEB\(eng, v2\)"):

@@ -112,7 +112,9 @@ def resolve_tasks(tasks: Any = None, benchmark: str | None = None) -> list:
             out += [_label_task(to_mteb_task(t), t.type, t.domain) for t in _builtin_tasks(domain=BUILTIN_SELECTORS[item])]
         else:
             if builtin_names is None:
-                builtin_names = [t.name for t in _builtin_tasks()]
+                from boom_jax.data.builtin import builtin_manifest
+
+                builtin_names = list(builtin_manifest()["eval"])
             if item in builtin_names:
                 (task,) = _builtin_tasks(names=[item])
                 out.append(_label_task(to_mteb_task(task), task.type, task.domain))
