@@ -103,7 +103,7 @@ def test_dataset_spec_errors_name_the_dataset_key():
     config = importlib.import_module("configs.qwen3_0p6b_bls").get_config()
     config.model.path = "/models/Qwen3"
     config = _set(config, "data.datasets.nq.limt", 5)
-    with pytest.raises(ConfigError, match=r"config\.data\.datasets\.nq\.limt is not a known key"):
+    with pytest.raises(ConfigError, match=r"config\.data\.datasets\.nq: unknown setting\(s\) \['limt'\]"):
         validate_config(config)
 
 
