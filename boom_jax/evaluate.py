@@ -20,16 +20,24 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("model", [], "Model to evaluate (repeat for several): model folder, train workdir, HF or "
-                          "sentence-transformers folder.")
-flags.DEFINE_multi_string("name", [], "Label of each --model in the report, in order (default: the folder name).")
-flags.DEFINE_string("benchmark", None, 'mteb benchmark name, e.g. "MTEB(eng, v2)" (needs the network).')
-flags.DEFINE_list("tasks", None, "Comma-separated task names (built-in or mteb), or builtin / builtin_in / builtin_out.")
-flags.DEFINE_string("out", None, "Output folder for the results, table and chart.")
-flags.DEFINE_integer("batch_size", 32, "Encoding batch size.")
-flags.DEFINE_enum("backend", "auto", ["auto", "jax", "sentence_transformers"],
-                  "auto: sentence-transformers folders through sentence-transformers, everything else through JAX.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Declares this command's flags (on `flag_values`, so tests can parse into a fresh FlagValues)."""
+    flags.DEFINE_multi_string("model", [], "Model to evaluate (repeat for several): model folder, train workdir, "
+                              "HF or sentence-transformers folder.", flag_values=flag_values)
+    flags.DEFINE_multi_string("name", [], "Label of each --model in the report, in order (default: the folder "
+                              "name).", flag_values=flag_values)
+    flags.DEFINE_string("benchmark", None, 'mteb benchmark name, e.g. "MTEB(eng, v2)" (needs the network).',
+                        flag_values=flag_values)
+    flags.DEFINE_list("tasks", None, "Comma-separated task names (built-in or mteb), or builtin / builtin_in / "
+                      "builtin_out.", flag_values=flag_values)
+    flags.DEFINE_string("out", None, "Output folder for the results, table and chart.", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 32, "Encoding batch size.", flag_values=flag_values)
+    flags.DEFINE_enum("backend", "auto", ["auto", "jax", "sentence_transformers"],
+                      "auto: sentence-transformers folders through sentence-transformers, everything else through "
+                      "JAX.", flag_values=flag_values)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.", flag_values=flag_values)
 
 
 def model_labels(paths: list[str], names: list[str]) -> dict[str, str]:
@@ -47,22 +55,23 @@ def model_labels(paths: list[str], names: list[str]) -> dict[str, str]:
     return dict(zip(unique, paths))
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
+    """Runs the evaluation the parsed flags describe; prints the table (stdout) and errors (stderr, exit 1)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.model:
+    if not flag_values.model:
         raise app.UsageError("give at least one --model")
-    if not FLAGS.out:
+    if not flag_values.out:
         raise app.UsageError("--out is required")
-    if not FLAGS.tasks and not FLAGS.benchmark:
+    if not flag_values.tasks and not flag_values.benchmark:
         raise app.UsageError("give --tasks (e.g. --tasks=builtin) or --benchmark")
-    if FLAGS.batch_size < 1:
-        raise app.UsageError(f"--batch_size={FLAGS.batch_size} must be positive")
-    for path in FLAGS.model:
+    if flag_values.batch_size < 1:
+        raise app.UsageError(f"--batch_size={flag_values.batch_size} must be positive")
+    for path in flag_values.model:
         if not os.path.exists(path):
             print(f"error: model path {path} does not exist", file=sys.stderr)
             sys.exit(1)
-    models = model_labels(FLAGS.model, FLAGS.name)
+    models = model_labels(flag_values.model, flag_values.name)
 
     from boom_jax.evaluation.report import TABLE_FILE
     from boom_jax.evaluation.runner import evaluate_models
@@ -70,20 +79,25 @@ def main(argv: list[str]) -> None:
     try:
         evaluate_models(
             models,
-            FLAGS.tasks,
-            FLAGS.out,
-            benchmark=FLAGS.benchmark,
-            batch_size=FLAGS.batch_size,
-            backend=FLAGS.backend,
-            overwrite=FLAGS.overwrite,
+            flag_values.tasks,
+            flag_values.out,
+            benchmark=flag_values.benchmark,
+            batch_size=flag_values.batch_size,
+            backend=flag_values.backend,
+            overwrite=flag_values.overwrite,
         )
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: names what is wrong
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    with open(os.path.join(FLAGS.out, TABLE_FILE), encoding="utf-8") as f:
+    with open(os.path.join(flag_values.out, TABLE_FILE), encoding="utf-8") as f:
         print(f.read())
-    print(f"results written to {FLAGS.out}", file=sys.stderr)
+    print(f"results written to {flag_values.out}", file=sys.stderr)
+
+
+def run() -> None:
+    define_flags()
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

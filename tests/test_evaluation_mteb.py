@@ -27,6 +27,7 @@ from boom_jax.evaluation.tasks import task_metadata, to_mteb_tasks
 from boom_jax.hf import export_sentence_transformers
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.encoder import Encoder
+from tests.helpers_tiny_models import make_tiny_bert_folder
 
 
 
@@ -165,3 +166,27 @@ def test_command_line_errors(tmp_path):
     assert run.returncode == 1 and "model path" in run.stderr and "does not exist" in run.stderr
     run = subprocess.run(cmd + [f"--model={tmp_path}", "--name=a", "--name=b"], capture_output=True, text=True, env=env)
     assert run.returncode != 0 and "--name given 2 time(s) for 1 --model(s)" in run.stderr
+
+
+def test_command_line_compares_models_on_a_builtin_task(tmp_path, capsys):
+    from absl import flags
+
+    from boom_jax import evaluate
+
+    first = make_tiny_bert_folder(tmp_path / "a", seed=0)
+    second = make_tiny_bert_folder(tmp_path / "b", seed=1)
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    out = tmp_path / "report"
+    fv(["evaluate", f"--model={first}", f"--model={second}", "--name=seed0", "--name=seed1",
+        "--tasks=wordnet_webster_pairs", f"--out={out}", "--batch_size=64"])
+    evaluate.main(["evaluate"], fv)
+    results = report.load_results(out)
+    assert list(results) == ["seed0", "seed1"]
+    scores = [results[m]["wordnet_webster_pairs"]["main_score"] for m in results]
+    assert all(0.0 < s <= 1.0 for s in scores) and scores[0] != scores[1]
+    assert results["seed0"]["wordnet_webster_pairs"]["type"] == "pair_classification"
+    printed = capsys.readouterr().out
+    assert "| wordnet_webster_pairs | pair_classification | in | max_ap |" in printed
+    assert (out / "chart.png").stat().st_size > 5000
+    assert sorted(os.listdir(out / "mteb")) == ["seed0", "seed1"]
