@@ -182,3 +182,31 @@ def test_existing_output_is_refused_unless_overwrite(tiny_folder, tmp_path):
     export_checkpoint(tiny_folder, str(out), overwrite=True)
     assert "keep.txt" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
     assert sorted(os.listdir(tmp_path)) == ["out"]  # the old folder was removed after the swap
+
+
+def test_sharded_checkpoint_loads_like_a_single_file(tiny_folder, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from boom_jax.hf import load_hf_model
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_folder, sharded)
+    tensors = load_file(sharded / "model.safetensors")
+    os.remove(sharded / "model.safetensors")
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, shard_names in shards.items():
+        save_file({n: tensors[n] for n in shard_names}, sharded / shard, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {n: s for s, ns in shards.items() for n in ns}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    _, single = load_hf_model(tiny_folder)
+    _, from_shards = load_hf_model(sharded)
+    for path in (("pooler", "kernel"), ("embeddings", "word_embeddings", "embedding")):
+        a, b = single, from_shards
+        for key in path:
+            a, b = a[key], b[key]
+        np.testing.assert_array_equal(a, b)
+
+    os.remove(sharded / "model-00002-of-00002.safetensors")
+    with pytest.raises(Exception, match="shard model-00002-of-00002.safetensors does not exist"):
+        load_hf_model(sharded)
