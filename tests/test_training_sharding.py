@@ -110,3 +110,21 @@ def test_batch_split_over_data_and_fsdp(mesh):
     assert batch["flag"].sharding.spec == P()
     with pytest.raises(ShardingError, match=r"batch\['passage_ids'\] has leading size 6"):
         shard_batch({"passage_ids": jnp.zeros((6, 5))}, mesh)
+
+
+def test_qwen3_default_rules_cover_lora_tree(mesh):
+    cfg = ModelConfig(
+        arch="qwen3", vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, intermediate_size=64, pooling="lasttoken",
+        lora_rank=4, lora_alpha=4, lora_targets=("q", "k", "v", "o", "gate", "up", "down"),
+    )
+    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    specs = param_partition_specs(shapes, mesh, DEFAULT_RULES["qwen3"])
+    layer = specs["layers_0"]
+    assert layer["self_attn"]["q_proj"]["kernel"] == P("fsdp", "tensor")
+    assert layer["self_attn"]["q_proj"]["lora_b"] == P(None, "tensor")
+    assert layer["mlp"]["down_proj"]["kernel"] == P("tensor", "fsdp")
+    assert layer["mlp"]["down_proj"]["lora_a"] == P("tensor", None)
+    assert layer["self_attn"]["q_norm"]["scale"] == P()
+    assert specs["norm"]["scale"] == P()
+    assert specs["embed_tokens"]["embedding"] == P("tensor", "fsdp")
