@@ -14,7 +14,7 @@ from sentence_transformers import SentenceTransformer
 
 from boom_jax.data.builtin import builtin_eval_tasks
 from boom_jax.data.records import EvalTask
-from boom_jax.evaluation import report
+from boom_jax.evaluation import metrics, report
 from boom_jax.evaluation.mteb_encoder import MtebEncoder, uses_instructions
 from boom_jax.evaluation.runner import (
     EvaluationError,
@@ -27,7 +27,7 @@ from boom_jax.evaluation.tasks import task_metadata, to_mteb_tasks
 from boom_jax.hf import export_sentence_transformers
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.encoder import Encoder
-from tests.helpers_tiny_models import make_tiny_bert_folder
+from tests.helpers_tiny_models import make_tiny_bert_folder, make_tiny_qwen3_folder
 
 
 
@@ -105,6 +105,23 @@ def test_jax_wrapper_and_exported_folder_score_alike(minilm_encoder, st_export, 
 
     with pytest.raises(FileExistsError, match="already exists"):
         evaluate_models({"jax": minilm_encoder}, [PAIRS], out, show_progress_bar=False)
+
+
+def test_decoder_instructions_reach_queries_in_mteb_and_fast_path(tmp_path):
+    wrapped = to_mteb_model(make_tiny_qwen3_folder(tmp_path / "qwen3"), "tiny qwen3")
+    assert wrapped.use_instructions and wrapped.mteb_model_meta.name == "boom_jax/tiny_qwen3"
+    encoder = wrapped.model
+    task = builtin_retrieval_subset(num_queries=8, num_docs=16)
+    qids, dids = list(task.queries), list(task.corpus)
+    q = encoder.encode([task.queries[i] for i in qids], prompt=f"Instruct: {task.instruction}\nQuery: ", batch_size=8)
+    d = encoder.encode([task.corpus[i] for i in dids], batch_size=8)
+    expected = metrics.retrieval_scores(q, d, qids, dids, task.qrels, k_values=(10,))["ndcg_at_10"]
+    bare = encoder.encode([task.queries[i] for i in qids], batch_size=8)
+    assert metrics.retrieval_scores(bare, d, qids, dids, task.qrels, k_values=(10,))["ndcg_at_10"] != expected
+    assert evaluate_builtin_retrieval(encoder, [task], batch_size=8) == {task.name: pytest.approx(expected, abs=1e-9)}
+    (result,) = mteb.evaluate(wrapped, to_mteb_tasks([task]), cache=None, show_progress_bar=False,
+                              encode_kwargs={"batch_size": 8}).task_results
+    assert result.get_score() == pytest.approx(expected, abs=1e-5)
 
 
 def test_prompts_and_decoder_instructions(minilm_encoder):
