@@ -66,12 +66,9 @@ def test_two_processes_equal_one_process(runs):
     np.testing.assert_allclose(meta["multi"]["losses"], meta["single"]["losses"], rtol=1e-5)
     a, b = np.load(os.path.join(single, "params.npz")), np.load(os.path.join(multi, "params.npz"))
     assert sorted(a.files) == sorted(b.files) and len(a.files) > 10
-    init = None
     for name in a.files:
         np.testing.assert_allclose(b[name], a[name], atol=1e-5, rtol=1e-5, err_msg=name)
-    # The params did move (so equality is not just two untouched inits).
-    init = next(n for n in a.files if n.endswith("query/kernel"))
-    assert float(np.abs(a[init]).sum()) > 0
+    # The params did move (so equality is not that of two untouched inits).
     assert meta["single"]["losses"][-1] < meta["single"]["losses"][0]
     # Every process took part in the Orbax save: one complete checkpoint at the last step.
     assert os.listdir(os.path.join(multi, "run", "checkpoints")) == [str(STEPS)]
