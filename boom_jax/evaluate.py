@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -72,6 +72,8 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
             print(f"error: model path {path} does not exist", file=sys.stderr)
             sys.exit(1)
     models = model_labels(flag_values.model, flag_values.name)
+    if "verbosity" in flag_values and not flag_values["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep mteb's per-step INFO lines out of the progress bars
 
     from boom_jax.evaluation.report import TABLE_FILE
     from boom_jax.evaluation.runner import evaluate_models
