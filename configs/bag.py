@@ -5,7 +5,8 @@ from the same base model, batch-level shuffling on its per-dataset subset, same 
 a smaller subset runs proportionally fewer steps), merges them with Multi-SLERP (equal weights),
 exports the merged model and evaluates base, members and merged model on the built-in dev tasks.
 
-Arguments: `:smoke` (two members on a tiny slice, a couple of minutes on CPU).
+Arguments: `:smoke` (two MiniLM members on a tiny slice, a couple of minutes on CPU), `:tiny` (two
+members of a tiny random model, for tests).
 Useful overrides: --config.bag.ratios="(0.8,1.0)" (the paper's cheap sweet spot),
 --config.bag.member=I (train member I only, for parallel launches; merge afterwards),
 --config.bag.merge_method=linear, --config.bag.sampling=with_replacement.
@@ -51,6 +52,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.passage_max_len = 48
         c.checkpoint.every_steps = 4
         c.log.progress_bar = False
+    elif arg == "tiny":
+        c.model.random_init = True
+        c.model.sizes = ml_collections.ConfigDict(
+            dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+        c.bag.ratios = (0.5, 1.0)
+        c.bag.evaluate = False
+        c.data.limit = 16
+        c.data.train_group_size = 2
+        c.train.batch_size = 4
+        c.train.learning_rate = 1e-3
+        c.data.query_max_len = 32
+        c.data.passage_max_len = 32
+        c.checkpoint.every_steps = 2
+        c.checkpoint.async_save = False
+        c.log.progress_bar = False
+        c.log.tensorboard = False
     elif arg:
-        raise ValueError(f"configs/bag.py: unknown argument {arg!r}; expected 'smoke' or nothing")
+        raise ValueError(f"configs/bag.py: unknown argument {arg!r}; expected 'smoke', 'tiny' or nothing")
     return c
