@@ -137,8 +137,8 @@ def dry_run(config: ml_collections.ConfigDict, num_devices: int | None = None,
     param_bytes_per_device and opt_state_bytes_per_device (this device's shards, float32 params),
     batch_bytes_per_device, xla memory_analysis fields (argument / output / alias / temp /
     generated_code bytes per device), peak_bytes_per_device (arguments + outputs - aliased + temps),
-    flops_per_step_per_device (XLA's cost analysis of the per-device program), flops_per_step (x
-    devices), device_memory_bytes (given, or the device's limit when it reports one) and fits (None
+    flops_per_step_per_device (XLA's cost analysis of the per-device program), flops_per_step (that
+    x devices: work replicated across devices, e.g. over "tensor", counts once per device), device_memory_bytes (given, or the device's limit when it reports one) and fits (None
     when no limit is known). No weights are read; nothing is run.
     """
     from boom_jax.models import build_model

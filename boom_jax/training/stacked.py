@@ -15,7 +15,8 @@ update scaled by lr afterwards is the same arithmetic as AdamW with the schedule
 
 Limits: all members must yield the same batch shapes (same batch size and group size; with
 config.data.fixed_length=False right-padded models are padded to the longest member's buckets, and
-left-padded ones need fixed_length=True); there is no mid-run checkpointing (re-running restarts).
+left-padded ones need fixed_length=True); there is no mid-run checkpointing (re-running restarts);
+one process only (multi-host runs train members sequentially or one per launch).
 """
 
 from __future__ import annotations
@@ -250,6 +251,10 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
     m = len(members)
     if jax.device_count() % m:
         raise ConfigError(f"{m} stacked members need a device count divisible by {m}, got {jax.device_count()}")
+    if jax.process_count() > 1:
+        raise ConfigError("stacked bag training runs in one process (each host would have to load whole "
+                          "member batches); train the members sequentially or one per launch "
+                          "(config.bag.member) on multi-host setups")
     validate_config(config, jax.device_count() // m, schedules=SCHEDULES)
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
@@ -320,10 +325,6 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
                     last_batches[i] = next(batcher)
             lr = [float(schedules[i](applied[i])) for i in range(m)]
             batch = stack_batches(last_batches, names, cfg.padding_side)
-            if jax.process_count() > 1:
-                from boom_jax.training.distributed import global_batch
-
-                batch = global_batch(batch, mesh, stacked_batch_sharding(mesh))
             state, metrics = step_fn(state, batch, active, lr)
             metrics = jax.device_get(metrics)
             for i in range(m):
