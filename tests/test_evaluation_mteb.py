@@ -30,7 +30,6 @@ from boom_jax.models.encoder import Encoder
 from tests.helpers_tiny_models import make_tiny_bert_folder, make_tiny_qwen3_folder
 
 
-
 def builtin_retrieval_subset(name: str = "wordnet_gloss_retrieval", num_queries: int = 32, num_docs: int = 64) -> EvalTask:
     """A built-in retrieval task cut to its first queries, their relevant documents and distractors."""
     (task,) = builtin_eval_tasks(names=[name])
