@@ -15,14 +15,17 @@ import tempfile
 
 from absl import app, flags
 
-flags.DEFINE_string("model", None, "Model: HF / sentence-transformers folder, model folder or train workdir.")
-flags.DEFINE_string("input", None, "Texts: one per line (.txt) or JSON Lines with a 'text' field (.jsonl).")
-flags.DEFINE_string("output", None, "Where to write the float32 [N, D] embeddings (.npy).")
-flags.DEFINE_string("prompt_name", None, "Name of a prompt of the model (e.g. query) put before each text.")
-flags.DEFINE_string("prompt", None, "Literal prompt text put before each text.")
-flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.")
-flags.DEFINE_boolean("overwrite", False, "Replace an existing output file.")
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Declares the command-line flags (only when run as a program, so importing stays side-effect free)."""
+    flags.DEFINE_string("model", None, "Model: HF / sentence-transformers folder, model folder or train workdir.", flag_values=flag_values)
+    flags.DEFINE_string("input", None, "Texts: one per line (.txt) or JSON Lines with a 'text' field (.jsonl).", flag_values=flag_values)
+    flags.DEFINE_string("output", None, "Where to write the float32 [N, D] embeddings (.npy).", flag_values=flag_values)
+    flags.DEFINE_string("prompt_name", None, "Name of a prompt of the model (e.g. query) put before each text.", flag_values=flag_values)
+    flags.DEFINE_string("prompt", None, "Literal prompt text put before each text.", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.", flag_values=flag_values)
+    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.", flag_values=flag_values)
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing output file.", flag_values=flag_values)
 
 
 def read_texts(path: str) -> list[str]:
@@ -97,4 +100,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

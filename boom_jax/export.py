@@ -11,9 +11,12 @@ import os
 
 from absl import app, flags
 
-flags.DEFINE_string("checkpoint", None, "Model folder, train workdir or HF / sentence-transformers folder.")
-flags.DEFINE_string("out", None, "Output folder (must not exist or be empty, unless --overwrite).")
-flags.DEFINE_boolean("overwrite", False, "Replace a non-empty output folder once the new one is complete.")
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Declares the command-line flags (only when run as a program, so importing stays side-effect free)."""
+    flags.DEFINE_string("checkpoint", None, "Model folder, train workdir or HF / sentence-transformers folder.", flag_values=flag_values)
+    flags.DEFINE_string("out", None, "Output folder (must not exist or be empty, unless --overwrite).", flag_values=flag_values)
+    flags.DEFINE_boolean("overwrite", False, "Replace a non-empty output folder once the new one is complete.", flag_values=flag_values)
 
 
 def export_checkpoint(checkpoint: str, out: str, overwrite: bool = False) -> str:
@@ -39,4 +42,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
