@@ -15,6 +15,12 @@ run with a message naming the key. Re-running the same command resumes from the 
 checkpoint; SIGTERM saves a checkpoint before exiting. The workdir receives metrics.jsonl,
 TensorBoard events, checkpoints/, config.json, model/ (a model folder) and export/ (a
 sentence-transformers folder).
+
+A config with a `bag` section (configs/bag.py) trains a whole BOOM bag and merges it (see
+boom_jax.boom.bag); one with an `incremental` section (configs/incremental.py) runs an incremental
+update (boom_jax.boom.incremental). --dry_run compiles the train step for the configured mesh and
+prints memory per device and FLOPs per step instead of training. Multi-host runs pass --distributed
+(launch/gpu_slurm.sh and launch/tpu_pod.sh do).
 """
 
 from __future__ import annotations
@@ -38,6 +44,16 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, sys_argv: Sequence[str] 
         flag_values=flag_values, lock_config=True, sys_argv=list(sys_argv) if sys_argv is not None else None)
     flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, model and export go here. "
                         "An existing workdir is resumed from its latest checkpoint.", flag_values=flag_values)
+    flags.DEFINE_bool("dry_run", False, "Only lower and compile the train step for the configured mesh and "
+                      "shapes; print parameter, optimizer and activation memory per device and FLOPs per step.",
+                      flag_values=flag_values)
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (multi-host GPU / TPU pods). "
+                      "Without the three flags below JAX finds the cluster itself (TPU, Slurm).",
+                      flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (with --distributed).",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).", flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).", flag_values=flag_values)
 
 
 def parse_config(argv: Sequence[str]):
@@ -54,11 +70,37 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 shows them
+    from boom_jax.training.distributed import DistributedInitError, maybe_initialize
     from boom_jax.training.loop import NonFiniteLossError, train
 
     try:
+        maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        if FLAGS.dry_run:
+            from boom_jax.training.dry_run import dry_run, format_report
+
+            report = dry_run(FLAGS.config)
+            print(format_report(report))
+            if not report.get("fits", True):
+                sys.exit(1)
+            return
+        if "bag" in FLAGS.config:
+            from boom_jax.boom.bag import BagConfigError, run_bag
+
+            try:
+                run_bag(FLAGS.config, FLAGS.workdir)
+            except BagConfigError as err:
+                sys.exit(f"error: {err}")
+            return
+        if "incremental" in FLAGS.config:
+            from boom_jax.boom.incremental import IncrementalConfigError, run_incremental
+
+            try:
+                run_incremental(FLAGS.config, FLAGS.workdir)
+            except IncrementalConfigError as err:
+                sys.exit(f"error: {err}")
+            return
         result = train(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, NonFiniteLossError) as err:
+    except (ConfigError, NonFiniteLossError, DistributedInitError) as err:
         sys.exit(f"error: {err}")
     if result.preempted:
         print(f"preempted at step {result.steps}/{result.total_steps}; checkpoint saved in {result.workdir}. "
