@@ -24,6 +24,9 @@ def bag_section() -> ml_collections.ConfigDict:
     bag = ml_collections.ConfigDict()
     bag.ratios = (0.2, 0.4, 0.6, 0.8, 1.0)  # the paper's best setting
     bag.member = -1  # -1 = every member, then merge; I = train member I only
+    # True: all members in ONE program, params stacked on a 'member' mesh axis (needs a device count
+    # divisible by the number of members; no mid-run checkpoints). False: one member after another.
+    bag.stacked = False
     bag.seed = 0  # sampling seed (each member draws with its own seed derived from it)
     bag.sampling = "without_replacement"  # | "with_replacement" (bootstrap) | "pooled"
     bag.merge_method = "multislerp"

@@ -129,6 +129,24 @@ def train_member(config: ml_collections.ConfigDict, workdir: str, member: Member
     return record
 
 
+def train_members_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequence[Member],
+                          datasets: Sequence[TrainDataset]) -> list[dict]:
+    """Trains the unfinished members together in one program (boom_jax.training.stacked)."""
+    from boom_jax.training.stacked import StackedMember, train_stacked
+
+    done = {m.name: read_member_record(os.path.join(workdir, "members", m.name)) for m in members}
+    todo = [m for m in members if done[m.name] is None]
+    if todo:
+        print(f"[bag] training members {', '.join(m.name for m in todo)} together (stacked)")
+        stacked = [StackedMember(m.name, member_config(config, m), member_subset(datasets, m, config.bag.sampling))
+                   for m in todo]
+        for m, record in zip(todo, train_stacked(config, workdir, stacked, datasets)):
+            record.update(index=m.index, ratio=m.ratio, seed=m.seed)
+            _write_json(os.path.join(workdir, "members", m.name, MEMBER_RECORD), record)
+            done[m.name] = record
+    return [done[m.name] for m in members]
+
+
 def merge_members(config: ml_collections.ConfigDict, workdir: str, records: Sequence[dict]) -> str:
     """Merges the finished members into DIR/merged (model folder) and DIR/export (sentence-transformers)."""
     from boom_jax.merging.streaming import merge_models
@@ -220,7 +238,10 @@ def run_bag(config: ml_collections.ConfigDict, workdir: str,
     if config.bag.member >= 0:
         train_member(config, workdir, members[config.bag.member], datasets)
         return None
-    records = [train_member(config, workdir, m, datasets) for m in members]
+    if config.bag.stacked:
+        records = train_members_stacked(config, workdir, members, datasets)
+    else:
+        records = [train_member(config, workdir, m, datasets) for m in members]
 
     start = time.time()
     merge_members(config, workdir, records)
