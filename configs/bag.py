@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.query_max_len = 32
         c.data.passage_max_len = 48
         c.checkpoint.every_steps = 4
+        c.bag.eval_tasks = "wordnet_gloss_retrieval,python_code_retrieval,tech_faq_retrieval"
         c.log.progress_bar = False
     elif arg == "tiny":
         c.model.random_init = True
