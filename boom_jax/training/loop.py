@@ -474,8 +474,13 @@ def train(
                     config.eval.every_steps and step % config.eval.every_steps == 0 and dev_scores):
                 dev_scores = evaluator(state["params"])
                 writer.write(step, {f"dev/ndcg_at_10/{k}": v for k, v in dev_scores.items()})
+            final_params = state["params"]
+            if jax.process_count() > 1:  # every host takes part in gathering shards held by others
+                from boom_jax.training.distributed import to_host
+
+                final_params = to_host(final_params)
             if is_main:
-                write_outputs(config, workdir, cfg, state["params"], tokenizer_dir)
+                write_outputs(config, workdir, cfg, final_params, tokenizer_dir)
     finally:
         if bar is not None:
             bar.close()
