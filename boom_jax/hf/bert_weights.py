@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from boom_jax.hf.errors import WeightMapError
+from boom_jax.hf.name_maps import get_leaf as _get, params_from_tensors
 from boom_jax.models.config import ModelConfig
 
 Params = dict[str, Any]
@@ -110,31 +111,9 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _set(tree: Params, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Params, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
 def hf_to_flax(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, source: str = "checkpoint") -> Params:
     """Flax params (float32 numpy) from bare HF names; every mismatch is reported at once."""
-    shapes = expected_shapes(cfg)
-    missing = sorted(set(shapes) - set(tensors))
-    unexpected = sorted(set(tensors) - set(shapes))
-    misshapen = [(n, tensors[n].shape, s) for n, s in shapes.items() if n in tensors and tuple(tensors[n].shape) != s]
-    if missing or unexpected or misshapen:
-        raise WeightMapError(source, missing, unexpected, misshapen)
-    params: Params = {}
-    for hf_name, path, kind in name_map(cfg):
-        value = np.asarray(tensors[hf_name], dtype=np.float32)
-        _set(params, path, np.ascontiguousarray(value.T) if kind == "dense" else value)
-    return params
+    return params_from_tensors(tensors, expected_shapes(cfg), name_map(cfg), source)
 
 
 def flax_to_hf(params: Params, cfg: ModelConfig) -> dict[str, np.ndarray]:

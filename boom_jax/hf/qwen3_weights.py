@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from boom_jax.hf.errors import WeightMapError
+from boom_jax.hf.name_maps import get_leaf as _get, params_from_tensors
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.lora import fold_lora, has_lora
 
@@ -148,18 +149,6 @@ def strip_causal_lm_names(tensors: Mapping[str, Any], source: str = "checkpoint"
     return out
 
 
-def _set(tree: Params, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Params, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
 def _leaf_paths(tree: Params, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out = []
     for key, value in tree.items():
@@ -173,17 +162,7 @@ def _leaf_paths(tree: Params, prefix: tuple[str, ...] = ()) -> list[tuple[str, .
 def hf_to_flax(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, source: str = "checkpoint") -> Params:
     """Flax params (float32 numpy) from Qwen3Model or Qwen3ForCausalLM names; all mismatches at once."""
     tensors = strip_causal_lm_names(tensors, source)
-    shapes = expected_shapes(cfg)
-    missing = sorted(set(shapes) - set(tensors))
-    unexpected = sorted(set(tensors) - set(shapes))
-    misshapen = [(n, tensors[n].shape, s) for n, s in shapes.items() if n in tensors and tuple(tensors[n].shape) != s]
-    if missing or unexpected or misshapen:
-        raise WeightMapError(source, missing, unexpected, misshapen)
-    params: Params = {}
-    for hf_name, path, kind in name_map(cfg):
-        value = np.asarray(tensors[hf_name], dtype=np.float32)
-        _set(params, path, np.ascontiguousarray(value.T) if kind == "dense" else value)
-    return params
+    return params_from_tensors(tensors, expected_shapes(cfg), name_map(cfg), source)
 
 
 def flax_to_hf(params: Params, cfg: ModelConfig) -> dict[str, np.ndarray]:
