@@ -83,22 +83,17 @@ def main(argv: Sequence[str]) -> None:
             if not report.get("fits", True):
                 sys.exit(1)
             return
-        if "bag" in FLAGS.config:
-            from boom_jax.boom.bag import BagConfigError, run_bag
+        from boom_jax.boom.bag import BagConfigError, run_bag
+        from boom_jax.boom.incremental import IncrementalConfigError, run_incremental
 
-            try:
-                run_bag(FLAGS.config, FLAGS.workdir)
-            except BagConfigError as err:
-                sys.exit(f"error: {err}")
-            return
-        if "incremental" in FLAGS.config:
-            from boom_jax.boom.incremental import IncrementalConfigError, run_incremental
-
-            try:
-                run_incremental(FLAGS.config, FLAGS.workdir)
-            except IncrementalConfigError as err:
-                sys.exit(f"error: {err}")
-            return
+        # A config section that turns the run into a whole workflow, and the function that runs it.
+        for section, workflow in (("bag", run_bag), ("incremental", run_incremental)):
+            if section in FLAGS.config:
+                try:
+                    workflow(FLAGS.config, FLAGS.workdir)
+                except (BagConfigError, IncrementalConfigError) as err:
+                    sys.exit(f"error: {err}")
+                return
         result = train(FLAGS.config, FLAGS.workdir)
     except (ConfigError, NonFiniteLossError, DistributedInitError) as err:
         sys.exit(f"error: {err}")
