@@ -37,6 +37,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_enum("backend", "auto", ["auto", "jax", "sentence_transformers"],
                       "auto: sentence-transformers folders through sentence-transformers, everything else through "
                       "JAX.", flag_values=flag_values)
+    flags.DEFINE_integer("max_queries", 0, "Built-in retrieval tasks: score a seeded sample of this many queries "
+                         "(0 = all).", flag_values=flag_values)
+    flags.DEFINE_integer("max_documents", 0, "Built-in retrieval tasks: corpus capped to this many documents, the "
+                         "kept queries' relevant ones always included (0 = all).", flag_values=flag_values)
+    flags.DEFINE_integer("max_texts", 0, "Built-in classification / clustering / pair tasks: this many items per "
+                         "split, stratified by label (0 = all).", flag_values=flag_values)
+    flags.DEFINE_integer("max_seq_length", 0, "Truncate every input to this many tokens (0 = the model's own "
+                         "maximum).", flag_values=flag_values)
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.", flag_values=flag_values)
 
 
@@ -77,6 +85,7 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
     from boom_jax.evaluation.report import TABLE_FILE
     from boom_jax.evaluation.runner import evaluate_models
+    from boom_jax.evaluation.subsample import TaskCaps
 
     try:
         evaluate_models(
@@ -87,6 +96,8 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
             batch_size=flag_values.batch_size,
             backend=flag_values.backend,
             overwrite=flag_values.overwrite,
+            caps=TaskCaps(flag_values.max_queries, flag_values.max_documents, flag_values.max_texts),
+            max_seq_length=flag_values.max_seq_length,
         )
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: names what is wrong
         print(f"error: {e}", file=sys.stderr)

@@ -82,7 +82,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.tasks = ""  # built-in retrieval task names; "" = all in-domain retrieval tasks
     c.eval.at_end = False
     c.eval.batch_size = 64
-    c.eval.max_queries = 0  # 0 = all queries of each task
+    # Caps of the dev evaluation (periodic, bag, incremental, experiments); 0 = no cap. A seeded sample
+    # keeps every relevant document of the kept queries (boom_jax.evaluation.subsample).
+    c.eval.max_queries = 0  # queries per retrieval task
+    c.eval.max_documents = 0  # documents per retrieval corpus
+    c.eval.max_texts = 0  # texts per split of classification / clustering, pairs of pair tasks
+    c.eval.max_seq_length = 0  # tokens per text at evaluation; 0 = the model's own maximum
 
     c.export = ml_collections.ConfigDict()
     c.export.model_folder = True  # DIR/model

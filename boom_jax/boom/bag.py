@@ -172,11 +172,9 @@ def _export(model_folder: str, out: str) -> None:
 
 def evaluate_bag(config: ml_collections.ConfigDict, workdir: str, models: dict[str, str]) -> dict:
     """Dev scores (built-in in-domain and out-of-domain tasks) of every model, in DIR/eval."""
-    from boom_jax.evaluation.runner import evaluate_models
+    from boom_jax.evaluation.runner import evaluate_dev
 
-    return evaluate_models(models, config.bag.eval_tasks, os.path.join(workdir, "eval"),
-                           batch_size=config.eval.batch_size, overwrite=True,
-                           show_progress_bar=config.log.progress_bar)
+    return evaluate_dev(config, models, os.path.join(workdir, "eval"), config.bag.eval_tasks)
 
 
 def write_summary(workdir: str, records: Sequence[dict], results: dict | None, merge: dict) -> dict:

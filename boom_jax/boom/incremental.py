@@ -101,7 +101,8 @@ def load_or_sample_history(workdir: str, old: Sequence[TrainDataset], ratio: flo
 def run_incremental(config: ml_collections.ConfigDict, workdir: str,
                     datasets: Sequence[TrainDataset] | None = None) -> dict:
     """Runs the whole update (existing model, update model, merge, optional full retrain, evaluation)."""
-    from boom_jax.boom.bag import _export, evaluate_bag
+    from boom_jax.boom.bag import _export
+    from boom_jax.evaluation.runner import evaluate_dev
     from boom_jax.evaluation.report import summarize
     from boom_jax.merging.streaming import merge_models
     from boom_jax.training.loop import load_train_datasets, resolve_model_path
@@ -152,10 +153,7 @@ def run_incremental(config: ml_collections.ConfigDict, workdir: str,
         models["incremental"] = merged
         if "full_retrain" in costs:
             models["full_retrain"] = costs["full_retrain"]["model"]
-        config_for_eval = copy.deepcopy(config)
-        with config_for_eval.unlocked():
-            config_for_eval.bag = ml_collections.ConfigDict({"eval_tasks": inc.eval_tasks})
-        results = evaluate_bag(config_for_eval, workdir, models)
+        results = evaluate_dev(config, models, os.path.join(workdir, "eval"), inc.eval_tasks)
     means = summarize(results) if results else {}
     summary = {"costs": costs, "merge": {"method": inc.merge_method, "weights": weights,
                                          "wall_time_s": merge_cost},

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from boom_jax.data.records import EvalTask
 from boom_jax.evaluation import metrics
 from boom_jax.evaluation.report import write_report
+from boom_jax.evaluation.subsample import TaskCaps, subsample_task
 from boom_jax.evaluation.tasks import SPLIT, TYPE_FROM_MTEB, task_metadata, to_mteb_task
 
 BUILTIN_SELECTORS = {"builtin": None, "builtin_in": "in", "builtin_out": "out"}
@@ -84,13 +85,21 @@ def _mteb_task_by_name(name: str, builtin_names: Sequence[str]):
     return _label_task(task, _mteb_type_name(task.metadata.type), "in")
 
 
-def resolve_tasks(tasks: Any = None, benchmark: str | None = None) -> list:
+def resolve_tasks(tasks: Any = None, benchmark: str | None = None, caps: TaskCaps | None = None) -> list:
     """mteb task objects, each labelled with `.boom_type` and `.domain` ("in" | "out").
 
     `tasks`: "builtin" | "builtin_in" | "builtin_out", a comma-separated string or a list of names
     (built-in task names first, then mteb task names), `EvalTask`s or mteb task objects.
     `benchmark`: an mteb benchmark name (e.g. "MTEB(eng, v2)"); its tasks are added.
+    `caps`: seeded subsamples of the built-in tasks and `EvalTask`s (see evaluation.subsample); mteb's
+    own tasks always run in full.
     """
+    caps = caps or TaskCaps()
+
+    def local(task: EvalTask):
+        task = subsample_task(task, caps)
+        return _label_task(to_mteb_task(task), task.type, task.domain)
+
     if tasks is None and benchmark is None:
         raise EvaluationError("nothing to evaluate: give tasks (e.g. 'builtin') or a benchmark name")
     items: list = []
@@ -102,14 +111,14 @@ def resolve_tasks(tasks: Any = None, benchmark: str | None = None) -> list:
     builtin_names: list[str] | None = None
     for item in items:
         if isinstance(item, EvalTask):
-            out.append(_label_task(to_mteb_task(item), item.type, item.domain))
+            out.append(local(item))
         elif not isinstance(item, str):
             if not hasattr(item, "metadata"):
                 raise EvaluationError(f"not a task: {item!r} (expected a name, an EvalTask or an mteb task)")
             out.append(_label_task(item, getattr(item, "boom_type", None) or _mteb_type_name(item.metadata.type),
                                    getattr(item, "domain", "in")))
         elif item in BUILTIN_SELECTORS:
-            out += [_label_task(to_mteb_task(t), t.type, t.domain) for t in _builtin_tasks(domain=BUILTIN_SELECTORS[item])]
+            out += [local(t) for t in _builtin_tasks(domain=BUILTIN_SELECTORS[item])]
         else:
             if builtin_names is None:
                 from boom_jax.data.builtin import builtin_manifest
@@ -117,7 +126,7 @@ def resolve_tasks(tasks: Any = None, benchmark: str | None = None) -> list:
                 builtin_names = list(builtin_manifest()["eval"])
             if item in builtin_names:
                 (task,) = _builtin_tasks(names=[item])
-                out.append(_label_task(to_mteb_task(task), task.type, task.domain))
+                out.append(local(task))
             else:
                 out.append(_mteb_task_by_name(item, builtin_names))
     if benchmark is not None:
@@ -151,8 +160,10 @@ def _has_tokenizer(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES)
 
 
-def load_encoder(path: str | os.PathLike):
-    """A JAX `Encoder` from a model folder, train workdir, or HF / sentence-transformers folder."""
+def load_encoder(path: str | os.PathLike, max_seq_length: int = 0):
+    """A JAX `Encoder` from a model folder, train workdir, or HF / sentence-transformers folder.
+
+    `max_seq_length` > 0 replaces the model's maximum input length (longer inputs are truncated)."""
     from boom_jax.model_io import load_model, resolve_model_folder, tokenizer_dir_of
     from boom_jax.models.encoder import Encoder
     from boom_jax.tokenization import load_tokenizer
@@ -167,6 +178,8 @@ def load_encoder(path: str | os.PathLike):
             f"{path}: no tokenizer files found (expected one of {', '.join(TOKENIZER_FILES)} in the folder or its tokenizer/)"
         )
     cfg, params, _ = load_model(path)
+    if max_seq_length:
+        cfg = cfg.replace(max_seq_length=int(max_seq_length))
     return Encoder(cfg, params, load_tokenizer(tokenizer_dir))
 
 
@@ -175,7 +188,8 @@ def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, "modules.json"))
 
 
-def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, show_progress_bar: bool):
+def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, show_progress_bar: bool,
+                                      max_seq_length: int = 0):
     from sentence_transformers import SentenceTransformer
 
     from boom_jax.evaluation.mteb_encoder import INSTRUCTION_ARCHS, MtebEncoder
@@ -183,16 +197,20 @@ def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, sh
     if not _has_tokenizer(path):
         raise EvaluationError(f"{path}: no tokenizer files found (expected one of {', '.join(TOKENIZER_FILES)})")
     st = SentenceTransformer(path, local_files_only=True)
+    if max_seq_length:
+        st.max_seq_length = int(max_seq_length)
     model_type = getattr(getattr(getattr(st[0], "auto_model", None), "config", None), "model_type", "")
     return MtebEncoder(st, label, batch_size=batch_size, instructions=model_type in INSTRUCTION_ARCHS,
                        prompts={k: v for k, v in (st.prompts or {}).items() if v}, show_progress_bar=show_progress_bar)
 
 
-def to_mteb_model(model: Any, label: str, batch_size: int = 32, backend: str = "auto", show_progress_bar: bool = False):
+def to_mteb_model(model: Any, label: str, batch_size: int = 32, backend: str = "auto", show_progress_bar: bool = False,
+                  max_seq_length: int = 0):
     """An mteb encoder for an `Encoder`, a path, or an object mteb already understands.
 
     backend "auto": sentence-transformers folders run through sentence-transformers (PyTorch),
     everything else through the JAX encoder; "jax" forces the JAX encoder for every path.
+    `max_seq_length` > 0 truncates inputs to that many tokens (for paths and `Encoder`s).
     """
     from boom_jax.evaluation.mteb_encoder import MtebEncoder
 
@@ -205,9 +223,13 @@ def to_mteb_model(model: Any, label: str, batch_size: int = 32, backend: str = "
         if backend == "sentence_transformers" or (backend == "auto" and is_sentence_transformers_folder(path)):
             if not is_sentence_transformers_folder(path):
                 raise EvaluationError(f"{path}: not a sentence-transformers folder (no modules.json)")
-            return _sentence_transformers_mteb_model(path, label, batch_size, show_progress_bar)
-        model = load_encoder(path)
+            return _sentence_transformers_mteb_model(path, label, batch_size, show_progress_bar, max_seq_length)
+        model = load_encoder(path, max_seq_length)
     if hasattr(model, "cfg") and hasattr(model, "encode") and not hasattr(model, "mteb_model_meta"):
+        if max_seq_length and model.cfg.max_seq_length != max_seq_length:
+            from boom_jax.models.encoder import Encoder
+
+            model = Encoder(model.cfg.replace(max_seq_length=int(max_seq_length)), model.params, model.tokenizer)
         return MtebEncoder(model, label, batch_size=batch_size, show_progress_bar=show_progress_bar)
     return model
 
@@ -242,10 +264,13 @@ def evaluate_models(
     backend: str = "auto",
     overwrite: bool = False,
     show_progress_bar: bool = True,
+    caps: TaskCaps | None = None,
+    max_seq_length: int = 0,
 ) -> dict[str, dict[str, dict]]:
     """Score every model on every task; returns {label: {task: {main_score, metric, type, domain, ...}}}.
 
-    `models`: label -> `Encoder` or path (see `to_mteb_model`). `tasks`: see `resolve_tasks`.
+    `models`: label -> `Encoder` or path (see `to_mteb_model`). `tasks`, `caps`: see `resolve_tasks`.
+    `max_seq_length` > 0 truncates every model's inputs to that many tokens.
     With `out_dir`: writes out_dir/mteb/<label>/<task>.json (mteb's result files), results.json,
     table.md and chart.png, all built in a temporary folder that replaces out_dir at the end.
     """
@@ -253,7 +278,7 @@ def evaluate_models(
 
     if not models:
         raise EvaluationError("no models to evaluate")
-    mteb_tasks = resolve_tasks(tasks, benchmark)
+    mteb_tasks = resolve_tasks(tasks, benchmark, caps)
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
         if os.path.exists(out_dir) and not overwrite:
@@ -263,7 +288,8 @@ def evaluate_models(
     results: dict[str, dict[str, dict]] = {}
     try:
         for label, model in tqdm(models.items(), desc="models", disable=not show_progress_bar or len(models) < 2):
-            mteb_model = to_mteb_model(model, label, batch_size=batch_size, backend=backend)
+            mteb_model = to_mteb_model(model, label, batch_size=batch_size, backend=backend,
+                                       max_seq_length=max_seq_length)
             for task in mteb_tasks:  # every model sees the same samples (clustering bootstraps, few-shot draws)
                 _reseed(task)
             model_result = mteb.evaluate(
@@ -297,6 +323,20 @@ def evaluate_models(
         if out_dir is not None and os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return results
+
+
+def dev_caps(eval_config: Any) -> TaskCaps:
+    """The task caps of a config's `eval` section (max_queries, max_documents, max_texts)."""
+    return TaskCaps(int(eval_config.max_queries), int(eval_config.max_documents), int(eval_config.max_texts))
+
+
+def evaluate_dev(config: Any, models: Mapping[str, Any], out_dir: str | os.PathLike | None,
+                 tasks: Any = "builtin") -> dict[str, dict[str, dict]]:
+    """`evaluate_models` with a training config's dev settings: config.eval.{batch_size, max_queries,
+    max_documents, max_texts, max_seq_length} and config.log.progress_bar; replaces out_dir."""
+    return evaluate_models(models, tasks, out_dir, batch_size=int(config.eval.batch_size), overwrite=True,
+                           show_progress_bar=bool(config.log.progress_bar), caps=dev_caps(config.eval),
+                           max_seq_length=int(config.eval.max_seq_length))
 
 
 def _reseed(mteb_task) -> None:
@@ -345,6 +385,7 @@ def evaluate_builtin_retrieval(
 __all__ = [
     "EvaluationError",
     "evaluate_models",
+    "evaluate_dev",
     "evaluate_builtin_retrieval",
     "resolve_tasks",
     "to_mteb_model",

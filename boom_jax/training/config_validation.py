@@ -38,7 +38,7 @@ SCHEMA: dict[str, Any] = {
     "mesh.data": _INT, "mesh.fsdp": _INT, "mesh.tensor": _INT,
     "checkpoint.every_steps": _INT, "checkpoint.keep": _INT, "checkpoint.async_save": _BOOL,
     "eval.every_steps": _INT, "eval.tasks": _STR, "eval.at_end": _BOOL, "eval.batch_size": _INT,
-    "eval.max_queries": _INT,
+    "eval.max_queries": _INT, "eval.max_documents": _INT, "eval.max_texts": _INT, "eval.max_seq_length": _INT,
     "export.model_folder": _BOOL, "export.sentence_transformers": _BOOL,
     "log.tensorboard": _BOOL, "log.progress_bar": _BOOL,
 }
@@ -132,7 +132,8 @@ def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = D
         if config[section][name] < 1:
             _fail(f"config.{key}={config[section][name]} must be >= 1")
     non_negative = ["train.grad_cache_chunk", "train.max_steps", "data.limit", "model.lora_rank",
-                    "eval.every_steps", "eval.max_queries", "train.weight_decay", "train.max_grad_norm"]
+                    "eval.every_steps", "eval.max_queries", "eval.max_documents", "eval.max_texts",
+                    "eval.max_seq_length", "train.weight_decay", "train.max_grad_norm"]
     for key in non_negative:
         section, name = key.split(".")
         if config[section][name] < 0:
