@@ -47,6 +47,11 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
     return buckets[-1]
 
 
+def finish_token_ids(rows: Sequence[Sequence[int]], eos_id: int, max_length: int) -> list[list[int]]:
+    """Truncated rows with the EOS appended (within max_length), unless a row already ends with it."""
+    return [list(row) if row and row[-1] == eos_id else list(row[: max_length - 1]) + [eos_id] for row in rows]
+
+
 class TextTokenizer:
     """texts -> (input_ids int32 [B, T], attention_mask int32 [B, T]) with T from a few buckets."""
 
@@ -86,9 +91,8 @@ class TextTokenizer:
         if bad:
             raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
         ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
-        if self.append_eos:  # unless the tokenizer already ends rows with EOS
-            eos = self.tokenizer.eos_token_id
-            ids = [row if row and row[-1] == eos else row[: self.max_length - 1] + [eos] for row in ids]
+        if self.append_eos:
+            ids = finish_token_ids(ids, self.tokenizer.eos_token_id, self.max_length)
         return ids
 
     def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,9 @@ Each batch is a dict
 where b = batch_size / process_count (this host's contiguous slice of the global batch) and Tq, Tp are
 length buckets chosen from the whole global batch, so every host yields the same shapes.
 
-Texts are tokenized lazily, one global batch at a time, with batched calls of the (fast) tokenizers.
+Texts are tokenized lazily, one global batch at a time, with batched calls of the (fast) tokenizers, or,
+with a `token_cache_dir`, all at once into persistent token stores (`token_store.py`) that batches are
+then looked up from.
 Which positive and which negatives a group gets is drawn per batch from (seed, epoch, position), so a
 restored batcher yields exactly the same remaining batches.
 """
@@ -26,23 +28,10 @@ import numpy as np
 from boom_jax.data.records import Example, TrainDataset
 from boom_jax.data.sampling import dataset_rng
 from boom_jax.data.schedules import PlannedBatch, make_plan
+from boom_jax.data.token_store import MAX_CHARS_PER_TOKEN, TokenStore, cap_chars, load_or_build_store  # noqa: F401
 
 Tokenize = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 STATE_KEYS = ("epoch", "position", "seed", "schedule", "batch_size")
-MAX_CHARS_PER_TOKEN = 16  # no wordpiece/BPE token of real text is longer; cuts far past max_length
-
-
-def cap_chars(texts: list[str], tokenizer: Tokenize) -> list[str]:
-    """Cuts texts far longer than the tokenizer's max_length (in characters) before tokenizing.
-
-    Fast tokenizers encode the whole text and truncate afterwards, so a 10,000-character passage costs
-    as much as 80 short ones; its first max_length tokens lie well inside max_length * 16 characters.
-    """
-    max_length = getattr(tokenizer, "max_length", None)
-    if not max_length:
-        return texts
-    limit = int(max_length) * MAX_CHARS_PER_TOKEN
-    return [t[:limit] if len(t) > limit else t for t in texts]
 
 
 def query_text(example: Example) -> str:
@@ -115,6 +104,9 @@ class Batcher:
     (e.g. `boom_jax.tokenization.TextTokenizer` with query_max_len / passage_max_len).
     `group_size`: 1 positive + (group_size - 1) negatives, unless a dataset sets `hard_negatives`.
     `token_cache_size`: texts whose token ids are kept (per tokenizer; 0 disables the cache).
+    `token_cache_dir`: when given, every distinct query and passage text is tokenized once up front into a
+    `TokenStore` saved in (and on later runs loaded from) this folder; batches are then only looked up
+    and padded, and are identical to those without it. None: tokenize lazily, batch by batch.
     """
 
     def __init__(
@@ -131,6 +123,8 @@ class Batcher:
         process_index: int = 0,
         process_count: int = 1,
         token_cache_size: int = 200_000,
+        token_cache_dir: str | None = None,
+        show_progress: bool = True,
     ):
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be an int >= 1 (1 positive + negatives), got {group_size!r}")
@@ -155,11 +149,35 @@ class Batcher:
         self.position = 0
         self._query_cache = TokenCache(token_cache_size) if token_cache_size > 0 else None
         self._passage_cache = TokenCache(token_cache_size) if token_cache_size > 0 else None
+        self._query_store: TokenStore | None = None
+        self._passage_store: TokenStore | None = None
+        if token_cache_dir is not None:
+            self._query_store, self._passage_store = self._load_stores(token_cache_dir, show_progress)
         self._plan_epoch: int | None = None
         self._plan: list[PlannedBatch] = []
         if self.steps_per_epoch == 0:
             sizes = {d.name: len(d) for d in self.datasets}
             raise ValueError(f"schedule {schedule!r} makes no full batch of {batch_size} from datasets {sizes}")
+
+    def _load_stores(self, cache_dir: str, progress: bool) -> tuple[TokenStore | None, TokenStore | None]:
+        """Token stores of every query and every passage text (None for a tokenizer that is not a
+        TextTokenizer, which then tokenizes batch by batch)."""
+        def usable(tok: Any) -> bool:
+            return all(hasattr(tok, a) for a in ("token_ids", "max_length", "buckets", "pad_id", "tokenizer"))
+
+        examples = [e for d in self.datasets for e in d.examples]
+        queries = passages = None
+        if usable(self.query_tokenizer):
+            queries = load_or_build_store((query_text(e) for e in examples), self.query_tokenizer, cache_dir,
+                                          progress, desc="tokenizing queries")
+        if usable(self.passage_tokenizer):
+            passages = load_or_build_store((t for e in examples for t in (*e.pos, *e.neg)), self.passage_tokenizer,
+                                           cache_dir, progress, desc="tokenizing passages")
+        return queries, passages
+
+    def _tokenize(self, texts: list[str], tokenizer: Tokenize, store: TokenStore | None,
+                  cache: TokenCache | None) -> tuple[np.ndarray, np.ndarray]:
+        return store.tokenize(texts) if store is not None else tokenize(tokenizer, texts, cache)
 
     # ---- plan and state -------------------------------------------------------------------------
     def plan(self, epoch: int) -> list[PlannedBatch]:
@@ -228,8 +246,9 @@ class Batcher:
             dataset = self._by_name[name]
             queries.append(query_text(dataset.examples[i]))
             passages.extend(choose_passages(dataset, i, group - 1, rng))
-        query_ids, query_mask = tokenize(self.query_tokenizer, queries, self._query_cache)
-        passage_ids, passage_mask = tokenize(self.passage_tokenizer, passages, self._passage_cache)
+        query_ids, query_mask = self._tokenize(queries, self.query_tokenizer, self._query_store, self._query_cache)
+        passage_ids, passage_mask = self._tokenize(passages, self.passage_tokenizer, self._passage_store,
+                                                   self._passage_cache)
         b = self.batch_size // self.process_count
         q = slice(self.process_index * b, (self.process_index + 1) * b)
         p = slice(self.process_index * b * group, (self.process_index + 1) * b * group)
