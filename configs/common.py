@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.schedule = "bls"  # batch-level shuffling
     c.data.subset_ratio = 1.0  # fraction of every dataset this run trains on (a bag member)
     c.data.subset_seed = 0
+    # Folder of the token stores (every distinct text tokenized once, reused by later runs);
+    # "" = WORKDIR/token_cache. Point several runs at one folder to share stores between them.
+    c.data.token_cache_dir = ""
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global number of queries per step

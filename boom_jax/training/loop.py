@@ -325,6 +325,7 @@ def train(
     """
     from boom_jax.data.batcher import Batcher
     from boom_jax.data.schedules import SCHEDULES
+    from boom_jax.data.token_store import default_token_cache_dir
     from boom_jax.models import build_model
     from boom_jax.tokenization import TextTokenizer, load_tokenizer
     from boom_jax.training.sharding import DEFAULT_RULES, make_mesh
@@ -354,7 +355,9 @@ def train(
     batcher = Batcher(train_sets, query_tok, passage_tok, config.train.batch_size,
                       group_size=config.data.train_group_size, schedule=config.data.schedule, seed=config.seed,
                       num_epochs=None if config.train.max_steps else config.train.epochs,
-                      process_index=jax.process_index(), process_count=jax.process_count())
+                      process_index=jax.process_index(), process_count=jax.process_count(),
+                      token_cache_dir=config.data.token_cache_dir or default_token_cache_dir(workdir),
+                      show_progress=config.log.progress_bar and is_main)
     total_steps = config.train.max_steps or batcher.total_steps
 
     # Mesh, optimizer, state.
