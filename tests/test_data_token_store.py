@@ -1,0 +1,113 @@
+"""Token store: ids equal to the TextTokenizer's, identical batches with and without it, atomic reuse."""
+
+import hashlib
+import inspect
+import os
+
+import numpy as np
+import pytest
+
+from boom_jax.data.batcher import Batcher, query_text
+from boom_jax.data.builtin import builtin_train_datasets
+from boom_jax.data.token_store import TokenStore, cap_chars, encode_texts, load_or_build_store
+from boom_jax.tokenization import TextTokenizer, load_tokenizer
+from tests.helpers_tiny_models import make_tiny_qwen3_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """Built-in training sets (150 examples each) and a text sample: their queries and passages, the 40
+    longest passages of the whole corpus, texts past the character cap, odd whitespace and unicode."""
+    full = builtin_train_datasets()
+    longest = sorted({p for d in full for e in d.examples for p in e.pos}, key=len)[-40:]
+    small = builtin_train_datasets(limit=150)
+    source = inspect.getsource(inspect)
+    texts = [query_text(e) for d in small for e in d.examples]
+    texts += [t for d in small for e in d.examples for t in (*e.pos, *e.neg)]
+    texts += longest + [source[i * 5000:i * 5000 + 9000] for i in range(4)]
+    texts += ["", " ", "tabs\tand\nnew lines  ", "Ünïcödé — ‘quotes’ 数据 🙂 e\u0301", "x" * 3000]
+    return small, list(dict.fromkeys(texts))
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path):
+    return load_tokenizer(minilm_path)
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    return make_tiny_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3_tok"))
+
+
+def assert_store_matches(text_tokenizer, texts):
+    flat, offsets = encode_texts(text_tokenizer, texts)
+    expected = text_tokenizer.token_ids(cap_chars(texts, text_tokenizer))
+    assert offsets[-1] == len(flat) == sum(len(r) for r in expected)
+    assert [flat[offsets[i]:offsets[i + 1]].tolist() for i in range(len(texts))] == expected
+    store = TokenStore(texts, flat, offsets, text_tokenizer)
+    picks = [[5, 0, len(texts) - 1], list(range(len(texts) - 9, len(texts))), list(range(40))]
+    for rows in picks:
+        batch = [texts[i] for i in rows]
+        got_ids, got_mask = store.tokenize(batch)
+        want_ids, want_mask = text_tokenizer.pad(text_tokenizer.token_ids(cap_chars(batch, text_tokenizer)))
+        np.testing.assert_array_equal(got_ids, want_ids)
+        np.testing.assert_array_equal(got_mask, want_mask)
+        assert got_ids.dtype == got_mask.dtype == np.int32
+
+
+def test_ids_equal_the_text_tokenizer_minilm(minilm, corpus):
+    _, texts = corpus
+    assert_store_matches(TextTokenizer(minilm, 128), texts)
+    assert_store_matches(TextTokenizer(minilm, 32, padding_side="left", buckets=(32,)), texts)
+
+
+def test_ids_equal_the_text_tokenizer_qwen3(qwen3, corpus):
+    _, texts = corpus
+    assert_store_matches(TextTokenizer(qwen3, 64, padding_side="left", append_eos=True), texts)
+
+
+def digests(batcher):
+    out = []
+    for batch in batcher:
+        h = hashlib.sha256()
+        for key in sorted(batch):
+            h.update(key.encode())
+            h.update(np.asarray(batch[key]).tobytes())
+        out.append(h.hexdigest())
+    return out
+
+
+def test_batches_identical_with_and_without_store_and_reused(minilm, corpus, tmp_path):
+    datasets, _ = corpus
+    qtok, ptok = TextTokenizer(minilm, 48), TextTokenizer(minilm, 96)
+    make = lambda cache_dir: Batcher(datasets, qtok, ptok, batch_size=16, group_size=4, seed=2,  # noqa: E731
+                                     token_cache_dir=cache_dir, show_progress=False)
+    plain = digests(make(None))
+    assert len(plain) == sum(len(d) // 16 for d in datasets) and len(set(plain)) == len(plain)
+    cache = tmp_path / "tokens"
+    cold = make(str(cache))
+    files = sorted(os.listdir(cache))
+    assert len(files) == 2 and all(f.startswith("tokens-") and f.endswith(".npz") for f in files)  # no temp left
+    assert digests(cold) == plain
+    stamps = {f: os.stat(cache / f).st_mtime_ns for f in files}
+    warm = make(str(cache))
+    assert {f: os.stat(cache / f).st_mtime_ns for f in files} == stamps  # loaded, not rebuilt
+    assert digests(warm) == plain
+    # Another max_length is another store; a damaged file is rebuilt and replaced.
+    Batcher(datasets, TextTokenizer(minilm, 40), ptok, batch_size=16, seed=2, token_cache_dir=str(cache),
+            show_progress=False)
+    assert len(os.listdir(cache)) == 3
+    (cache / files[0]).write_bytes(b"not a numpy file")
+    assert digests(make(str(cache))) == plain
+    assert len(os.listdir(cache)) == 3 and (cache / files[0]).stat().st_size > 100
+
+
+def test_store_refuses_unknown_text_and_bad_offsets(minilm, tmp_path):
+    tok = TextTokenizer(minilm, 16)
+    store = load_or_build_store(["alpha beta", "gamma", "alpha beta"], tok, str(tmp_path), progress=False)
+    assert len(store) == 2 and "gamma" in store
+    np.testing.assert_array_equal(store.ids("gamma"), tok.token_ids(["gamma"])[0])
+    with pytest.raises(KeyError, match="text not in the token store: 'delta'"):
+        store.tokenize(["gamma", "delta"])
+    with pytest.raises(ValueError, match="2 texts has 2 offsets"):
+        TokenStore(["a", "b"], np.zeros(3, np.int32), np.array([0, 3]), tok)
