@@ -1,0 +1,302 @@
+"""Runs the comparison's plan: the BOOM bag, the other training runs, the merges, the evaluation, RESULTS.md.
+
+Layout of an experiment workdir (every piece is skipped when finished, so re-running resumes):
+
+    DIR/plan.json                 the plan (runs, datasets, planned examples)
+    DIR/boom/                     the bag (members r020..r100), unless config.experiment.bag_workdir
+    DIR/runs/<name>/              one train workdir per run, run.json written when it finished
+    DIR/runs/<merge>/model/       merged models, run.json with the merge's and its inputs' cost
+    DIR/runs/incremental/         boom_jax.boom.incremental's workdir, run.json
+    DIR/eval/<label>/results.json dev scores of each reported model
+    DIR/RESULTS.md, DIR/results.json, DIR/charts/*.png
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from boom_jax.data.records import TrainDataset
+from boom_jax.experiments.plan import (DatasetInfo, ExperimentConfigError, MergeRun, Plan, TrainRun, format_plan,
+                                       make_plan)
+
+RUN_RECORD = "run.json"
+WORKFLOW_SECTIONS = ("experiment", "bag", "incremental")
+# Settings a reused bag workdir must share with this experiment (else its members are not comparable).
+SHARED_SETTINGS = ("seed", "model.path", "model.random_init", "data.source", "data.names", "data.limit",
+                   "data.train_group_size", "data.query_max_len", "data.passage_max_len", "train.batch_size",
+                   "train.learning_rate", "train.epochs", "train.max_steps", "train.temperature",
+                   "train.warmup_ratio")
+
+
+def write_json(path: str, data: Any) -> None:
+    """JSON written to a temp name and renamed: never half-written."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def training_config(config: ml_collections.ConfigDict, name: str, schedule: str = "bls") -> ml_collections.ConfigDict:
+    """A plain training config for one run: the experiment's settings without its workflow sections."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        for section in WORKFLOW_SECTIONS:
+            if section in c:
+                del c[section]
+        c.name = f"{config.name}/{name}"
+        c.data.schedule = schedule
+        c.export.sentence_transformers = False
+        c.eval.every_steps = 0
+        c.eval.at_end = False
+    return c
+
+
+def dataset_infos(datasets: Sequence[TrainDataset]) -> list[DatasetInfo]:
+    return [DatasetInfo(d.name, len(d.examples), d.task_type) for d in datasets]
+
+
+def experiment_plan(config: ml_collections.ConfigDict, datasets: Sequence[TrainDataset]) -> Plan:
+    """The plan for `config` on the loaded datasets."""
+    return make_plan(dataset_infos(datasets), config.experiment.to_dict(), int(config.train.batch_size),
+                     epochs=int(config.train.epochs), include_base=bool(config.experiment.include_base)
+                     and not config.model.random_init)
+
+
+def _run_datasets(run: TrainRun, datasets: Sequence[TrainDataset]) -> list[TrainDataset]:
+    """The run's datasets in its order; for two_stage, stage 1 tagged so the loop's default stages apply.
+
+    The loop's two_stage schedule puts the "retrieval" task type in stage 1 and the rest in stage 2;
+    the run's stage 1 is whatever config.experiment.two_stage_first chose, so its datasets are tagged
+    "retrieval" and the others "stage2" for this run only (task types steer nothing else in training).
+    """
+    by_name = {d.name: d for d in datasets}
+    chosen = [by_name[n] for n in run.datasets]
+    if run.schedule == "two_stage":
+        chosen = [dataclasses.replace(d, task_type="retrieval" if d.name in run.first_stage else "stage2")
+                  for d in chosen]
+    return chosen
+
+
+def ensure_train_run(config: ml_collections.ConfigDict, workdir: str, run: TrainRun,
+                     datasets: Sequence[TrainDataset]) -> dict:
+    """Trains (resumes, or skips when run.json exists) one run; returns its cost record."""
+    from boom_jax.training.loop import train
+
+    run_dir = os.path.join(workdir, "runs", run.name)
+    record = read_json(os.path.join(run_dir, RUN_RECORD))
+    if record is not None:
+        print(f"[experiment] run {run.name} already finished ({record['steps']} steps); skipping")
+        return record
+    print(f"[experiment] training {run.name}: {run.schedule} on {', '.join(run.datasets)} ({run.steps} steps)")
+    start = time.time()
+    result = train(training_config(config, run.name, run.schedule), run_dir, datasets=_run_datasets(run, datasets))
+    if result.preempted:
+        raise SystemExit(f"[experiment] run {run.name} was preempted at step {result.steps}; re-run to resume")
+    record = {"name": run.name, "schedule": run.schedule, "datasets": list(run.datasets),
+              "first_stage": list(run.first_stage), "steps": int(result.steps),
+              "examples": int(result.steps) * int(config.train.batch_size),
+              "wall_time_s": round(time.time() - start, 2), "final_loss": float(result.final_loss),
+              "model": os.path.join(run_dir, "model")}
+    write_json(os.path.join(run_dir, RUN_RECORD), record)
+    return record
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_bag_settings(config: ml_collections.ConfigDict, bag_dir: str, members: Sequence[str]) -> None:
+    """A reused bag's members must have been trained with this experiment's settings."""
+    mine = _flat(config.to_dict())
+    for m in members:
+        theirs = read_json(os.path.join(bag_dir, "members", m, "config.json"))
+        if theirs is None:
+            continue
+        theirs = _flat(theirs)
+        diff = [f"{k}: {theirs.get(k)!r} vs {mine.get(k)!r}" for k in SHARED_SETTINGS if theirs.get(k) != mine.get(k)]
+        if diff:
+            raise ExperimentConfigError(
+                f"config.experiment.bag_workdir={bag_dir}: member {m} was trained with other settings "
+                f"(bag vs experiment): {'; '.join(diff)}")
+
+
+def ensure_bag(config: ml_collections.ConfigDict, bag_dir: str, plan: Plan,
+               datasets: Sequence[TrainDataset]) -> dict[str, dict]:
+    """The bag members the plan needs (trained with boom_jax.boom.bag.run_bag unless all finished)."""
+    from boom_jax.boom.bag import read_member_record, run_bag
+
+    if not plan.bag_members:
+        return {}
+    check_bag_settings(config, bag_dir, plan.bag_members)
+    records = {m: read_member_record(os.path.join(bag_dir, "members", m)) for m in plan.bag_members}
+    if any(r is None for r in records.values()):
+        bag_config = training_config(config, "boom")
+        with bag_config.unlocked():
+            bag_config.name = config.name
+            bag_config.bag = copy.deepcopy(config.bag)
+            bag_config.bag.ratios = tuple(plan.bag_ratios)
+            bag_config.bag.member = -1
+            bag_config.bag.evaluate = False  # the experiment evaluates every model together
+        print(f"[experiment] training the BOOM bag in {bag_dir}: members {', '.join(plan.bag_members)}")
+        run_bag(bag_config, bag_dir, datasets=datasets)
+        records = {m: read_member_record(os.path.join(bag_dir, "members", m)) for m in plan.bag_members}
+    else:
+        print(f"[experiment] bag members {', '.join(plan.bag_members)} already finished in {bag_dir}; skipping")
+    return records
+
+
+def ensure_incremental(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset]) -> dict:
+    """The incremental update (boom_jax.boom.incremental) in DIR/runs/incremental; returns its cost record."""
+    from boom_jax.boom.incremental import run_incremental
+
+    run_dir = os.path.join(workdir, "runs", "incremental")
+    record = read_json(os.path.join(run_dir, RUN_RECORD))
+    if record is not None:
+        print(f"[experiment] incremental update already finished; skipping")
+        return record
+    inc_config = training_config(config, "incremental")
+    with inc_config.unlocked():
+        inc_config.incremental = copy.deepcopy(config.incremental)
+        inc_config.incremental.evaluate = False
+    start = time.time()
+    summary = run_incremental(inc_config, run_dir, datasets=datasets)
+    costs, merge = summary["costs"], summary["merge"]
+    update = costs["update"]
+    record = {"name": "incremental", "steps": update["steps"], "examples": update["examples"],
+              "wall_time_s": round(update["wall_time_s"] + merge["wall_time_s"], 2),
+              "update": update, "merge_wall_time_s": merge["wall_time_s"], "existing": costs.get("existing"),
+              "full_retrain": costs.get("full_retrain"), "old_datasets": summary["old_datasets"],
+              "new_datasets": summary["new_datasets"], "history_ratio": float(config.incremental.history_ratio),
+              "merge_weights": merge["weights"], "total_wall_time_s": round(time.time() - start, 2),
+              "model": os.path.join(run_dir, "merged")}
+    write_json(os.path.join(run_dir, RUN_RECORD), record)
+    return record
+
+
+def ensure_merge(config: ml_collections.ConfigDict, workdir: str, merge: MergeRun, records: dict[str, dict]) -> dict:
+    """Merges the inputs' models (equal weights) into DIR/runs/<name>/model unless already done."""
+    from boom_jax.merging.streaming import merge_models
+
+    run_dir = os.path.join(workdir, "runs", merge.name)
+    record = read_json(os.path.join(run_dir, RUN_RECORD))
+    if record is not None:
+        print(f"[experiment] merge {merge.name} already done; skipping")
+        return record
+    inputs = [records[n] for n in merge.inputs]
+    os.makedirs(run_dir, exist_ok=True)
+    print(f"[experiment] merging {merge.name} ({config.experiment.merge_method}) from {', '.join(merge.inputs)}")
+    start = time.time()
+    merge_models([r["model"] for r in inputs], os.path.join(run_dir, "model"), config.experiment.merge_method,
+                 streaming=True, overwrite=True, progress=config.log.progress_bar)
+    merge_time = round(time.time() - start, 2)
+    record = {"name": merge.name, "inputs": list(merge.inputs), "method": config.experiment.merge_method,
+              "steps": sum(r["steps"] for r in inputs), "examples": sum(r["examples"] for r in inputs),
+              "merge_wall_time_s": merge_time,
+              "wall_time_s": round(sum(r["wall_time_s"] for r in inputs) + merge_time, 2),
+              "model": os.path.join(run_dir, "model")}
+    write_json(os.path.join(run_dir, RUN_RECORD), record)
+    return record
+
+
+def evaluate_rows(config: ml_collections.ConfigDict, workdir: str, models: dict[str, str]) -> dict:
+    """Dev scores of every model, one DIR/eval/<label>/ each (a finished label is read back, not redone)."""
+    from boom_jax.evaluation import runner
+    from boom_jax.evaluation.report import load_results
+
+    results = {}
+    for label, path in models.items():
+        out = os.path.join(workdir, "eval", label)
+        if os.path.exists(os.path.join(out, "results.json")):
+            print(f"[experiment] {label} already evaluated; reading {out}/results.json")
+            results[label] = load_results(out)[label]
+            continue
+        print(f"[experiment] evaluating {label} ({path})")
+        if hasattr(runner, "evaluate_dev"):
+            scores = runner.evaluate_dev(_eval_config(config), {label: path}, out)
+        else:
+            scores = runner.evaluate_models({label: path}, config.experiment.eval_tasks, out,
+                                            batch_size=config.eval.batch_size, overwrite=True,
+                                            show_progress_bar=config.log.progress_bar)
+        results[label] = scores[label]
+    return results
+
+
+def _eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c = training_config(config, "eval")
+    with c.unlocked():
+        c.bag = ml_collections.ConfigDict({"eval_tasks": config.experiment.eval_tasks})
+    return c
+
+
+def row_records(plan: Plan, records: dict[str, dict]) -> list[dict]:
+    """One table row per reported model: label, strategy, source, steps, examples, wall time, model path."""
+    rows = []
+    for row in plan.rows:
+        rec = records.get(row.source) or {}
+        rows.append({"label": row.label, "strategy": row.strategy, "source": row.source,
+                     "steps": rec.get("steps", 0), "examples": rec.get("examples", 0),
+                     "wall_time_s": rec.get("wall_time_s", 0.0), "model": rec.get("model")})
+    return rows
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str | None = None,
+                   datasets: Sequence[TrainDataset] | None = None) -> dict:
+    """Runs (or resumes) the whole comparison and writes DIR/RESULTS.md; returns the results summary."""
+    from boom_jax.experiments.results import write_results
+    from boom_jax.training.config_validation import validate_config
+    from boom_jax.training.loop import load_train_datasets, resolve_model_path
+
+    workdir = os.path.abspath(workdir)
+    validate_config(training_config(config, "check"))
+    if datasets is None:
+        datasets = load_train_datasets(training_config(config, "data"))
+    plan = experiment_plan(config, datasets)
+    bag_dir = os.path.abspath(config.experiment.bag_workdir or os.path.join(workdir, "boom"))
+    print(format_plan(plan, bag_dir), flush=True)
+    os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+    write_json(os.path.join(workdir, "plan.json"), {
+        "bag_dir": bag_dir, "bag_members": list(plan.bag_members), "member_steps": dict(plan.member_steps),
+        "train_runs": [dataclasses.asdict(r) for r in plan.train_runs],
+        "merges": [dataclasses.asdict(m) for m in plan.merges], "rows": [dataclasses.asdict(r) for r in plan.rows],
+        "incremental": plan.incremental, "datasets": [dataclasses.asdict(d) for d in dataset_infos(datasets)]})
+
+    start = time.time()
+    records: dict[str, dict] = dict(ensure_bag(config, bag_dir, plan, datasets))
+    for i, run in enumerate(plan.train_runs):
+        print(f"[experiment] run {i + 1}/{len(plan.train_runs)}", flush=True)
+        records[run.name] = ensure_train_run(config, workdir, run, datasets)
+    if plan.incremental:
+        records["incremental"] = ensure_incremental(config, workdir, datasets)
+    for merge in plan.merges:
+        records[merge.name] = ensure_merge(config, workdir, merge, records)
+    if any(r.label == "base" for r in plan.rows):
+        records["base"] = {"steps": 0, "examples": 0, "wall_time_s": 0.0,
+                           "model": resolve_model_path(config.model.path)}
+    rows = row_records(plan, records)
+
+    results = None
+    if config.experiment.evaluate:
+        results = evaluate_rows(config, workdir, {r["label"]: r["model"] for r in rows})
+    print(f"[experiment] training, merging and evaluation took {time.time() - start:.0f} s")
+    command = command or (f"python -m boom_jax.experiments --config=configs/experiment.py --workdir={workdir}")
+    return write_results(workdir, config, rows, results, records, command,
+                         datasets=dataset_infos(datasets), bag_dir=bag_dir)

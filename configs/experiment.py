@@ -1,0 +1,60 @@
+"""The BOOM paper's strategy comparison at small scale, on the built-in corpus from all-MiniLM-L6-v2.
+
+`python -m boom_jax.experiments --config=configs/experiment.py --workdir=DIR` trains BLS, dataset- and
+task-level sequential, two-stage, dataset- and task-level merging, one BOOM bag (members at 20..100%)
+merged for the ratio sets {20,40,60,80,100}, {40,60,80,100} and {80,100}, and an incremental update;
+evaluates them all on the built-in dev tasks and writes DIR/RESULTS.md with charts.
+
+The training sizes are configs/bag.py's, so a bag trained with
+`python -m boom_jax.train --config=configs/bag.py --workdir=X` is reused with
+--config.experiment.bag_workdir=X. Arguments: `:smoke` (MiniLM on a tiny slice, two dev tasks),
+`:tiny` (a tiny random model on three datasets, no evaluation; for tests).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import bag, incremental
+
+
+def experiment_section() -> ml_collections.ConfigDict:
+    e = ml_collections.ConfigDict()
+    e.strategies = ("bls,dataset_sequential,task_sequential,two_stage,dataset_merging,task_merging,boom,"
+                    "incremental")
+    e.boom_ratio_sets = "20,40,60,80,100;40,60,80,100;80,100"  # percent; sets separated by ';'
+    e.bag_workdir = ""  # "" = train the bag in DIR/boom; else reuse (and complete) this bag workdir
+    e.bls_from_bag = True  # the bag's 100% member is BLS on all data: report it as the BLS row
+    e.dataset_order = ""  # dataset-level sequential order; "" = as loaded
+    e.task_order = ""  # task-level sequential order of task types; "" = retrieval first
+    e.two_stage_first = "retrieval"  # stage 1: dataset names and/or task types; stage 2: the rest
+    e.merge_method = "multislerp"  # for dataset-level, task-level and BOOM merges (equal weights)
+    e.include_base = True  # report the pretrained model too
+    e.evaluate = True
+    e.eval_tasks = "builtin"  # builtin | builtin_in | builtin_out | comma-separated task names
+    return e
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    if arg not in (None, "", "smoke", "tiny"):
+        raise ValueError(f"configs/experiment.py: unknown argument {arg!r}; expected 'smoke', 'tiny' or nothing")
+    c = bag.get_config(arg or None)
+    c.name = "experiment"
+    c.bag.ratios = (0.2, 0.4, 0.6, 0.8, 1.0)
+    c.bag.evaluate = False
+    c.incremental = incremental.incremental_section()
+    c.incremental.compare_full_retrain = False  # the full retrain on old + new data is the BLS row
+    c.incremental.evaluate = False
+    c.experiment = experiment_section()
+    if arg == "smoke":
+        c.data.limit = 40  # 20% of 40 = one batch of 8 per dataset
+        c.experiment.eval_tasks = "python_code_retrieval,tech_faq_retrieval"
+    elif arg == "tiny":
+        c.data.names = "debian_desc,python_code,debian_section"
+        c.data.fixed_length = True
+        c.checkpoint.every_steps = 100
+        c.experiment.boom_ratio_sets = "50,100"
+        c.incremental.old_datasets = "debian_desc,python_code"
+        c.incremental.new_datasets = "debian_section"
+        c.experiment.evaluate = False
+    return c
