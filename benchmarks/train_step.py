@@ -37,6 +37,7 @@ flags.DEFINE_integer("steps", 5, "Timed steps after the first one.")
 flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout on both sides (0 = off).")
 flags.DEFINE_string("dtype", "float32", "JAX compute dtype: float32 | bfloat16 (PyTorch stays float32).")
 flags.DEFINE_float("temperature", 0.05, "InfoNCE temperature (sentence-transformers' scale = 1 / temperature).")
+flags.DEFINE_enum("dropout_rng", "rbg", ["rbg", "unsafe_rbg", "threefry"], "JAX dropout key implementation.")
 flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Which side to run (both = two subprocesses).")
 
 FLAGS = flags.FLAGS
@@ -110,7 +111,8 @@ def run_jax() -> dict:
     # matmul params (what 6 x params x tokens counts): everything but the embedding tables
     n_matmul = n_params - sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["embeddings"]))
     optimizer, schedule = make_optimizer(LEARNING_RATE, total_steps=1000, weight_decay=0.01, clip_norm=1.0)
-    step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, FLAGS.temperature, schedule)
+    step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, FLAGS.temperature, schedule,
+                           dropout_rng=FLAGS.dropout_rng)
     state = init_train_state(params, optimizer, jax.random.PRNGKey(0))
     del params
     batch = jax.device_put(prepare_batch(dict(data, in_batch_negatives=True)))
@@ -209,7 +211,8 @@ def run_side(side: str) -> dict:
     """Runs one side in a fresh interpreter and returns its JSON result."""
     args = [sys.executable, os.path.abspath(__file__), f"--side={side}"]
     args += [f"--{name}={getattr(FLAGS, name)}" for name in
-             ("batch_size", "group_size", "seq_len", "steps", "dropout", "dtype", "temperature")]
+             ("batch_size", "group_size", "seq_len", "steps", "dropout", "dtype", "temperature",
+                           "dropout_rng")]
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
