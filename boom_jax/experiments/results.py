@@ -201,6 +201,7 @@ def write_results(workdir: str, config, rows: Sequence[dict], results: dict | No
     _write_text(os.path.join(workdir, SUMMARY_JSON), json.dumps(summary, indent=2, sort_keys=True, default=str))
     per_task = None
     if results:
+        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         save_results(results, os.path.join(workdir, "eval", "all_results.json"))
         per_task = results_table(results)
         plot_in_vs_out(scored, os.path.join(workdir, CHARTS["in_vs_out"]))
