@@ -130,3 +130,20 @@ def test_configs_default_sizes_are_the_bags():
     assert experiment_config.get_config("tiny").model.random_init
     with pytest.raises(ValueError, match="unknown argument 'huge'"):
         experiment_config.get_config("huge")
+
+
+def test_two_stage_run_tags_its_first_stage_for_the_loop():
+    from boom_jax.data.records import Example, TrainDataset
+    from boom_jax.data.schedules import make_plan as schedule_plan
+    from boom_jax.experiments.runner import _run_datasets
+
+    plan = make_plan(DATASETS, default_section(strategies="two_stage", two_stage_first="sts,debian_section"),
+                     batch_size=8, include_base=False)
+    sets = [TrainDataset(d.name, d.task_type, [Example(d.name, i, f"q{i}", ("p",), (), "", d.task_type)
+                                               for i in range(d.size)], True, "") for d in DATASETS]
+    chosen = _run_datasets(plan.train_runs[0], sets)
+    batches = schedule_plan("two_stage", chosen, 8, seed=0)  # the loop's default stages
+    order = [b.dataset for b in batches]
+    assert set(order[:10]) == {"bible_paraphrase", "debian_section"} and len(order) == 20
+    assert set(order[10:]) == {"debian_desc", "python_code"}
+    assert [d.task_type for d in sets] == ["sts", "retrieval", "classification", "retrieval"]  # inputs untouched
