@@ -2,7 +2,10 @@
 
 Usage:
   python benchmarks/data.py [--data PATH_OR_GLOB] [--batch_size 32] [--group_size 4]
-      [--query_max_len 64] [--passage_max_len 128] [--limit N]
+      [--query_max_len 64] [--passage_max_len 128] [--limit N] [--token_cache_dir DIR] [--lazy]
+
+Runs the batcher twice on one token-store folder: cold (every distinct text tokenized into the store)
+and warm (the store loaded from disk), and with --lazy also the store-less path (tokenize per batch).
 
 Without --data it uses the built-in corpus (boom_jax/data/builtin/train/*.jsonl.gz) when present, else a
 JSONL it writes from real text: the docstrings and source of the running Python's standard library
@@ -57,6 +60,32 @@ def write_stdlib_jsonl(path: str, max_examples: int = 20000, negatives: int = 3)
     return min(len(pairs), max_examples)
 
 
+class Clock:
+    """Wall and CPU seconds since the last `lap()`."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = (wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
+        return out
+
+
+def rate(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.0f}" if seconds > 0 else "inf"
+
+
+def run_epochs(make_batcher) -> tuple[int, tuple[float, float], tuple[float, float]]:
+    """(examples batched, (wall, CPU) building the batcher, (wall, CPU) iterating it)."""
+    clock = Clock()
+    batcher = make_batcher()
+    setup = clock.lap()
+    examples = sum(batch["query_ids"].shape[0] for batch in batcher)
+    return examples, setup, clock.lap()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="", help="JSONL file, folder or glob (default: built-in or stdlib)")
@@ -64,8 +93,11 @@ def main() -> None:
     parser.add_argument("--group_size", type=int, default=4)
     parser.add_argument("--query_max_len", type=int, default=64)
     parser.add_argument("--passage_max_len", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=1, help="passes over the data (later ones hit the token cache)")
-    parser.add_argument("--token_cache_size", type=int, default=200_000, help="0 disables the token cache")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the data per measured run")
+    parser.add_argument("--token_cache_dir", default="", help="token store folder (default: a fresh temp folder, "
+                        "so the first run is cold)")
+    parser.add_argument("--lazy", action="store_true", help="also measure the store-less path (tokenize per batch)")
+    parser.add_argument("--token_cache_size", type=int, default=200_000, help="in-memory cache of the --lazy path")
     parser.add_argument("--limit", type=int, default=0, help="examples per dataset (0 = all)")
     parser.add_argument("--all_cores", action="store_true", help="do not pin the process to core 0")
     args = parser.parse_args()
@@ -88,15 +120,16 @@ def main() -> None:
         qtok = TextTokenizer(tok, args.query_max_len)
         ptok = TextTokenizer(tok, args.passage_max_len)
 
-        start, cpu_start = time.perf_counter(), time.process_time()
+        clock = Clock()
         datasets = load_datasets([{"path": data, "limit": args.limit}])
-        loaded, cpu_loaded = time.perf_counter(), time.process_time()
-        batcher = Batcher(datasets, qtok, ptok, batch_size=args.batch_size, group_size=args.group_size, seed=0,
-                          num_epochs=args.epochs, token_cache_size=args.token_cache_size)
-        examples = 0
-        for batch in batcher:
-            examples += batch["query_ids"].shape[0]
-        done, cpu_done = time.perf_counter(), time.process_time()
+        load = clock.lap()
+        cache_dir = args.token_cache_dir or os.path.join(tmp, "token_cache")
+        make = lambda cache, size=0: lambda: Batcher(  # noqa: E731
+            datasets, qtok, ptok, batch_size=args.batch_size, group_size=args.group_size, seed=0,
+            num_epochs=args.epochs, token_cache_size=size, token_cache_dir=cache, show_progress=False)
+        runs = {"cold (store built)": run_epochs(make(cache_dir)), "warm (store loaded)": run_epochs(make(cache_dir))}
+        if args.lazy:
+            runs["no store (per batch)"] = run_epochs(make(None, args.token_cache_size))
 
         # Reference: the bare Rust tokenizer on passages of the same data, no pipeline around it.
         sample = [p for d in datasets for e in d.examples[:2000] for p in e.pos[:1] + e.neg[:args.group_size - 1]]
@@ -110,16 +143,19 @@ def main() -> None:
     total = sum(len(d) for d in datasets)
     print(f"data: {data} ({len(datasets)} datasets, {total} examples)")
     print(f"batch_size={args.batch_size} group_size={args.group_size} query_max_len={args.query_max_len} "
-          f"passage_max_len={args.passage_max_len} epochs={args.epochs} token_cache_size={args.token_cache_size} cores={'all' if args.all_cores else 1}")
-    print(f"load + validate: {loaded - start:.2f} s wall, {cpu_loaded - cpu_start:.2f} s CPU "
-          f"({total / (cpu_loaded - cpu_start):,.0f} examples per CPU second)")
-    print(f"plan + tokenize + batch: {done - loaded:.2f} s wall, {cpu_done - cpu_loaded:.2f} s CPU "
-          f"({examples / (cpu_done - cpu_loaded):,.0f} examples, "
-          f"{examples * (args.group_size + 1) / (cpu_done - cpu_loaded):,.0f} texts per CPU second)")
+          f"passage_max_len={args.passage_max_len} epochs={args.epochs} cores={'all' if args.all_cores else 1}")
+    print(f"load + validate: {load[0]:.2f} s wall, {load[1]:.2f} s CPU ({rate(total, load[1])} examples per CPU second)")
+    header = f"{'':22s} {'store s wall/CPU':>17s} {'batch s wall/CPU':>17s} {'batching ex/s wall/CPU':>23s} " \
+             f"{'end to end ex/s wall/CPU':>25s}"
+    print(header)
+    for name, (examples, setup, batching) in runs.items():
+        wall, cpu = load[0] + setup[0] + batching[0], load[1] + setup[1] + batching[1]
+        print(f"{name:22s} {setup[0]:8.2f}/{setup[1]:<8.2f} {batching[0]:8.2f}/{batching[1]:<8.2f} "
+              f"{rate(examples, batching[0]):>11s}/{rate(examples, batching[1]):<11s} "
+              f"{rate(examples, wall):>12s}/{rate(examples, cpu):<12s}")
+    print(f"({examples} batched examples per run; end to end = load + store + batch)")
     print(f"reference, bare tokenizer encode_batch on {len(sample)} passages of the data: "
           f"{ref_texts_per_s:,.0f} texts per CPU second")
-    print(f"end to end: {examples / (done - start):,.0f} examples/s wall, "
-          f"{examples / (cpu_done - cpu_start):,.0f} examples per CPU second, over {examples} batched examples")
 
 
 if __name__ == "__main__":

@@ -55,10 +55,17 @@ def tokenizer_fingerprint(text_tokenizer: Any) -> str:
     """SHA-256 of everything that decides a text's ids: the tokenizer's pipeline (its tokenizer.json
     without the call-time truncation/padding state), max_length, append_eos, EOS id and truncation side."""
     tok = text_tokenizer.tokenizer
-    spec = json.loads(tok.backend_tokenizer.to_str())
-    spec.pop("truncation", None)
-    spec.pop("padding", None)
-    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        pipeline = Tokenizer.from_str(backend.to_str())  # a copy, so the shared tokenizer is left alone
+        pipeline.no_truncation()
+        pipeline.no_padding()
+        h = hashlib.sha256(pipeline.to_str().encode())
+    else:  # a slow tokenizer: its vocabulary and settings
+        h = hashlib.sha256(json.dumps([sorted(tok.get_vocab().items()), repr(getattr(tok, "init_kwargs", ""))],
+                                      default=str).encode())
     h.update(json.dumps({"format": STORE_FORMAT, "class": type(tok).__name__, "max_length": text_tokenizer.max_length,
                          "append_eos": bool(text_tokenizer.append_eos), "eos": tok.eos_token_id,
                          "side": getattr(tok, "truncation_side", "right"),
@@ -148,7 +155,7 @@ class TokenStore:
     def indices(self, texts: Iterable[str]) -> np.ndarray:
         index = self._index
         try:
-            return np.fromiter((index[t] for t in texts), dtype=np.int64)
+            return np.array([index[t] for t in texts], dtype=np.int64)
         except KeyError as e:
             raise KeyError(f"text not in the token store: {str(e.args[0])[:80]!r}") from None
 
