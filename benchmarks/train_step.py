@@ -9,7 +9,8 @@ clipping 1.0, dropout as in sentence-transformers' train mode (0.1; --dropout=0 
 - JAX: boom_jax.training.step.make_train_step (InfoNCE with in-batch + hard negatives, donated state).
 - PyTorch: SentenceTransformer + MultipleNegativesRankingLoss (anchor, positive, negatives...) and a
   torch.optim.AdamW step, i.e. what SentenceTransformerTrainer runs per step, minus data loading.
-Each side runs in its own subprocess, so peak RSS (ru_maxrss) is clean. The first step (JAX compile,
+CPU s/step is the process CPU time (all threads) per step: a check on s/step when other work shares
+the machine. Each side runs in its own subprocess, so peak RSS (ru_maxrss) is clean. The first step (JAX compile,
 PyTorch warm-up) is reported apart; steps/s is over the following --steps steps. FLOPs per step come
 from XLA's cost analysis of the compiled step (and 6 x non-embedding params x tokens as a cross-check); MFU divides
 the achieved FLOP/s by an estimated CPU peak (cores x clock x FP32 FLOPs/cycle from the CPU flags).
@@ -130,18 +131,20 @@ def run_jax() -> dict:
     first_s = time.perf_counter() - start
 
     losses = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(FLAGS.steps):
         state, metrics = compiled(state, batch)
         losses.append(metrics["loss"])
     jax.block_until_ready(losses)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     return {
         "side": "jax",
         "compile_s": compile_s,
         "first_step_s": first_s,
         "steps_per_s": FLAGS.steps / elapsed,
         "step_s": elapsed / FLAGS.steps,
+        "cpu_s_per_step": cpu / FLAGS.steps,
         "peak_rss_mb": peak_rss_mb(),
         "xla_flops_per_step": xla_flops,
         "params": n_params,
@@ -191,15 +194,17 @@ def run_torch() -> dict:
     one_step()
     first_s = time.perf_counter() - start
     losses = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(FLAGS.steps):
         losses.append(one_step())
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     return {
         "side": "torch",
         "first_step_s": first_s,
         "steps_per_s": FLAGS.steps / elapsed,
         "step_s": elapsed / FLAGS.steps,
+        "cpu_s_per_step": cpu / FLAGS.steps,
         "peak_rss_mb": peak_rss_mb(),
         "params": n_params,
         "torch_threads": torch.get_num_threads(),
@@ -236,6 +241,7 @@ def main(argv) -> None:
     print(f"{'':28s}{'JAX (boom_jax)':>18s}{'sentence-transformers':>24s}")
     print(f"{'steps/s':28s}{jax_r['steps_per_s']:18.4f}{torch_r['steps_per_s']:24.4f}")
     print(f"{'s/step':28s}{jax_r['step_s']:18.2f}{torch_r['step_s']:24.2f}")
+    print(f"{'CPU s/step (all threads)':28s}{jax_r['cpu_s_per_step']:18.2f}{torch_r['cpu_s_per_step']:24.2f}")
     print(f"{'first step s (compile/warm)':28s}{jax_r['compile_s'] + jax_r['first_step_s']:18.2f}"
           f"{torch_r['first_step_s']:24.2f}")
     print(f"{'peak RSS MB':28s}{jax_r['peak_rss_mb']:18.0f}{torch_r['peak_rss_mb']:24.0f}")
