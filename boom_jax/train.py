@@ -70,9 +70,11 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 shows them
+    from boom_jax.training.compile_cache import enable_compilation_cache
     from boom_jax.training.distributed import DistributedInitError, maybe_initialize
     from boom_jax.training.loop import NonFiniteLossError, train
 
+    enable_compilation_cache()  # later runs and bag members with the same shapes skip recompiling
     try:
         maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         if FLAGS.dry_run:

@@ -4,8 +4,9 @@ length buckets give several shapes).
 
 Call :func:`enable_compilation_cache` once, early in an entry point (before the first jit). A cache
 folder the user already chose (``JAX_COMPILATION_CACHE_DIR`` or ``jax_compilation_cache_dir``) wins
-over the one passed here. Cache entries are keyed by the program, the compile options, the XLA flags
-and the jax/jaxlib versions, so a stale or foreign entry is never used.
+over the one passed here; ``JAX_ENABLE_COMPILATION_CACHE=false`` turns the cache off. Entries are keyed
+by the program, the compile options, the XLA flags and the jax/jaxlib versions, so a stale or foreign
+entry is never used.
 """
 
 from __future__ import annotations
