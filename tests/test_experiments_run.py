@@ -96,6 +96,7 @@ def test_rerun_skips_finished_runs(experiment_dir):
         summary = run_experiment(reduced_config(), str(workdir), command="rerun")
     out = buf.getvalue()
     assert "bag members r050, r100 already finished" in out
-    assert "merge boom_50_100 already done" in out and "training " not in out
+    assert "merge boom_50_100 already done" in out
+    assert "[experiment] training " not in out and "[bag] training" not in out
     assert {p: p.stat().st_mtime_ns for p in records} == before
     assert [r["examples"] for r in summary["rows"]] == [32, 48]

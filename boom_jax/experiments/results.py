@@ -137,6 +137,11 @@ def plot_cost_vs_score(rows: Sequence[dict], path: str) -> None:
         plt.close(fig)
 
 
+def _caps(eval_section) -> str:
+    keys = ("max_queries", "max_documents", "max_texts", "max_seq_length")
+    return ", ".join(f"{k} {eval_section.get(k)}" for k in keys if eval_section.get(k) is not None)
+
+
 def config_summary(config, datasets: Sequence[Any], bag_dir: str) -> dict:
     """The sizes RESULTS.md states: model, data, batch, lengths, schedule settings, evaluation."""
     e = config.experiment
@@ -154,7 +159,8 @@ def config_summary(config, datasets: Sequence[Any], bag_dir: str) -> dict:
                 f"merge {e.merge_method} with equal weights",
         "orders": f"dataset order {e.dataset_order or 'as loaded'}; task order {e.task_order or 'retrieval first'}; "
                   f"two-stage stage 1 = {e.two_stage_first}",
-        "evaluation": f"{e.eval_tasks} dev tasks" if e.evaluate else "not evaluated (config.experiment.evaluate=False)",
+        "evaluation": (f"{e.eval_tasks} dev tasks; caps (0 = none): {_caps(config.eval)}" if e.evaluate
+                       else "not evaluated (config.experiment.evaluate=False)"),
     }
 
 

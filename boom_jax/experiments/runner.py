@@ -218,7 +218,11 @@ def ensure_merge(config: ml_collections.ConfigDict, workdir: str, merge: MergeRu
 
 
 def evaluate_rows(config: ml_collections.ConfigDict, workdir: str, models: dict[str, str]) -> dict:
-    """Dev scores of every model, one DIR/eval/<label>/ each (a finished label is read back, not redone)."""
+    """Dev scores of every model, one DIR/eval/<label>/ each (a finished label is read back, not redone).
+
+    Tasks: config.experiment.eval_tasks, capped by config.eval (max_queries, max_documents, max_texts,
+    max_seq_length) as boom_jax.evaluation.runner.evaluate_dev applies them.
+    """
     from boom_jax.evaluation import runner
     from boom_jax.evaluation.report import load_results
 
@@ -230,21 +234,10 @@ def evaluate_rows(config: ml_collections.ConfigDict, workdir: str, models: dict[
             results[label] = load_results(out)[label]
             continue
         print(f"[experiment] evaluating {label} ({path})")
-        if hasattr(runner, "evaluate_dev"):
-            scores = runner.evaluate_dev(_eval_config(config), {label: path}, out)
-        else:
-            scores = runner.evaluate_models({label: path}, config.experiment.eval_tasks, out,
-                                            batch_size=config.eval.batch_size, overwrite=True,
-                                            show_progress_bar=config.log.progress_bar)
+        scores = runner.evaluate_dev(training_config(config, "eval"), {label: path}, out,
+                                     tasks=config.experiment.eval_tasks)
         results[label] = scores[label]
     return results
-
-
-def _eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    c = training_config(config, "eval")
-    with c.unlocked():
-        c.bag = ml_collections.ConfigDict({"eval_tasks": config.experiment.eval_tasks})
-    return c
 
 
 def row_records(plan: Plan, records: dict[str, dict]) -> list[dict]:
