@@ -9,7 +9,15 @@ import pytest
 
 from boom_jax.data.batcher import Batcher, query_text
 from boom_jax.data.builtin import builtin_train_datasets
-from boom_jax.data.token_store import TokenStore, cap_chars, encode_texts, load_or_build_store
+from boom_jax.data.token_store import (
+    TokenStore,
+    _rust_encoder,
+    cap_chars,
+    encode_texts,
+    load_or_build_store,
+    whitespace_cut,
+    whitespace_cut_is_exact,
+)
 from boom_jax.tokenization import TextTokenizer, load_tokenizer
 from tests.helpers_tiny_models import make_tiny_qwen3_tokenizer
 
@@ -61,9 +69,41 @@ def test_ids_equal_the_text_tokenizer_minilm(minilm, corpus):
     assert_store_matches(TextTokenizer(minilm, 32, padding_side="left", buckets=(32,)), texts)
 
 
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+              r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def qwen_split_variant(fast):
+    """The tiny tokenizer with Qwen2/Qwen3's pre-tokenizer: the split regex, then byte-level."""
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(fast.backend_tokenizer.to_str())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=fast.eos_token, pad_token=fast.pad_token,
+                                   padding_side="left")
+
+
 def test_ids_equal_the_text_tokenizer_qwen3(qwen3, corpus):
     _, texts = corpus
     assert_store_matches(TextTokenizer(qwen3, 64, padding_side="left", append_eos=True), texts)
+    assert_store_matches(TextTokenizer(qwen_split_variant(qwen3), 48, padding_side="left", append_eos=True), texts)
+
+
+def test_whitespace_cut_applies_to_these_tokenizers(minilm, qwen3, corpus):
+    """The cold-path cut is on for BERT, byte-level and Qwen split pre-tokenizers and cuts corpus texts."""
+    import json
+
+    for fast in (minilm, qwen3, qwen_split_variant(qwen3)):
+        assert whitespace_cut_is_exact(json.loads(_rust_encoder(TextTokenizer(fast, 32)).to_str()))
+    assert not whitespace_cut_is_exact({"normalizer": {"type": "Replace"}, "pre_tokenizer": None})
+    assert not whitespace_cut_is_exact({"normalizer": None, "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}}})
+    _, texts = corpus
+    cut = whitespace_cut(texts, 32)
+    changed = [(a, b) for a, b in zip(cut, texts) if a is not b]
+    assert len(changed) > 100 and all(b.startswith(a) and b[len(a)] == " " and not a[-1].isspace() for a, b in changed)
 
 
 def digests(batcher):

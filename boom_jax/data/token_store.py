@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -66,7 +67,7 @@ def tokenizer_fingerprint(text_tokenizer: Any) -> str:
     else:  # a slow tokenizer: its vocabulary and settings
         h = hashlib.sha256(json.dumps([sorted(tok.get_vocab().items()), repr(getattr(tok, "init_kwargs", ""))],
                                       default=str).encode())
-    h.update(json.dumps({"format": STORE_FORMAT, "class": type(tok).__name__, "max_length": text_tokenizer.max_length,
+    h.update(json.dumps({"format": STORE_FORMAT, "cut": CUT_CHARS_PER_TOKEN, "class": type(tok).__name__, "max_length": text_tokenizer.max_length,
                          "append_eos": bool(text_tokenizer.append_eos), "eos": tok.eos_token_id,
                          "side": getattr(tok, "truncation_side", "right"),
                          "max_chars_per_token": MAX_CHARS_PER_TOKEN}, sort_keys=True).encode())
@@ -95,6 +96,63 @@ def _rust_encoder(text_tokenizer: Any):
     return copy
 
 
+CUT_CHARS_PER_TOKEN = 5  # where the whitespace cut goes: max_length * 5 characters (most texts fill max_length)
+_CUT_POINT = re.compile(r"\S ")  # a space right after a non-space: no pre-token spans it
+_CUT_SAFE_PRE_TOKENIZERS = ("BertPreTokenizer", "Whitespace", "WhitespaceSplit", "ByteLevel", "Metaspace")
+_CUT_SAFE_NORMALIZERS = ("BertNormalizer", "NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Strip", "Prepend")
+_GPT_SPLIT_MARK = r"\s+(?!\S)"  # the GPT-2 / Qwen split pattern ends words at whitespace runs like this
+
+
+def _component_safe(spec: Any, safe: tuple[str, ...]) -> bool:
+    if spec is None:
+        return True
+    kind = spec.get("type")
+    if kind == "Sequence":
+        return all(_component_safe(s, safe) for s in spec.get("pretokenizers", spec.get("normalizers", [])))
+    if kind == "Split":
+        pattern = spec.get("pattern")
+        return isinstance(pattern, dict) and _GPT_SPLIT_MARK in pattern.get("Regex", "")
+    return kind in safe
+
+
+def whitespace_cut_is_exact(spec: dict) -> bool:
+    """Whether cutting a text right before a space that follows a non-space keeps the ids of everything
+    before the cut: true when the normalizer works per character and the pre-tokenizer splits at such
+    spaces (BERT, whitespace, byte-level, metaspace, the GPT/Qwen split regex), so the model (WordPiece,
+    BPE, Unigram) sees the same pre-tokens before the cut."""
+    return (_component_safe(spec.get("normalizer"), _CUT_SAFE_NORMALIZERS)
+            and _component_safe(spec.get("pre_tokenizer"), _CUT_SAFE_PRE_TOKENIZERS))
+
+
+def whitespace_cut(texts: list[str], max_length: int) -> list[str]:
+    """Texts longer than max_length * CUT_CHARS_PER_TOKEN characters cut at the first safe space after
+    that point (others returned as the same objects)."""
+    limit = max_length * CUT_CHARS_PER_TOKEN
+    out = []
+    for text in texts:
+        if len(text) > limit:
+            m = _CUT_POINT.search(text, limit - 1)
+            if m is not None:
+                text = text[:m.start() + 1]
+        out.append(text)
+    return out
+
+
+def _encode_rows(encoder: Any, texts: list[str], max_length: int, cut: bool) -> list[list[int]]:
+    """Truncated ids of texts. With `cut`, long texts are encoded up to a whitespace cut first; a cut
+    text that still fills max_length has exactly the full text's truncated ids (the tokens before the
+    cut are the same, and truncation keeps only the first ones); the others are encoded whole again."""
+    if not cut:
+        return [e.ids for e in encoder.encode_batch_fast(texts, add_special_tokens=True)]
+    short = whitespace_cut(texts, max_length)
+    rows = [e.ids for e in encoder.encode_batch_fast(short, add_special_tokens=True)]
+    redo = [k for k, (a, b) in enumerate(zip(short, texts)) if a is not b and len(rows[k]) < max_length]
+    if redo:
+        for k, e in zip(redo, encoder.encode_batch_fast([texts[k] for k in redo], add_special_tokens=True)):
+            rows[k] = e.ids
+    return rows
+
+
 def encode_texts(text_tokenizer: Any, texts: Sequence[str], progress: bool = False,
                  desc: str = "tokenizing") -> tuple[np.ndarray, np.ndarray]:
     """(flat int32 ids, int64 offsets [N + 1]) of texts, equal to `text_tokenizer.token_ids(cap_chars(texts))`
@@ -102,13 +160,15 @@ def encode_texts(text_tokenizer: Any, texts: Sequence[str], progress: bool = Fal
     from tqdm.auto import tqdm
 
     encoder = _rust_encoder(text_tokenizer)
+    cut = (encoder is not None and encoder.truncation["direction"] == "right"
+           and whitespace_cut_is_exact(json.loads(encoder.to_str())))
     eos = text_tokenizer.tokenizer.eos_token_id
     chunks, lengths = [], []
     with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False) as bar:
         for start in range(0, len(texts), ENCODE_CHUNK):
             part = cap_chars(list(texts[start:start + ENCODE_CHUNK]), text_tokenizer)
             if encoder is not None:
-                rows = [e.ids for e in encoder.encode_batch_fast(part, add_special_tokens=True)]
+                rows = _encode_rows(encoder, part, text_tokenizer.max_length, cut)
                 if text_tokenizer.append_eos:
                     rows = finish_token_ids(rows, eos, text_tokenizer.max_length)
             else:
