@@ -24,11 +24,11 @@ from tests.helpers_tiny_models import make_tiny_qwen3_tokenizer
 
 @pytest.fixture(scope="module")
 def corpus():
-    """Built-in training sets (150 examples each) and a text sample: their queries and passages, the 40
+    """Built-in training sets (80 examples each) and a text sample: their queries and passages, the 40
     longest passages of the whole corpus, texts past the character cap, odd whitespace and unicode."""
     full = builtin_train_datasets()
     longest = sorted({p for d in full for e in d.examples for p in e.pos}, key=len)[-40:]
-    small = builtin_train_datasets(limit=150)
+    small = builtin_train_datasets(limit=80)
     source = inspect.getsource(inspect)
     texts = [query_text(e) for d in small for e in d.examples]
     texts += [t for d in small for e in d.examples for t in (*e.pos, *e.neg)]
