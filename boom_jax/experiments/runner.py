@@ -154,10 +154,15 @@ def ensure_bag(config: ml_collections.ConfigDict, bag_dir: str, plan: Plan,
             bag_config.name = config.name
             bag_config.bag = copy.deepcopy(config.bag)
             bag_config.bag.ratios = tuple(plan.bag_ratios)
-            bag_config.bag.member = -1
             bag_config.bag.evaluate = False  # the experiment evaluates every model together
         print(f"[experiment] training the BOOM bag in {bag_dir}: members {', '.join(plan.bag_members)}")
-        run_bag(bag_config, bag_dir, datasets=datasets)
+        # One member per call (config.bag.member): run_bag trains or skips it and does not merge, since
+        # the experiment merges each ratio set itself.
+        # With config.bag.stacked all members train in one program (and run_bag merges them too).
+        for index in ([-1] if config.bag.stacked else range(len(plan.bag_members))):
+            with bag_config.unlocked():
+                bag_config.bag.member = index
+            run_bag(bag_config, bag_dir, datasets=datasets)
         records = {m: read_member_record(os.path.join(bag_dir, "members", m)) for m in plan.bag_members}
     else:
         print(f"[experiment] bag members {', '.join(plan.bag_members)} already finished in {bag_dir}; skipping")
