@@ -147,3 +147,11 @@ def test_two_stage_run_tags_its_first_stage_for_the_loop():
     assert set(order[:10]) == {"bible_paraphrase", "debian_section"} and len(order) == 20
     assert set(order[10:]) == {"debian_desc", "python_code"}
     assert [d.task_type for d in sets] == ["sts", "retrieval", "classification", "retrieval"]  # inputs untouched
+
+
+def test_incremental_runs_are_sized_from_old_new_and_history():
+    inc = experiment_config.get_config().incremental.to_dict()
+    inc.update(old_datasets="debian_desc,python_code,bible_paraphrase", new_datasets="debian_section")
+    plan = make_plan(DATASETS, default_section(strategies="incremental"), batch_size=8, incremental=inc)
+    # existing: 3 x 40 // 8 = 15; update: 40% of 40 = 16 -> 2 batches per old set (6) + 44 // 8 = 5.
+    assert plan.incremental_steps == (15, 11)

@@ -77,6 +77,7 @@ class Plan:
     rows: tuple[Row, ...]
     incremental: bool
     batch_size: int
+    incremental_steps: tuple[int, int] = (0, 0)  # (existing model, update model)
 
     def planned_examples(self) -> dict[str, int]:
         """Examples each trained unit (member or run) will see: steps x global batch."""
@@ -157,9 +158,23 @@ def first_stage(datasets: Sequence[DatasetInfo], spec: str) -> list[str]:
     return chosen
 
 
+def incremental_steps(datasets: Sequence[DatasetInfo], incremental: Mapping, batch_size: int,
+                      epochs: int = 1) -> tuple[int, int]:
+    """Steps of the incremental update's existing model (old data) and update model (new + history)."""
+    new = _names(incremental["new_datasets"])
+    old = _names(incremental["old_datasets"]) or [d.name for d in datasets if d.name not in new]
+    old_infos = [d for d in datasets if d.name in old]
+    new_infos = [d for d in datasets if d.name in new]
+    history = [dataclasses.replace(d, size=subset_size(d.size, float(incremental["history_ratio"]))) for d in old_infos]
+    return (schedule_steps(old_infos, batch_size, epochs=epochs),
+            schedule_steps(history + new_infos, batch_size, epochs=epochs))
+
+
 def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: int, epochs: int = 1,
-              include_base: bool = True) -> Plan:
-    """The runs, merges and rows that `experiment` (the config section) asks for on `datasets`."""
+              include_base: bool = True, incremental: Mapping | None = None) -> Plan:
+    """The runs, merges and rows that `experiment` (the config section) asks for on `datasets`.
+
+    `incremental` (the config's incremental section) only sizes the incremental update's runs."""
     if not datasets:
         raise ExperimentConfigError("no training datasets (check config.data.names)")
     strategies = _names(experiment["strategies"])
@@ -236,8 +251,11 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
                 rows.append(Row(label, f"BOOM {{{pct}}}", label))
         elif strategy == "incremental":
             rows.append(Row("incremental", "incremental update (40% history + new data, merged)", "incremental"))
+    inc_steps = (0, 0)
+    if "incremental" in strategies and incremental is not None:
+        inc_steps = incremental_steps(datasets, incremental, batch_size, epochs)
     return Plan(members, tuple(needed), member_steps, tuple(runs.values()), tuple(merges), tuple(rows),
-                "incremental" in strategies, batch_size)
+                "incremental" in strategies, batch_size, inc_steps)
 
 
 def format_plan(plan: Plan, bag_dir: str) -> str:
@@ -253,9 +271,11 @@ def format_plan(plan: Plan, bag_dir: str) -> str:
         lines.append(f"  run {r.name:<24} {r.steps:>6} steps {r.examples:>8} examples  {r.schedule} on "
                      f"{', '.join(r.datasets)}{extra}")
     if plan.incremental:
-        lines.append("  run incremental              existing model on the old data, update model on new data + history")
+        (old, upd), b = plan.incremental_steps, plan.batch_size
+        lines.append(f"  run incremental/existing     {old:>6} steps {old * b:>8} examples  bls on the old datasets")
+        lines.append(f"  run incremental/update       {upd:>6} steps {upd * b:>8} examples  bls on new data + history")
     for m in plan.merges:
         lines.append(f"  merge {m.name:<22} from {', '.join(m.inputs)}")
-    total = sum(plan.planned_examples().values())
-    lines.append(f"  total planned training examples (without incremental): {total}")
+    total = sum(plan.planned_examples().values()) + sum(plan.incremental_steps) * plan.batch_size
+    lines.append(f"  total planned training examples: {total}")
     return "\n".join(lines)

@@ -74,7 +74,8 @@ def experiment_plan(config: ml_collections.ConfigDict, datasets: Sequence[TrainD
     """The plan for `config` on the loaded datasets."""
     return make_plan(dataset_infos(datasets), config.experiment.to_dict(), int(config.train.batch_size),
                      epochs=int(config.train.epochs), include_base=bool(config.experiment.include_base)
-                     and not config.model.random_init)
+                     and not config.model.random_init,
+                     incremental=config.incremental.to_dict() if "incremental" in config else None)
 
 
 def _run_datasets(run: TrainRun, datasets: Sequence[TrainDataset]) -> list[TrainDataset]:
