@@ -380,7 +380,7 @@ def train(
                         start_step)
         log.info("resumed from step %d", start_step)
     train_step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, config.train.temperature,
-                                 schedule=schedule, mesh=mesh, state_shardings=shardings,
+                                 mesh=mesh, state_shardings=shardings,
                                  grad_cache_chunk=config.train.grad_cache_chunk or None, trainable=trainable)
     evaluator = None
     if config.eval.every_steps or config.eval.at_end:
@@ -395,6 +395,9 @@ def train(
 
     step = start_step
     last_loss = float("nan")
+    # the lr is computed here, not in the step, so the compiled step does not depend on the run's length
+    skipped_total = int(state["skipped"])
+    applied = start_step - skipped_total  # updates applied before the current step (the optimizer's count)
     dev_scores: dict[str, float] = {}
     window: dict[str, list] = {"loss": [], "tokens": [], "padded": [], "examples": [], "skipped": []}
     per_dataset: dict[str, list[float]] = {}
@@ -412,9 +415,11 @@ def train(
         with PreemptionGuard() as guard:
             while step < total_steps:
                 batch = next(batcher)
+                applied = step - skipped_total
                 state, metrics = train_step(state, global_batch(batch, mesh))
                 step += 1
                 metrics = jax.device_get(metrics)
+                skipped_total += int(metrics["skipped"])
                 loss = float(metrics["loss"])
                 window["loss"].append(loss)
                 window["skipped"].append(int(metrics["skipped"]))
@@ -443,7 +448,7 @@ def train(
                     flops = flops_factor * matmul_params * sum(window["padded"]) * jax.process_count()
                     record = {
                         "loss": float(np.nanmean(window["loss"])) if np.isfinite(window["loss"]).any() else np.nan,
-                        "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
+                        "lr": float(schedule(applied)), "grad_norm": float(metrics["grad_norm"]),
                         "tokens_per_s": tokens_s,
                         "examples_per_s": sum(window["examples"]) * jax.process_count() / elapsed,
                         "steps_per_s": n / elapsed, "mfu": flops / elapsed / peak,

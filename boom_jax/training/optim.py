@@ -1,11 +1,18 @@
 """AdamW with warmup + linear/cosine decay, global-norm clipping, a trainable-leaf mask and no weight
-decay on biases and norms."""
+decay on biases and norms.
+
+The learning-rate schedule's numbers (peak, end, warmup and total steps) live in the optimizer STATE,
+not in the compiled program: runs that differ only in their length or learning rate (bag members,
+the runs of an experiment) compile to the same XLA program, so the persistent compilation cache
+serves every run after the first.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from boom_jax.training.sharding import path_string
@@ -45,6 +52,62 @@ def make_schedule(
     return optax.join_schedules([warmup, after], [warmup_steps])
 
 
+class ScheduleState(NamedTuple):
+    """Update count and the schedule's numbers (arrays, so they are data of the compiled step)."""
+
+    count: jax.Array  # int32, updates applied so far
+    peak: jax.Array  # float32
+    end: jax.Array  # float32, peak * end_factor
+    span: jax.Array  # float32, peak - end (computed in float64, as optax does)
+    alpha: jax.Array  # float32, end_factor (cosine)
+    warmup: jax.Array  # int32
+    total: jax.Array  # int32
+
+
+def schedule_value(decay: str, state: ScheduleState) -> jax.Array:
+    """The learning rate at ``state.count``: the same arithmetic as ``make_schedule``'s optax schedule."""
+    count = state.count.astype(jnp.float32)
+    warmup = state.warmup.astype(jnp.float32)
+    decay_steps = jnp.maximum(state.total - state.warmup, 1).astype(jnp.float32)
+    after_count = count - warmup
+    if decay == "linear":
+        c = jnp.clip(after_count, 0.0, decay_steps)
+        after = state.span * (1 - c / decay_steps) + state.end
+    elif decay == "cosine":
+        c = jnp.minimum(after_count, decay_steps)
+        after = state.peak * ((1 - state.alpha) * (0.5 * (1 + jnp.cos(jnp.pi * c / decay_steps))) + state.alpha)
+    elif decay == "constant":
+        after = state.peak
+    else:
+        raise ValueError(f"optimizer.decay={decay!r}: expected one of {DECAY_SCHEDULES}")
+    safe_warmup = jnp.maximum(warmup, 1.0)
+    warm = (0.0 - state.peak) * (1 - jnp.clip(count, 0.0, safe_warmup) / safe_warmup) + state.peak
+    return jnp.where((state.warmup > 0) & (count < warmup), warm, after).astype(jnp.float32)
+
+
+def scale_by_state_schedule(
+    learning_rate: float, total_steps: int, warmup_steps: int = 0, decay: str = "linear", end_factor: float = 0.0
+) -> optax.GradientTransformation:
+    """``updates * -lr(count)`` with the schedule's numbers kept in the state (see the module docstring)."""
+    make_schedule(learning_rate, total_steps, warmup_steps, decay, end_factor)  # validates the arguments
+
+    def init_fn(params):
+        del params
+        return ScheduleState(count=jnp.zeros((), jnp.int32), peak=jnp.asarray(learning_rate, jnp.float32),
+                             end=jnp.asarray(learning_rate * end_factor, jnp.float32),
+                             span=jnp.asarray(learning_rate - learning_rate * end_factor, jnp.float32),
+                             alpha=jnp.asarray(end_factor, jnp.float32),
+                             warmup=jnp.asarray(warmup_steps, jnp.int32), total=jnp.asarray(total_steps, jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        lr = schedule_value(decay, state)
+        updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+        return updates, state._replace(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def default_weight_decay_predicate(path: str, ndim: int) -> bool:
     """Decay matrices (kernels, embeddings); not biases, norm scales or other vectors."""
     leaf = path.rsplit("/", 1)[-1]
@@ -82,7 +145,9 @@ def make_optimizer(
         if clip_norm <= 0:
             raise ValueError(f"optimizer.clip_norm={clip_norm} must be positive (or None to disable)")
         parts.append(optax.clip_by_global_norm(clip_norm))
-    parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask))
+    parts += [optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+              optax.add_decayed_weights(weight_decay, decay_mask),
+              scale_by_state_schedule(learning_rate, total_steps, warmup_steps, decay, end_factor)]
     optimizer = optax.chain(*parts)
     if trainable is not None:
         labels = lambda params: _path_labels(  # noqa: E731
