@@ -149,5 +149,9 @@ def test_store_refuses_unknown_text_and_bad_offsets(minilm, tmp_path):
     np.testing.assert_array_equal(store.ids("gamma"), tok.token_ids(["gamma"])[0])
     with pytest.raises(KeyError, match="text not in the token store: 'delta'"):
         store.tokenize(["gamma", "delta"])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    unsaved = load_or_build_store(["gamma"], tok, str(blocker / "sub"), progress=False)  # cannot save: still works
+    np.testing.assert_array_equal(unsaved.ids("gamma"), store.ids("gamma"))
     with pytest.raises(ValueError, match="2 texts has 2 offsets"):
         TokenStore(["a", "b"], np.zeros(3, np.int32), np.array([0, 3]), tok)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -251,14 +252,23 @@ def load_or_build_store(texts: Iterable[str], text_tokenizer: Any, cache_dir: st
             pass
     flat, offsets = encode_texts(text_tokenizer, distinct, progress=progress, desc=desc)
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tokens-", suffix=".npz.tmp", dir=cache_dir)
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, ids=flat, offsets=offsets, key=np.asarray(key))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            _save_atomic(path, flat, offsets, key)
+        except OSError as e:  # a read-only or full disk costs the next run a rebuild, not this one
+            logging.getLogger(__name__).warning("token store not saved to %s: %s", path, e)
     return TokenStore(distinct, flat, offsets, text_tokenizer)
+
+
+def _save_atomic(path: str, flat: np.ndarray, offsets: np.ndarray, key: str) -> None:
+    """Writes the store to a temp file next to `path` and renames it (never a half-written store)."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tokens-", suffix=".npz.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, ids=flat, offsets=offsets, key=np.asarray(key))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
