@@ -177,7 +177,7 @@ def ensure_incremental(config: ml_collections.ConfigDict, workdir: str, datasets
     run_dir = os.path.join(workdir, "runs", "incremental")
     record = read_json(os.path.join(run_dir, RUN_RECORD))
     if record is not None:
-        print(f"[experiment] incremental update already finished; skipping")
+        print("[experiment] incremental update already finished; skipping")
         return record
     inc_config = training_config(config, "incremental")
     with inc_config.unlocked():
