@@ -229,10 +229,12 @@ def prepare_datasets(config, workdir: str, datasets, subset) -> list[TrainDatase
 
 
 class DevEvaluator:
-    """nDCG@10 of the current params on built-in retrieval tasks (NumPy metrics, no mteb)."""
+    """nDCG@10 of the current params on built-in retrieval tasks (NumPy metrics, no mteb run), on the
+    seeded samples that config.eval's caps (max_queries, max_documents) and max_seq_length ask for."""
 
     def __init__(self, config: ml_collections.ConfigDict, cfg, tokenizer, tasks: Sequence[EvalTask] | None = None):
-        from boom_jax.evaluation.metrics import retrieval_scores
+        from boom_jax.evaluation.runner import dev_caps
+        from boom_jax.evaluation.subsample import subsample_tasks
         from boom_jax.models.encoder import Encoder
 
         if tasks is None:
@@ -240,28 +242,19 @@ class DevEvaluator:
 
             names = [n.strip() for n in config.eval.tasks.split(",") if n.strip()] or None
             tasks = builtin_eval_tasks(names=names) if names else builtin_eval_tasks(domain="in")
-        self.tasks = [t for t in tasks if t.type == "retrieval"]
+        self.tasks = subsample_tasks([t for t in tasks if t.type == "retrieval"], dev_caps(config.eval))
         if not self.tasks:
             raise ConfigError(f"config.eval.tasks={config.eval.tasks!r} selects no retrieval task")
-        self.template = config.model.query_prompt_template
         self.batch_size = config.eval.batch_size
-        self.max_queries = config.eval.max_queries
-        self._scores = retrieval_scores
+        if config.eval.max_seq_length:
+            cfg = cfg.replace(max_seq_length=int(config.eval.max_seq_length))
         self._encoder = Encoder(cfg, {}, tokenizer)
 
     def __call__(self, params: Any) -> dict[str, float]:
+        from boom_jax.evaluation.runner import evaluate_builtin_retrieval
+
         self._encoder.params = params
-        out = {}
-        for task in self.tasks:
-            qids = sorted(q for q in task.queries if task.qrels.get(q))
-            if self.max_queries:
-                qids = qids[: self.max_queries]
-            dids = sorted(task.corpus)
-            prompt = query_prompt(self.template, task.instruction)
-            q = self._encoder.encode([task.queries[i] for i in qids], prompt=prompt, batch_size=self.batch_size)
-            d = self._encoder.encode([task.corpus[i] for i in dids], batch_size=self.batch_size)
-            out[task.name] = self._scores(q, d, qids, dids, task.qrels, k_values=(10,))["ndcg_at_10"]
-        return out
+        return evaluate_builtin_retrieval(self._encoder, self.tasks, batch_size=self.batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------
