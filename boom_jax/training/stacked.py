@@ -229,6 +229,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
     """
     from boom_jax.data.batcher import Batcher
     from boom_jax.data.schedules import SCHEDULES
+    from boom_jax.data.token_store import default_token_cache_dir
     from boom_jax.models import build_model
     from boom_jax.tokenization import TextTokenizer, load_tokenizer
     from boom_jax.training.config_validation import ConfigError, validate_config
@@ -283,7 +284,8 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
         batcher = Batcher(train_sets, query_tok, passage_tok, mc.train.batch_size,
                           group_size=mc.data.train_group_size, schedule=mc.data.schedule, seed=mc.seed,
                           num_epochs=None if mc.train.max_steps else mc.train.epochs,
-                          process_index=jax.process_index(), process_count=jax.process_count())
+                          process_index=jax.process_index(), process_count=jax.process_count(),
+                          token_cache_dir=mc.data.token_cache_dir or default_token_cache_dir(member_dir))
         total = mc.train.max_steps or batcher.total_steps
         schedules.append(build_optimizer(mc, cfg, total)[1])
         batchers.append(batcher)
