@@ -50,11 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.passage_max_len = 64
     c.eval.every_steps = 0
     c.eval.at_end = False
-    # dev evaluation of every model: seeded samples of the 12 built-in tasks, inputs cut to 96 tokens
-    c.eval.max_queries = 60
-    c.eval.max_documents = 240
-    c.eval.max_texts = 160
-    c.eval.max_seq_length = 96
+    # dev evaluation of every model: seeded samples of the 12 built-in tasks, inputs cut to 64 tokens
+    c.eval.max_queries = 50
+    c.eval.max_documents = 200
+    c.eval.max_texts = 120
+    c.eval.max_seq_length = 64
     c.export.sentence_transformers = False  # members stay model folders; the merged model is exported
     if arg == "smoke":
         c.bag.ratios = (0.5, 1.0)
