@@ -18,8 +18,9 @@ sentence-transformers folder).
 
 A config with a `bag` section (configs/bag.py) trains a whole BOOM bag and merges it (see
 boom_jax.boom.bag); one with an `incremental` section (configs/incremental.py) runs an incremental
-update (boom_jax.boom.incremental). --dry_run compiles the train step for the configured mesh and
-prints memory per device and FLOPs per step instead of training. Multi-host runs pass --distributed
+update (boom_jax.boom.incremental); one with a `cluster` section (configs/cluster_merge.py) runs
+cluster-level merging (boom_jax.boom.clusters). --dry_run compiles the train step for the configured
+mesh and prints memory per device and FLOPs per step instead of training. Multi-host runs pass --distributed
 (launch/gpu_slurm.sh and launch/tpu_pod.sh do).
 """
 
@@ -86,14 +87,15 @@ def main(argv: Sequence[str]) -> None:
                 sys.exit(1)
             return
         from boom_jax.boom.bag import BagConfigError, run_bag
+        from boom_jax.boom.clusters import ClusterConfigError, run_cluster_merge
         from boom_jax.boom.incremental import IncrementalConfigError, run_incremental
 
         # A config section that turns the run into a whole workflow, and the function that runs it.
-        for section, workflow in (("bag", run_bag), ("incremental", run_incremental)):
+        for section, workflow in (("bag", run_bag), ("incremental", run_incremental), ("cluster", run_cluster_merge)):
             if section in FLAGS.config:
                 try:
                     workflow(FLAGS.config, FLAGS.workdir)
-                except (BagConfigError, IncrementalConfigError) as err:
+                except (BagConfigError, IncrementalConfigError, ClusterConfigError) as err:
                     sys.exit(f"error: {err}")
                 return
         result = train(FLAGS.config, FLAGS.workdir)
