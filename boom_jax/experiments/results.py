@@ -78,7 +78,8 @@ def results_markdown(rows: Sequence[dict], config_summary: dict, command: str, n
         lines += ["", "## Charts", "", f"![in-domain vs out-of-domain]({CHARTS['in_vs_out']})", "",
                   f"![training cost vs score]({CHARTS['cost_vs_score']})"]
     if per_task:
-        lines += ["", "## Per task", "", per_task.split("\n", 2)[-1].replace("# ", "### ").strip()]
+        body = per_task.split("\n", 2)[-1].replace("## ", "### ").replace("### Per task\n", "### Scores\n")
+        lines += ["", "## Per task", "", body.strip()]
     return "\n".join(lines) + "\n"
 
 
