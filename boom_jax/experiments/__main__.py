@@ -33,8 +33,10 @@ def main(argv: Sequence[str]) -> None:
     from boom_jax.boom.incremental import IncrementalConfigError
     from boom_jax.experiments.plan import ExperimentConfigError
     from boom_jax.experiments.runner import run_experiment
+    from boom_jax.training.compile_cache import enable_compilation_cache
     from boom_jax.training.config_validation import ConfigError
 
+    enable_compilation_cache()  # the experiment's runs share shapes: each program compiles once
     command = "python -m boom_jax.experiments " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         run_experiment(FLAGS.config, FLAGS.workdir, command=command)

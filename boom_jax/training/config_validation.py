@@ -44,7 +44,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 # Top-level sections that other parts of the project add and validate themselves (e.g. a BOOM bag).
-EXTENSION_SECTIONS = ("bag", "incremental", "cluster")
+EXTENSION_SECTIONS = ("bag", "incremental", "cluster", "experiment")
 
 CHOICES = {
     "model.pooling": ("", "mean", "cls", "lasttoken"),
