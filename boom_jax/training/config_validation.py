@@ -34,7 +34,8 @@ SCHEMA: dict[str, Any] = {
     "train.batch_size": _INT, "train.grad_cache_chunk": _INT, "train.learning_rate": _FLOAT,
     "train.warmup_ratio": _FLOAT, "train.lr_schedule": _STR, "train.weight_decay": _FLOAT,
     "train.max_grad_norm": _FLOAT, "train.epochs": _INT, "train.max_steps": _INT,
-    "train.temperature": _FLOAT, "train.max_consecutive_skips": _INT, "train.log_every": _INT,
+    "train.temperature": _FLOAT,
+    "train.dropout_rng": _STR, "train.max_consecutive_skips": _INT, "train.log_every": _INT,
     "mesh.data": _INT, "mesh.fsdp": _INT, "mesh.tensor": _INT,
     "checkpoint.every_steps": _INT, "checkpoint.keep": _INT, "checkpoint.async_save": _BOOL,
     "eval.every_steps": _INT, "eval.tasks": _STR, "eval.at_end": _BOOL, "eval.batch_size": _INT,
@@ -51,6 +52,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "data.source": ("builtin", "files"),
     "train.lr_schedule": ("linear", "cosine", "constant"),
+    "train.dropout_rng": ("rbg", "unsafe_rbg", "threefry"),
 }
 DEFAULT_SCHEDULES = ("bls", "instance_mixing", "dataset_sequential", "task_sequential", "two_stage")
 ENCODER_ONLY_ARCHS = ("bert",)

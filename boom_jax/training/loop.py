@@ -373,7 +373,7 @@ def train(
                         start_step)
         log.info("resumed from step %d", start_step)
     train_step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, config.train.temperature,
-                                 mesh=mesh, state_shardings=shardings,
+                                 mesh=mesh, state_shardings=shardings, dropout_rng=config.train.dropout_rng,
                                  grad_cache_chunk=config.train.grad_cache_chunk or None, trainable=trainable)
     evaluator = None
     if config.eval.every_steps or config.eval.at_end:

@@ -136,6 +136,8 @@ def make_stacked_train_step(
 
     def member_step(state, batch, active, lr):
         params = state["params"]
+        # threefry: the same bits under vmap as unbatched (rbg is not), so a stacked member draws what it
+        # would draw alone with train.dropout_rng="threefry"
         rng = jax.random.fold_in(state["rng"], state["step"])
         loss, grads = loss_and_grads(params, batch, rng)
         if trainable is not None:
