@@ -2,6 +2,7 @@
 slices, and a whole tiny run (probes, clusters, merge, export, resume)."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -204,3 +205,46 @@ def test_rerun_skips_finished_probes_and_cluster_models(cluster_run):
     assert "[cluster] training" not in output
     assert again["interaction"] == report["interaction"] and again["clusters"] == report["clusters"]
     assert again["dev_loss"] == report["dev_loss"]
+
+
+def test_dev_loss_matches_a_numpy_infonce_over_the_batcher_groups():
+    import jax
+
+    from boom_jax.boom.clusters import dev_loss
+    from boom_jax.data.batcher import Batcher
+    from boom_jax.models.encoder import jitted_forward
+    from boom_jax.tokenization import TextTokenizer, load_tokenizer
+    from boom_jax.training.loop import load_model_for_training
+
+    config = tiny_config()
+    cfg, params, tokenizer_dir = load_model_for_training(config, jax.random.PRNGKey(0))
+    params = jax.device_get(params)
+    datasets = builtin_train_datasets(names=["debian_desc", "debian_section"], limit=24)
+    assert [d.in_batch_negatives for d in datasets] == [True, False]
+    dev_sets = dev_split(datasets, 8, seed=0).dev_datasets(datasets)
+    losses = dev_loss(config, cfg, params, tokenizer_dir, dev_sets, batch_size=4)
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    forward = jitted_forward(cfg)
+    for d in dev_sets:
+        # config.model.query_prompt_template "" means no query instruction, in training and here alike
+        d = dataclasses.replace(d, examples=[dataclasses.replace(e, prompt="") for e in d.examples])
+        batcher = Batcher([d], TextTokenizer(tokenizer, 32, buckets=(32,)), TextTokenizer(tokenizer, 32, buckets=(32,)),
+                          4, group_size=config.data.train_group_size, seed=config.seed, token_cache_size=0,
+                          show_progress=False)
+        per_batch = []
+        for batch in batcher:
+            q = np.asarray(forward(params, batch["query_ids"], batch["query_mask"]), np.float64)
+            p = np.asarray(forward(params, batch["passage_ids"], batch["passage_mask"]), np.float64)
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            p /= np.linalg.norm(p, axis=1, keepdims=True)
+            g = len(p) // len(q)
+            scores = q @ p.T / config.train.temperature
+            terms = []
+            for i in range(len(q)):
+                row = scores[i] if d.in_batch_negatives else scores[i, i * g:(i + 1) * g]
+                label = i * g if d.in_batch_negatives else 0
+                terms.append(np.log(np.exp(row - row.max()).sum()) + row.max() - row[label])
+            per_batch.append(np.mean(terms))
+        assert len(per_batch) == 2
+        np.testing.assert_allclose(losses[d.name], np.mean(per_batch), rtol=1e-5)
