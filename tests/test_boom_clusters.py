@@ -248,3 +248,12 @@ def test_dev_loss_matches_a_numpy_infonce_over_the_batcher_groups():
             per_batch.append(np.mean(terms))
         assert len(per_batch) == 2
         np.testing.assert_allclose(losses[d.name], np.mean(per_batch), rtol=1e-5)
+
+
+def test_more_clusters_than_datasets_is_refused_before_training(tmp_path):
+    config = tiny_config()
+    with config.unlocked():
+        config.cluster.num_clusters = 4
+    with pytest.raises(ClusterConfigError, match=r"config.cluster.num_clusters=4 exceeds the 3 datasets"):
+        run_cluster_merge(config, str(tmp_path))
+    assert not (tmp_path / "probes").exists()
