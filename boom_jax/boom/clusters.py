@@ -385,13 +385,13 @@ def plot_interactions(names: Sequence[str], matrix: np.ndarray, z: np.ndarray, p
     from scipy.cluster.hierarchy import dendrogram
 
     n = len(names)
-    fig, (ax_tree, ax_map) = plt.subplots(1, 2, figsize=(4 + 0.6 * n, 1.5 + 0.5 * n),
+    fig, (ax_tree, ax_map) = plt.subplots(1, 2, figsize=(6 + 0.7 * n, 2.5 + 0.5 * n),
                                           gridspec_kw={"width_ratios": [1, 2]})
     order = list(range(n))
     if n >= 2:
-        tree = dendrogram(z, orientation="left", labels=list(names), ax=ax_tree, no_labels=False)
-        order = [names.index(label) for label in tree["ivl"]][::-1]
-        ax_tree.set_title("linkage (shifted distance)")
+        tree = dendrogram(z, orientation="left", labels=list(names), ax=ax_tree, no_labels=True)
+        order = [names.index(label) for label in tree["ivl"]][::-1]  # heatmap rows top to bottom
+        ax_tree.set_title("linkage", fontsize=9)
     else:
         ax_tree.axis("off")
     m = matrix[np.ix_(order, order)]
@@ -402,7 +402,7 @@ def plot_interactions(names: Sequence[str], matrix: np.ndarray, z: np.ndarray, p
     for i in range(n):
         for j in range(n):
             ax_map.text(j, i, f"{m[i, j]:+.3f}", ha="center", va="center", fontsize=7)
-    ax_map.set_title("interaction (joint - separate dev loss)")
+    ax_map.set_title("interaction: joint - separate dev loss", fontsize=9)
     fig.colorbar(image, ax=ax_map, shrink=0.8)
     fig.tight_layout()
     tmp = path + ".tmp.png"
