@@ -464,7 +464,7 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
     names, matrix = interaction_matrix(separate, joint)
     z = cluster_linkage(names, matrix, settings.linkage)
     clusters = cluster_datasets(names, matrix, settings.num_clusters, settings.threshold, settings.linkage)
-    print(f"[cluster] clusters: " + "; ".join(", ".join(g) for g in clusters))
+    print("[cluster] clusters: " + "; ".join(", ".join(g) for g in clusters))
 
     by_name = {d.name: d for d in datasets}
     dev_sets = {d.name: d for d in split.dev_datasets(datasets)}
