@@ -28,7 +28,7 @@ from boom_jax.experiments.plan import (DatasetInfo, ExperimentConfigError, Merge
                                        make_plan)
 
 RUN_RECORD = "run.json"
-WORKFLOW_SECTIONS = ("experiment", "bag", "incremental")
+WORKFLOW_SECTIONS = ("experiment", "bag", "incremental", "cluster")
 # Settings a reused bag workdir must share with this experiment (else its members are not comparable).
 SHARED_SETTINGS = ("seed", "model.path", "model.random_init", "data.source", "data.names", "data.limit",
                    "data.train_group_size", "data.query_max_len", "data.passage_max_len", "train.batch_size",
