@@ -22,10 +22,10 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import ml_collections
 
+from boom_jax.atomic_io import write_json
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import SubsetManifest, member_seed, sample_subsets
 
@@ -94,13 +94,6 @@ def read_member_record(member_dir: str) -> dict | None:
         return json.load(f)
 
 
-def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def train_member(config: ml_collections.ConfigDict, workdir: str, member: Member,
                  datasets: Sequence[TrainDataset]) -> dict:
     """Trains (or resumes, or skips when finished) one member; returns its record."""
@@ -125,7 +118,7 @@ def train_member(config: ml_collections.ConfigDict, workdir: str, member: Member
         "wall_time_s": round(time.time() - start, 2), "final_loss": float(result.final_loss),
         "model": os.path.join(member_dir, "model"),
     }
-    _write_json(os.path.join(member_dir, MEMBER_RECORD), record)
+    write_json(os.path.join(member_dir, MEMBER_RECORD), record)
     return record
 
 
@@ -142,7 +135,7 @@ def train_members_stacked(config: ml_collections.ConfigDict, workdir: str, membe
                    for m in todo]
         for m, record in zip(todo, train_stacked(config, workdir, stacked, datasets)):
             record.update(index=m.index, ratio=m.ratio, seed=m.seed)
-            _write_json(os.path.join(workdir, "members", m.name, MEMBER_RECORD), record)
+            write_json(os.path.join(workdir, "members", m.name, MEMBER_RECORD), record)
             done[m.name] = record
     return [done[m.name] for m in members]
 
@@ -196,7 +189,7 @@ def write_summary(workdir: str, records: Sequence[dict], results: dict | None, m
         row["mean"] = m.get("mean")
         rows.append(row)
     summary = {"members": list(records), "merge": merge, "models": rows, "scores": results or {}}
-    _write_json(os.path.join(workdir, "summary.json"), summary)
+    write_json(os.path.join(workdir, "summary.json"), summary)
 
     def fmt(x):
         return "-" if x is None else f"{100 * x:.2f}"
@@ -227,7 +220,7 @@ def run_bag(config: ml_collections.ConfigDict, workdir: str,
     workdir = os.path.abspath(workdir)
     members = bag_members(config.bag)
     os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "bag.json"), {
+    write_json(os.path.join(workdir, "bag.json"), {
         "members": [dataclasses.asdict(m) for m in members], "sampling": config.bag.sampling,
         "seed": config.bag.seed, "merge_method": config.bag.merge_method,
         "merge_weights": list(config.bag.merge_weights), "base_model": config.model.path})

@@ -35,6 +35,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from boom_jax.atomic_io import write_json
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import SubsetManifest, dataset_rng
 
@@ -322,7 +323,6 @@ def _train_record(config, run_dir: str, names: Sequence[str], steps: int | None,
                   settings: ClusterSettings, record_file: str, label: str) -> dict:
     """Trains (resumes, or skips when its record exists) one model on `names`' training slices, then
     scores it on their dev slices; the record (steps, wall time, dev losses, model path) is written last."""
-    from boom_jax.boom.bag import _write_json
     from boom_jax.training.loop import train
 
     record = _read_json(os.path.join(run_dir, record_file))
@@ -347,7 +347,7 @@ def _train_record(config, run_dir: str, names: Sequence[str], steps: int | None,
               "examples": int(result.steps) * int(config.train.batch_size),
               "wall_time_s": round(time.time() - start, 2), "final_loss": float(result.final_loss),
               "dev_loss": losses, "model": model}
-    _write_json(os.path.join(run_dir, record_file), record)
+    write_json(os.path.join(run_dir, record_file), record)
     return record
 
 
@@ -441,7 +441,7 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
                       datasets: Sequence[TrainDataset] | None = None) -> dict:
     """Probes, interactions, clusters, one model per cluster, merged and exported; returns the report
     written to DIR/clusters.json. Re-running skips finished probes and cluster models."""
-    from boom_jax.boom.bag import _export, _write_json
+    from boom_jax.boom.bag import _export
     from boom_jax.merging.streaming import merge_models
     from boom_jax.training.loop import load_model_for_training, load_train_datasets, resolve_model_path
 
@@ -508,7 +508,7 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
         models.update({r["name"]: r["model"] for r in records})
         models["merged"] = merged
         report["scores"] = evaluate_dev(config, models, os.path.join(workdir, "eval"), settings.eval_tasks)
-    _write_json(os.path.join(workdir, "clusters.json"), report)
+    write_json(os.path.join(workdir, "clusters.json"), report)
     plot_interactions(names, matrix, z, os.path.join(workdir, "interaction.png"))
     write_summary(workdir, report)
     with open(os.path.join(workdir, "summary.md")) as f:

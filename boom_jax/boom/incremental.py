@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from boom_jax.atomic_io import write_json
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import SubsetManifest, combine_incremental
 
@@ -82,9 +83,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[T
         raise SystemExit(f"[incremental] {workdir} was preempted at step {result.steps}; re-run to resume")
     record = {"steps": int(result.steps), "examples": int(result.steps) * int(config.train.batch_size),
               "wall_time_s": round(time.time() - start, 2), "model": os.path.join(workdir, "model")}
-    with open(record_path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(record_path + ".tmp", record_path)
+    write_json(record_path, record)
     return record
 
 
@@ -159,8 +158,7 @@ def run_incremental(config: ml_collections.ConfigDict, workdir: str,
                                          "wall_time_s": merge_cost},
                "scores": results or {}, "means": means,
                "old_datasets": [d.name for d in old], "new_datasets": [d.name for d in new]}
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+    write_json(os.path.join(workdir, "summary.json"), summary)
     _write_markdown(workdir, summary)
     with open(os.path.join(workdir, "summary.md")) as f:
         print(f.read())

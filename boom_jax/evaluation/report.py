@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Mapping
 
 import numpy as np
+
+from boom_jax.atomic_io import atomic_write
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -39,16 +40,6 @@ def validate_results(results: Results, source: str = "results") -> None:
                 raise ValueError(f"{source}: model {model!r}, task {task!r}: domain must be 'in' or 'out'")
 
 
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_results(results: Results, path: str | os.PathLike) -> None:
     """Write results as JSON (atomically)."""
     validate_results(results)
@@ -57,7 +48,7 @@ def save_results(results: Results, path: str | os.PathLike) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, sort_keys=False)
 
-    _atomic_write(os.fspath(path), write)
+    atomic_write(os.fspath(path), write)
 
 
 def load_results(path: str | os.PathLike) -> dict:
@@ -166,7 +157,7 @@ def plot_results(results: Results, path: str | os.PathLike) -> None:
         fig.savefig(tmp, dpi=120, format="png")
 
     try:
-        _atomic_write(os.fspath(path), write)
+        atomic_write(os.fspath(path), write)
     finally:
         plt.close(fig)
 
@@ -183,6 +174,6 @@ def write_report(results: Results, out_dir: str | os.PathLike) -> dict[str, str]
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(table)
 
-    _atomic_write(paths[TABLE_FILE], write_table)
+    atomic_write(paths[TABLE_FILE], write_table)
     plot_results(results, paths[CHART_FILE])
     return paths

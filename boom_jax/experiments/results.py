@@ -10,34 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from boom_jax.atomic_io import atomic_write, write_text
+
 RESULTS_MD = "RESULTS.md"
 SUMMARY_JSON = "results.json"
 CHARTS = {"in_vs_out": "charts/in_vs_out.png", "cost_vs_score": "charts/cost_vs_score.png"}
-
-
-def _atomic(path: str, write) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    _atomic(path, write)
 
 
 def scored_rows(rows: Sequence[dict], results: dict | None) -> list[dict]:
@@ -107,7 +89,7 @@ def plot_in_vs_out(rows: Sequence[dict], path: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        _atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
 
@@ -133,7 +115,7 @@ def plot_cost_vs_score(rows: Sequence[dict], path: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        _atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
 
@@ -205,7 +187,7 @@ def write_results(workdir: str, config, rows: Sequence[dict], results: dict | No
     scored = scored_rows(rows, results)
     summary = {"rows": scored, "records": records, "command": command,
                "sizes": config_summary(config, datasets, bag_dir), "scores": results or {}}
-    _write_text(os.path.join(workdir, SUMMARY_JSON), json.dumps(summary, indent=2, sort_keys=True, default=str))
+    write_text(os.path.join(workdir, SUMMARY_JSON), json.dumps(summary, indent=2, sort_keys=True, default=str))
     per_task = None
     if results:
         os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
@@ -214,5 +196,5 @@ def write_results(workdir: str, config, rows: Sequence[dict], results: dict | No
         plot_in_vs_out(scored, os.path.join(workdir, CHARTS["in_vs_out"]))
         plot_cost_vs_score(scored, os.path.join(workdir, CHARTS["cost_vs_score"]))
     text = results_markdown(scored, summary["sizes"], command, result_notes(config, scored, records), per_task)
-    _write_text(os.path.join(workdir, RESULTS_MD), text)
+    write_text(os.path.join(workdir, RESULTS_MD), text)
     return summary

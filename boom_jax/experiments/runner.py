@@ -23,6 +23,7 @@ from typing import Any
 
 import ml_collections
 
+from boom_jax.atomic_io import write_json
 from boom_jax.data.records import TrainDataset
 from boom_jax.experiments.plan import (DatasetInfo, ExperimentConfigError, MergeRun, Plan, TrainRun, format_plan,
                                        make_plan)
@@ -34,14 +35,6 @@ SHARED_SETTINGS = ("seed", "model.path", "model.random_init", "data.source", "da
                    "data.train_group_size", "data.query_max_len", "data.passage_max_len", "train.batch_size",
                    "train.learning_rate", "train.epochs", "train.max_steps", "train.temperature",
                    "train.warmup_ratio")
-
-
-def write_json(path: str, data: Any) -> None:
-    """JSON written to a temp name and renamed: never half-written."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def read_json(path: str) -> Any | None:

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any
 
+from boom_jax.atomic_io import write_json
 from boom_jax.hf.errors import HFFolderError
 from boom_jax.models.config import ModelConfig
 
@@ -83,13 +84,6 @@ def read_st_settings(folder: str) -> dict[str, Any]:
     return out
 
 
-def _write_json(path: str, data: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-
-
 def write_st_files(folder: str, cfg: ModelConfig) -> None:
     """modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/ (if normalize) and
     config_sentence_transformers.json (prompts, cosine similarity) for `cfg`."""
@@ -100,9 +94,9 @@ def write_st_files(folder: str, cfg: ModelConfig) -> None:
     if cfg.normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
         os.makedirs(os.path.join(folder, "2_Normalize"), exist_ok=True)
-    _write_json(os.path.join(folder, "modules.json"), modules)
-    _write_json(os.path.join(folder, "sentence_bert_config.json"), {"max_seq_length": cfg.max_seq_length, "do_lower_case": False})
-    _write_json(
+    write_json(os.path.join(folder, "modules.json"), modules)
+    write_json(os.path.join(folder, "sentence_bert_config.json"), {"max_seq_length": cfg.max_seq_length, "do_lower_case": False})
+    write_json(
         os.path.join(folder, "1_Pooling", "config.json"),
         {
             "word_embedding_dimension": cfg.embedding_dim,
@@ -117,7 +111,7 @@ def write_st_files(folder: str, cfg: ModelConfig) -> None:
     )
     prompts = {"query": "", "document": ""}
     prompts.update(cfg.prompts)
-    _write_json(
+    write_json(
         os.path.join(folder, "config_sentence_transformers.json"),
         {
             "model_type": "SentenceTransformer",

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from boom_jax.atomic_io import write_json
 from boom_jax.data.records import EvalTask, TrainDataset
 from boom_jax.training.checkpoint import TrainCheckpointer
 from boom_jax.training.config_validation import ConfigError, check_combinations, validate_config
@@ -289,13 +290,6 @@ def global_batch(batch: dict, mesh) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in prepare_batch(batch).items()}
 
 
-def _write_json_atomic(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json())
 
@@ -333,7 +327,7 @@ def train(
     cfg, params, tokenizer_dir = load_model_for_training(config, rng)
     check_combinations(config, jax.device_count(), cfg.arch)
     if is_main:
-        _write_json_atomic(os.path.join(workdir, "config.json"), config_to_dict(config))
+        write_json(os.path.join(workdir, "config.json"), config_to_dict(config))
 
     # Data.
     train_sets = prepare_datasets(config, workdir, datasets, subset)

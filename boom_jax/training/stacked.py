@@ -34,6 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from boom_jax.atomic_io import write_json
 from boom_jax.data.records import TrainDataset
 from boom_jax.training.grad_cache import EmbedFn, chunked_value_and_grad, grad_cache_value_and_grad
 from boom_jax.training.loss import info_nce
@@ -236,7 +237,6 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
     from boom_jax.tokenization import TextTokenizer, load_tokenizer
     from boom_jax.training.config_validation import ConfigError, validate_config
     from boom_jax.training.loop import (
-        _write_json_atomic,
         build_optimizer,
         config_to_dict,
         load_model_for_training,
@@ -281,7 +281,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
         os.makedirs(member_dir, exist_ok=True)
         mc = member.config
         if is_main:
-            _write_json_atomic(os.path.join(member_dir, "config.json"), config_to_dict(mc))
+            write_json(os.path.join(member_dir, "config.json"), config_to_dict(mc))
         train_sets = prepare_datasets(mc, member_dir, datasets, member.subset)
         batcher = Batcher(train_sets, query_tok, passage_tok, mc.train.batch_size,
                           group_size=mc.data.train_group_size, schedule=mc.data.schedule, seed=mc.seed,
