@@ -36,10 +36,9 @@ from jax.sharding import PartitionSpec as P
 
 from boom_jax.atomic_io import write_json
 from boom_jax.data.records import TrainDataset
-from boom_jax.training.grad_cache import EmbedFn, chunked_value_and_grad, grad_cache_value_and_grad
-from boom_jax.training.loss import info_nce
-from boom_jax.training.sharding import batch_axes, path_string
-from boom_jax.training.step import prepare_batch
+from boom_jax.training.grad_cache import EmbedFn
+from boom_jax.training.sharding import batch_axes
+from boom_jax.training.step import make_update, prepare_batch
 
 MEMBER_AXIS = "member"
 STEP_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask", "in_batch_negatives")
@@ -125,43 +124,16 @@ def make_stacked_train_step(
     (boom_jax.training.step.make_train_step).
     """
 
-    def loss_and_grads(params, batch, rng):
-        loss_fn = lambda q, p: info_nce(q, p, temperature, batch["in_batch_negatives"])  # noqa: E731
-        args = (params, batch["query_ids"], batch["query_mask"], batch["passage_ids"], batch["passage_mask"], rng)
-        if not grad_cache_chunk:
-            return chunked_value_and_grad(embed_fn, loss_fn, *args)
-        return grad_cache_value_and_grad(embed_fn, loss_fn, *args, chunk_size=grad_cache_chunk)
-
-    def select(pred, a, b):
-        return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+    update = make_update(embed_fn, optimizer, temperature, grad_cache_chunk, trainable)
 
     def member_step(state, batch, active, lr):
-        params = state["params"]
         # threefry: the same bits under vmap as unbatched (rbg is not), so a stacked member draws what it
         # would draw alone with train.dropout_rng="threefry"
         rng = jax.random.fold_in(state["rng"], state["step"])
-        loss, grads = loss_and_grads(params, batch, rng)
-        if trainable is not None:
-            grads = jax.tree_util.tree_map_with_path(
-                lambda p, g: g if trainable(path_string(p)) else jnp.zeros_like(g), grads)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-        updates, new_opt_state = optimizer.update(safe_grads, state["opt_state"], params)
-        updates = jax.tree.map(lambda u: jnp.asarray(lr, u.dtype) * u, updates)  # optimizer ran at lr 1
-        new_params = optax.apply_updates(params, updates)
-        skipped = (~finite).astype(jnp.int32)
-        stepped = {
-            "params": select(finite, new_params, params),
-            "opt_state": select(finite, new_opt_state, state["opt_state"]),
-            "step": state["step"] + 1,
-            "rng": state["rng"],
-            "skipped": state["skipped"] + skipped,
-            "consecutive_skipped": jnp.where(finite, 0, state["consecutive_skipped"] + 1).astype(jnp.int32),
-        }
-        new_state = select(active, stepped, state)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": jnp.asarray(lr, jnp.float32),
-                   "skipped": jnp.where(active, skipped, 0), "consecutive_skipped": new_state["consecutive_skipped"]}
+        stepped, metrics = update(state, batch, rng, lr_scale=lr)  # the optimizer ran at lr 1
+        new_state = jax.tree.map(lambda x, y: jnp.where(active, x, y), stepped, state)
+        metrics = {**metrics, "lr": jnp.asarray(lr, jnp.float32), "skipped": jnp.where(active, metrics["skipped"], 0),
+                   "consecutive_skipped": new_state["consecutive_skipped"]}
         return new_state, metrics
 
     batch_sh = stacked_batch_sharding(mesh)

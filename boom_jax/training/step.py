@@ -124,6 +124,59 @@ def _tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def make_update(
+    embed_fn: EmbedFn,
+    optimizer: optax.GradientTransformation,
+    temperature: float,
+    grad_cache_chunk: int | None = None,
+    trainable: Callable[[str], bool] | None = None,
+) -> Callable[..., tuple[dict, dict]]:
+    """``update(state, batch, rng, lr_scale=None) -> (new_state, metrics)``: one optimizer update, not jitted.
+
+    The body every train step shares (the plain step below, each member of the stacked step): loss and
+    gradients (backprop or gradient cache), frozen leaves zeroed, a non-finite loss or gradient skips
+    the update (and zeroes the gradients first: they would poison the Adam moments), counters advance.
+    ``lr_scale`` multiplies the optimizer's updates (for an optimizer that runs at learning rate 1).
+    Metrics: loss, grad_norm (before clipping), skipped, consecutive_skipped.
+    """
+
+    def loss_and_grads(params, batch, rng):
+        loss_fn = lambda q, p: info_nce(q, p, temperature, batch["in_batch_negatives"])  # noqa: E731
+        args = (params, batch["query_ids"], batch["query_mask"], batch["passage_ids"], batch["passage_mask"], rng)
+        if not grad_cache_chunk:
+            return chunked_value_and_grad(embed_fn, loss_fn, *args)
+        return grad_cache_value_and_grad(embed_fn, loss_fn, *args, chunk_size=grad_cache_chunk)
+
+    def update(state, batch, rng, lr_scale=None):
+        params = state["params"]
+        loss, grads = loss_and_grads(params, batch, rng)
+        if trainable is not None:
+            grads = jax.tree_util.tree_map_with_path(
+                lambda p, g: g if trainable(path_string(p)) else jnp.zeros_like(g), grads
+            )
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+        updates, new_opt_state = optimizer.update(safe_grads, state["opt_state"], params)
+        if lr_scale is not None:
+            updates = jax.tree.map(lambda u: jnp.asarray(lr_scale, u.dtype) * u, updates)
+        new_params = optax.apply_updates(params, updates)
+        skipped = (~finite).astype(jnp.int32)
+        new_state = {
+            "params": _tree_select(finite, new_params, params),
+            "opt_state": _tree_select(finite, new_opt_state, state["opt_state"]),
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+            "skipped": state["skipped"] + skipped,
+            "consecutive_skipped": jnp.where(finite, 0, state["consecutive_skipped"] + 1).astype(jnp.int32),
+        }
+        metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": skipped,
+                   "consecutive_skipped": new_state["consecutive_skipped"]}
+        return new_state, metrics
+
+    return update
+
+
 def make_train_step(
     embed_fn: EmbedFn,
     optimizer: optax.GradientTransformation,
@@ -155,45 +208,13 @@ def make_train_step(
     if dropout_rng not in DROPOUT_RNG_IMPLS:
         raise ValueError(f"make_train_step: dropout_rng={dropout_rng!r}, expected one of {DROPOUT_RNG_IMPLS}")
 
-    def loss_and_grads(params, batch, rng):
-        loss_fn = lambda q, p: info_nce(q, p, temperature, batch["in_batch_negatives"])  # noqa: E731
-        args = (params, batch["query_ids"], batch["query_mask"], batch["passage_ids"], batch["passage_mask"], rng)
-        if not grad_cache_chunk:
-            return chunked_value_and_grad(embed_fn, loss_fn, *args)
-        return grad_cache_value_and_grad(embed_fn, loss_fn, *args, chunk_size=grad_cache_chunk)
+    update = make_update(embed_fn, optimizer, temperature, grad_cache_chunk, trainable)
 
     def step(state, batch):
-        params = state["params"]
-        rng = dropout_key(state["rng"], state["step"], dropout_rng)
-        loss, grads = loss_and_grads(params, batch, rng)
-        if trainable is not None:
-            grads = jax.tree_util.tree_map_with_path(
-                lambda p, g: g if trainable(path_string(p)) else jnp.zeros_like(g), grads
-            )
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        # Non-finite gradients would poison the Adam moments even if discarded later: zero them first.
-        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-        updates, new_opt_state = optimizer.update(safe_grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
         applied = state["step"] - state["skipped"]  # number of updates applied so far (optax count)
-        skipped = (~finite).astype(jnp.int32)
-        new_state = {
-            "params": _tree_select(finite, new_params, params),
-            "opt_state": _tree_select(finite, new_opt_state, state["opt_state"]),
-            "step": state["step"] + 1,
-            "rng": state["rng"],
-            "skipped": state["skipped"] + skipped,
-            "consecutive_skipped": jnp.where(finite, 0, state["consecutive_skipped"] + 1).astype(jnp.int32),
-        }
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "lr": jnp.asarray(schedule(applied) if schedule is not None else jnp.nan, jnp.float32),
-            "skipped": skipped,
-            "consecutive_skipped": new_state["consecutive_skipped"],
-        }
-        return new_state, metrics
+        new_state, metrics = update(state, batch, dropout_key(state["rng"], state["step"], dropout_rng))
+        lr = schedule(applied) if schedule is not None else jnp.nan
+        return new_state, {**metrics, "lr": jnp.asarray(lr, jnp.float32)}
 
     donate_argnums = (0,) if donate else ()
     if mesh is None:
