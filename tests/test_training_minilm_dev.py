@@ -16,6 +16,7 @@ def test_short_minilm_run_raises_dev_ndcg(tmp_path):
     c.data.names = "debian_desc"
     c.data.limit = 160
     c.data.fixed_length = True  # one compiled shape
+    c.data.train_group_size = 2  # 1 positive + 1 hard negative
     c.data.query_max_len = 32
     c.data.passage_max_len = 64
     c.train.batch_size = 16
@@ -26,8 +27,8 @@ def test_short_minilm_run_raises_dev_ndcg(tmp_path):
     c.checkpoint.async_save = False
     c.eval.every_steps = STEPS  # scores at step 0 (the base model) and at the end
     c.eval.tasks = TASK
-    c.eval.max_queries = 80
-    c.eval.max_documents = 320
+    c.eval.max_queries = 60
+    c.eval.max_documents = 180
     c.eval.max_seq_length = 64
     c.export.sentence_transformers = False
     c.log.tensorboard = False
