@@ -15,6 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
+import jax.numpy as jnp
+from flax import linen as nn
+
 QWEN3_EOS = "<|endoftext|>"
 QWEN3_UNK = "<unk>"
 TINY_QWEN3_VOCAB = 1000
@@ -153,3 +156,14 @@ def make_tiny_bert_folder(out_dir: str | os.PathLike, seed: int = 0, **config_ov
     _randomize_norm_weights(model)
     model.save_pretrained(str(out))
     return str(out)
+
+
+class TinyDropoutEncoder(nn.Module):
+    """Token embedding -> dense -> dropout -> masked mean: cheap to compile, dropout really on."""
+
+    @nn.compact
+    def __call__(self, ids, mask, deterministic=True):
+        x = nn.gelu(nn.Dense(16)(nn.Embed(64, 16)(ids)))
+        x = nn.Dropout(0.3)(x, deterministic=deterministic)
+        m = mask[..., None].astype(x.dtype)
+        return (x * m).sum(1) / jnp.maximum(m.sum(1), 1.0)

@@ -11,25 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from boom_jax.training.compile_cache import cache_entries
 from boom_jax.training.optim import make_optimizer
+from tests.helpers_tiny_models import TinyDropoutEncoder
 from boom_jax.training.step import DROPOUT_RNG_IMPLS, dropout_key, init_train_state, make_train_step, module_embed_fn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, G, T = 4, 2, 8
-
-
-class _TinyDropoutEncoder(nn.Module):
-    """Token embedding -> dense -> dropout -> masked mean: cheap to compile, dropout really on."""
-
-    @nn.compact
-    def __call__(self, ids, mask, deterministic=True):
-        x = nn.gelu(nn.Dense(16)(nn.Embed(64, 16)(ids)))
-        x = nn.Dropout(0.3)(x, deterministic=deterministic)
-        m = mask[..., None].astype(x.dtype)
-        return (x * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
 
 
 def _batch():
@@ -64,7 +53,7 @@ def test_dropout_key_is_a_function_of_seed_and_step():
 def test_train_step_with_rbg_dropout_is_reproducible():
     """Two runs from the same state agree bit for bit (what exact resume needs); the implementation
     really changes the masks (threefry gives another loss)."""
-    module = _TinyDropoutEncoder()
+    module = TinyDropoutEncoder()
     params = module.init(jax.random.key(0), jnp.ones((1, T), jnp.int32), jnp.ones((1, T), jnp.int32))["params"]
     params = jax.tree.map(np.asarray, params)
     optimizer, _ = make_optimizer(1e-2, total_steps=4)

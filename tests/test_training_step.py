@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from boom_jax.models import ModelConfig, build_model
 from boom_jax.training.grad_cache import chunked_value_and_grad, grad_cache_value_and_grad
 from boom_jax.training.loss import info_nce
 from boom_jax.training.optim import make_optimizer, make_schedule
 from boom_jax.training.sharding import BERT_RULES, make_mesh
+from tests.helpers_tiny_models import TinyDropoutEncoder
 from boom_jax.training.step import (
     init_train_state,
     make_eval_embed,
@@ -51,20 +51,9 @@ def _batch(seed, in_batch=True):
     }
 
 
-class _TinyDropoutEncoder(nn.Module):
-    """Token embedding -> dense -> dropout -> masked mean: cheap to compile, dropout really on."""
-
-    @nn.compact
-    def __call__(self, ids, mask, deterministic=True):
-        x = nn.gelu(nn.Dense(16)(nn.Embed(64, 16)(ids)))
-        x = nn.Dropout(0.3)(x, deterministic=deterministic)
-        m = mask[..., None].astype(x.dtype)
-        return (x * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-
-
 @pytest.fixture(scope="module")
 def dropout_model():
-    module = _TinyDropoutEncoder()
+    module = TinyDropoutEncoder()
     ids = jnp.ones((1, T), jnp.int32)
     params = module.init(jax.random.key(0), ids, ids)["params"]
     return module_embed_fn(module), jax.tree.map(np.asarray, params)

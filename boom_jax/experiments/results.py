@@ -87,6 +87,13 @@ def plot_in_vs_out(rows: Sequence[dict], path: str) -> None:
     if finite:
         ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 5))
     ax.legend(fontsize=8)
+    _save_png(fig, path)
+
+
+def _save_png(fig, path: str) -> None:
+    """Lays the figure out, writes it atomically as PNG and frees it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
@@ -113,11 +120,7 @@ def plot_cost_vs_score(rows: Sequence[dict], path: str) -> None:
     ax.set_ylabel("mean main score (x 100)")
     ax.set_title("Training cost vs dev score")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
+    _save_png(fig, path)
 
 
 def _caps(eval_section) -> str:
