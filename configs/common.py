@@ -67,9 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.epochs = 1
     c.train.max_steps = 0  # 0 = epochs x batches per epoch
     c.train.temperature = 0.02  # scores = cosine / temperature
-    # PRNG of the dropout masks: "rbg" is cheaper on CPU; "threefry" draws the same masks whether or not
-    # the step is vmapped (all members in one program: --config.bag.stacked=True)
-    c.train.dropout_rng = "rbg"
+    # PRNG implementation of the dropout keys (the masks are a fused hash of key and element index,
+    # boom_jax/models/dropout.py, so this costs a few scalar ops per layer): "threefry" draws the same
+    # masks whether or not the step is vmapped (all members in one program: --config.bag.stacked=True)
+    c.train.dropout_rng = "threefry"
     c.train.max_consecutive_skips = 10  # non-finite steps in a row that stop the run
     c.train.log_every = 10
 

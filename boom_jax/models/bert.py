@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from boom_jax.models.config import ModelConfig
+from boom_jax.models.dropout import Dropout
 from boom_jax.models.pooling import pool
 
 ACTIVATIONS = {
@@ -61,7 +62,7 @@ class BertEmbeddings(nn.Module):
             + embed(cfg.type_vocab_size, name="token_type_embeddings")(token_type_ids)
         )
         x = _layer_norm(cfg, "LayerNorm")(x)
-        return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        return Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -84,7 +85,7 @@ class BertSelfAttention(nn.Module):
         v = split(_dense(cfg, cfg.hidden_size, "value")(x))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(float(head_dim))
         probs = jax.nn.softmax(scores + mask_bias, axis=-1)
-        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+        probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         return context.reshape(b, t, cfg.hidden_size)
 
@@ -97,7 +98,7 @@ class BertResidualOutput(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, residual: jax.Array, deterministic: bool) -> jax.Array:
         y = _dense(self.cfg, self.cfg.hidden_size, "dense")(x)
-        y = nn.Dropout(self.cfg.dropout)(y, deterministic=deterministic)
+        y = Dropout(self.cfg.dropout)(y, deterministic=deterministic)
         return _layer_norm(self.cfg, "LayerNorm")(y + residual)
 
 

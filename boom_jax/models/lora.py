@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from boom_jax.models.dropout import Dropout
+
 LORA_A = "lora_a"
 LORA_B = "lora_b"
 LORA_LEAF_NAMES = frozenset({LORA_A, LORA_B})
@@ -77,7 +79,7 @@ class LoRADense(nn.Module):
         if self.lora_rank > 0:
             lora_a = self.param(LORA_A, lora_a_init, (in_features, self.lora_rank), jnp.float32)
             lora_b = self.param(LORA_B, nn.initializers.zeros, (self.lora_rank, self.features), jnp.float32)
-            h = nn.Dropout(rate=self.lora_dropout)(x, deterministic=deterministic)
+            h = Dropout(rate=self.lora_dropout)(x, deterministic=deterministic)
             h = jnp.dot(jnp.dot(h, lora_a.astype(self.dtype)), lora_b.astype(self.dtype))
             y = y + h * jnp.asarray(self.lora_alpha / self.lora_rank, self.dtype)
         return y

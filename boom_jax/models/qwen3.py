@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from boom_jax.models.config import ConfigError, ModelConfig
+from boom_jax.models.dropout import Dropout
 from boom_jax.models.lora import LoRADense, lora_module_names
 from boom_jax.models.pooling import pool
 
@@ -141,7 +142,7 @@ class Qwen3Attention(nn.Module):
         logits = logits * jnp.float32(head_dim**-0.5)
         logits = jnp.where(allowed[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1)
-        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+        probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
         context = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), v.astype(dtype))
         context = context.reshape(b, t, heads * head_dim)
         return _dense(cfg, cfg.hidden_size, "o_proj")(context, deterministic)
@@ -173,10 +174,10 @@ class Qwen3DecoderLayer(nn.Module):
         dtype = compute_dtype(cfg)
         h = RMSNorm(cfg.rms_norm_eps, dtype, name="input_layernorm")(x)
         h = Qwen3Attention(cfg, name="self_attn")(h, allowed, cos, sin, deterministic)
-        x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        x = x + Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = RMSNorm(cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(x)
         h = Qwen3MLP(cfg, name="mlp")(h, deterministic)
-        return x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        return x + Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
 def attention_allowed(attention_mask: jax.Array) -> jax.Array:
