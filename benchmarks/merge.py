@@ -103,8 +103,7 @@ def _worker(mode: str, inputs: list[str], out: str, method: str) -> dict:
     start = time.perf_counter()
     if mode == "read":
         for p in inputs:
-            params = model_io.read_params(model_io.resolve_model_folder(p))
-            del params
+            model_io.read_params(model_io.resolve_model_folder(p))  # read, then dropped
     else:
         merge_models(inputs, out, method, streaming=mode == "streaming", overwrite=True, progress=False)
     seconds = time.perf_counter() - start

@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.passage_max_len = 512
     c.data.fixed_length = False  # pad every batch to the max lengths (one compiled shape) vs length buckets
     c.data.schedule = "bls"  # batch-level shuffling
+    # schedule "two_stage": stage-1 dataset names and/or task types, comma-separated ("" = the retrieval
+    # datasets); stage 2 = every other dataset
+    c.data.two_stage_first = ""
     c.data.subset_ratio = 1.0  # fraction of every dataset this run trains on (a bag member)
     c.data.subset_seed = 0
     # Folder of the token stores (every distinct text tokenized once, reused by later runs);

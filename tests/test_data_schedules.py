@@ -5,7 +5,7 @@ import collections
 import pytest
 
 from boom_jax.data.records import Example, TrainDataset
-from boom_jax.data.schedules import SCHEDULES, make_plan, plan_length_per_dataset
+from boom_jax.data.schedules import SCHEDULES, make_plan, plan_length_per_dataset, stages_from_first
 
 
 def make_dataset(name: str, n: int, task_type: str = "retrieval") -> TrainDataset:
@@ -81,3 +81,37 @@ def test_task_sequential_and_two_stage():
         make_plan("two_stage", DATASETS, B, seed=0, stages=[["msmarco", "nq"], ["classification", "clustering"]])
     with pytest.raises(ValueError, match="unknown schedule 'nope'"):
         make_plan("nope", DATASETS, B, seed=0)
+
+
+def test_two_stage_first_names_stage_one_and_the_rest_is_stage_two():
+    by_first = make_plan("two_stage", DATASETS, B, seed=0, first=["banking", "fiqa"])
+    by_stages = make_plan("two_stage", DATASETS, B, seed=0,
+                          stages=[["banking", "fiqa"], ["msmarco", "nq", "arxiv"]])
+    assert by_first == by_stages
+    assert {b.dataset for b in by_first[: 17 // B + 9 // B]} == {"banking", "fiqa"}
+    # a task type selects all its datasets
+    assert stages_from_first(DATASETS, ["clustering", "nq"]) == [["nq", "arxiv"], ["msmarco", "banking", "fiqa"]]
+    with pytest.raises(ValueError, match=r"\['sts'\] are neither dataset names nor task types"):
+        stages_from_first(DATASETS, ["nq", "sts"])
+    with pytest.raises(ValueError, match="stage 2 would be empty"):
+        stages_from_first(DATASETS, ["retrieval", "classification", "clustering"])
+    with pytest.raises(ValueError, match="give stages or first, not both"):
+        make_plan("two_stage", DATASETS, B, seed=0, first=["nq"], stages=[["nq"], ["msmarco"]])
+
+
+def test_config_key_two_stage_first_becomes_the_stages_and_bad_entries_name_the_key():
+    from boom_jax.training.config_validation import ConfigError
+    from boom_jax.training.loop import schedule_options
+    from configs import tiny
+
+    config = tiny.get_config()
+    config.data.schedule = "two_stage"
+    config.data.two_stage_first = "arxiv, banking"
+    assert schedule_options(config, DATASETS) == {"stages": [["banking", "arxiv"], ["msmarco", "nq", "fiqa"]]}
+    config.data.two_stage_first = ""
+    assert schedule_options(config, DATASETS) == {}  # the default stages (retrieval first)
+    config.data.two_stage_first = "quora"
+    with pytest.raises(ConfigError, match=r"config.data.two_stage_first='quora': \['quora'\] are neither"):
+        schedule_options(config, DATASETS)
+    config.data.schedule = "bls"
+    assert schedule_options(config, DATASETS) == {}

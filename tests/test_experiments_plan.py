@@ -132,21 +132,25 @@ def test_configs_default_sizes_are_the_bags():
         experiment_config.get_config("huge")
 
 
-def test_two_stage_run_tags_its_first_stage_for_the_loop():
+def test_two_stage_run_config_carries_its_first_stage_to_the_loop():
     from boom_jax.data.records import Example, TrainDataset
     from boom_jax.data.schedules import make_plan as schedule_plan
-    from boom_jax.experiments.runner import _run_datasets
+    from boom_jax.experiments.runner import _run_datasets, training_config
+    from boom_jax.training.loop import schedule_options
 
     plan = make_plan(DATASETS, default_section(strategies="two_stage", two_stage_first="sts,debian_section"),
                      batch_size=8, include_base=False)
+    run = plan.train_runs[0]
     sets = [TrainDataset(d.name, d.task_type, [Example(d.name, i, f"q{i}", ("p",), (), "", d.task_type)
                                                for i in range(d.size)], True, "") for d in DATASETS]
-    chosen = _run_datasets(plan.train_runs[0], sets)
-    batches = schedule_plan("two_stage", chosen, 8, seed=0)  # the loop's default stages
+    config = training_config(experiment_config.get_config(), run.name, run.schedule, run.first_stage)
+    assert config.data.schedule == "two_stage"
+    assert config.data.two_stage_first == "bible_paraphrase,debian_section"
+    chosen = _run_datasets(run, sets)
+    batches = schedule_plan("two_stage", chosen, 8, seed=0, **schedule_options(config, chosen))
     order = [b.dataset for b in batches]
     assert set(order[:10]) == {"bible_paraphrase", "debian_section"} and len(order) == 20
     assert set(order[10:]) == {"debian_desc", "python_code"}
-    assert [d.task_type for d in sets] == ["sts", "retrieval", "classification", "retrieval"]  # inputs untouched
 
 
 def test_incremental_runs_are_sized_from_old_new_and_history():

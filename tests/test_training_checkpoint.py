@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from boom_jax.training.checkpoint import TrainCheckpointer, latest_params, latest_step

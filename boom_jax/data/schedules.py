@@ -131,16 +131,35 @@ def task_sequential(
     return plan
 
 
+def stages_from_first(datasets: Sequence[TrainDataset], first: Sequence[str]) -> list[list[str]]:
+    """[stage 1, stage 2] dataset names: stage 1 = the datasets named, or of a task type named, in
+    ``first``; stage 2 = the rest. A key matching no dataset, or a stage 1 of all datasets, is an error."""
+    unknown = [k for k in first if not any(k in (d.name, d.task_type) for d in datasets)]
+    if unknown:
+        raise ValueError(f"{unknown} are neither dataset names nor task types of the data "
+                         f"(datasets: {[d.name for d in datasets]})")
+    stage1 = [d.name for d in datasets if d.name in first or d.task_type in first]
+    if len(stage1) == len(datasets):
+        raise ValueError(f"{list(first)} takes every dataset into stage 1; stage 2 would be empty")
+    return [stage1, [d.name for d in datasets if d.name not in stage1]]
+
+
 def two_stage(
     datasets: Sequence[TrainDataset],
     batch_size: int,
     seed: int,
     epoch: int = 0,
     stages: Sequence[Sequence[str]] | None = None,
+    first: Sequence[str] | None = None,
 ) -> list[PlannedBatch]:
     """Stage after stage, BLS within each. A stage lists dataset names and/or task types; every dataset
-    must fall in exactly one stage. Default: [retrieval datasets], [all others]."""
+    must fall in exactly one stage. ``first`` (instead of ``stages``): stage 1 = those names / task
+    types, stage 2 = every other dataset. Default: [retrieval datasets], [all others]."""
     _check(datasets, batch_size)
+    if first is not None:
+        if stages is not None:
+            raise ValueError("two_stage: give stages or first, not both")
+        stages = stages_from_first(datasets, first)
     if stages is None:
         first = [d.name for d in datasets if d.task_type == "retrieval"]
         stages = [first, [d.name for d in datasets if d.name not in first]]

@@ -44,8 +44,10 @@ def read_json(path: str) -> Any | None:
         return json.load(f)
 
 
-def training_config(config: ml_collections.ConfigDict, name: str, schedule: str = "bls") -> ml_collections.ConfigDict:
-    """A plain training config for one run: the experiment's settings without its workflow sections."""
+def training_config(config: ml_collections.ConfigDict, name: str, schedule: str = "bls",
+                    first_stage: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """A plain training config for one run: the experiment's settings without its workflow sections
+    (``first_stage``: the two_stage schedule's stage-1 datasets)."""
     c = copy.deepcopy(config)
     with c.unlocked():
         for section in WORKFLOW_SECTIONS:
@@ -53,6 +55,7 @@ def training_config(config: ml_collections.ConfigDict, name: str, schedule: str 
                 del c[section]
         c.name = f"{config.name}/{name}"
         c.data.schedule = schedule
+        c.data.two_stage_first = ",".join(first_stage)
         c.export.sentence_transformers = False
         c.eval.every_steps = 0
         c.eval.at_end = False
@@ -72,18 +75,9 @@ def experiment_plan(config: ml_collections.ConfigDict, datasets: Sequence[TrainD
 
 
 def _run_datasets(run: TrainRun, datasets: Sequence[TrainDataset]) -> list[TrainDataset]:
-    """The run's datasets in its order; for two_stage, stage 1 tagged so the loop's default stages apply.
-
-    The loop's two_stage schedule puts the "retrieval" task type in stage 1 and the rest in stage 2;
-    the run's stage 1 is whatever config.experiment.two_stage_first chose, so its datasets are tagged
-    "retrieval" and the others "stage2" for this run only (task types steer nothing else in training).
-    """
+    """The run's datasets in its order."""
     by_name = {d.name: d for d in datasets}
-    chosen = [by_name[n] for n in run.datasets]
-    if run.schedule == "two_stage":
-        chosen = [dataclasses.replace(d, task_type="retrieval" if d.name in run.first_stage else "stage2")
-                  for d in chosen]
-    return chosen
+    return [by_name[n] for n in run.datasets]
 
 
 def ensure_train_run(config: ml_collections.ConfigDict, workdir: str, run: TrainRun,
@@ -98,7 +92,8 @@ def ensure_train_run(config: ml_collections.ConfigDict, workdir: str, run: Train
         return record
     print(f"[experiment] training {run.name}: {run.schedule} on {', '.join(run.datasets)} ({run.steps} steps)")
     start = time.time()
-    result = train(training_config(config, run.name, run.schedule), run_dir, datasets=_run_datasets(run, datasets))
+    result = train(training_config(config, run.name, run.schedule, run.first_stage), run_dir,
+                   datasets=_run_datasets(run, datasets))
     if result.preempted:
         raise SystemExit(f"[experiment] run {run.name} was preempted at step {result.steps}; re-run to resume")
     record = {"name": run.name, "schedule": run.schedule, "datasets": list(run.datasets),

@@ -298,6 +298,20 @@ def _mesh_spec(config) -> tuple[tuple[str, int], ...]:
     return (("data", config.mesh.data), ("fsdp", config.mesh.fsdp), ("tensor", config.mesh.tensor))
 
 
+def schedule_options(config: ml_collections.ConfigDict, train_sets: Sequence[TrainDataset]) -> dict[str, Any]:
+    """The batch schedule's options from the config: data.two_stage_first -> the two_stage stages
+    (checked against the datasets here, so a bad entry is an error naming the key before any work)."""
+    from boom_jax.data.schedules import stages_from_first
+
+    first = [s.strip() for s in config.data.two_stage_first.split(",") if s.strip()]
+    if config.data.schedule != "two_stage" or not first:
+        return {}
+    try:
+        return {"stages": stages_from_first(train_sets, first)}
+    except ValueError as e:
+        raise ConfigError(f"config.data.two_stage_first={config.data.two_stage_first!r}: {e}") from None
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -341,6 +355,7 @@ def train(
                                 buckets=(passage_len,) if fixed else None)
     batcher = Batcher(train_sets, query_tok, passage_tok, config.train.batch_size,
                       group_size=config.data.train_group_size, schedule=config.data.schedule, seed=config.seed,
+                      schedule_options=schedule_options(config, train_sets),
                       num_epochs=None if config.train.max_steps else config.train.epochs,
                       process_index=jax.process_index(), process_count=jax.process_count(),
                       token_cache_dir=config.data.token_cache_dir or default_token_cache_dir(workdir),

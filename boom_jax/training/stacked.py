@@ -214,6 +214,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
         load_model_for_training,
         load_train_datasets,
         prepare_datasets,
+        schedule_options,
         write_outputs,
     )
     from boom_jax.training.metrics import MetricsWriter
@@ -257,7 +258,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
         train_sets = prepare_datasets(mc, member_dir, datasets, member.subset)
         batcher = Batcher(train_sets, query_tok, passage_tok, mc.train.batch_size,
                           group_size=mc.data.train_group_size, schedule=mc.data.schedule, seed=mc.seed,
-                          num_epochs=None if mc.train.max_steps else mc.train.epochs,
+                          schedule_options=schedule_options(mc, train_sets), num_epochs=None if mc.train.max_steps else mc.train.epochs,
                           process_index=jax.process_index(), process_count=jax.process_count(),
                           token_cache_dir=mc.data.token_cache_dir or default_token_cache_dir(member_dir))
         total = mc.train.max_steps or batcher.total_steps
