@@ -43,6 +43,8 @@ flags.DEFINE_enum("dropout_rng", "threefry", ["rbg", "unsafe_rbg", "threefry"],
 flags.DEFINE_integer("cpu_devices", 1, "JAX host devices (jax_num_cpu_devices); > 1 runs the step data-parallel "
                      "over them on a ('data', N) mesh (the trainer's mesh and shardings). On 2 cores this was "
                      "slower (measured 40-51 s/step vs 31 s on one device), so 1 is the default.")
+flags.DEFINE_bool("profile", False, "Trace one more JAX step (jax.profiler) and print where its time goes, by XLA "
+                  "op kind (dots / fusions / rng ...), summed over the executor threads.")
 flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Which side to run (both = two subprocesses).")
 
 FLAGS = flags.FLAGS
@@ -156,8 +158,10 @@ def run_jax() -> dict:
     jax.block_until_ready(losses)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
+    profile = profile_step(compiled, state, batch) if FLAGS.profile else []
     return {
         "side": "jax",
+        "profile": profile,
         "compile_s": compile_s,
         "first_step_s": first_s,
         "steps_per_s": FLAGS.steps / elapsed,
@@ -169,6 +173,34 @@ def run_jax() -> dict:
         "matmul_params": n_matmul,
         "losses": [float(x) for x in losses],
     }
+
+
+def profile_step(compiled, state, batch, top: int = 12) -> list[tuple[str, float]]:
+    """One traced step: seconds per XLA op kind (op name without its ".N" suffix) summed over the
+    executor threads, largest first (the thunk executor's own enclosing events are left out)."""
+    import collections
+    import glob
+    import re
+    import tempfile
+
+    import jax
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            jax.block_until_ready(compiled(state, batch))
+        (path,) = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        data = ProfileData.from_file(path)
+    seconds: collections.Counter = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            if "XLAEigen" not in line.name:
+                continue
+            for event in line.events:
+                if event.name.startswith(("ThunkExecutor", "Slinky", "end:")):
+                    continue
+                seconds[re.sub(r"\.\d+$", "", event.name)] += event.duration_ns / 1e9
+    return [(kind, round(s, 3)) for kind, s in seconds.most_common(top)]
 
 
 def run_torch() -> dict:
@@ -235,7 +267,7 @@ def run_side(side: str) -> dict:
     args = [sys.executable, os.path.abspath(__file__), f"--side={side}"]
     args += [f"--{name}={getattr(FLAGS, name)}" for name in
              ("batch_size", "group_size", "seq_len", "steps", "dropout", "dtype", "temperature",
-              "dropout_rng", "cpu_devices")]
+              "dropout_rng", "cpu_devices", "profile")]
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -269,6 +301,10 @@ def main(argv) -> None:
     print(f"speed ratio JAX / sentence-transformers: {jax_r['steps_per_s'] / torch_r['steps_per_s']:.2f}x")
     print(f"FLOPs/step: XLA cost analysis {jax_r['xla_flops_per_step'] / 1e9:.1f} G, "
           f"6 x matmul params x tokens {approx_flops / 1e9:.1f} G; CPU peak estimate {peak / 1e9:.0f} GFLOP/s ({how})")
+    if jax_r["profile"]:
+        print("JAX step profile, seconds by XLA op kind summed over threads (ynn_fusion / dot = matmuls):")
+        for kind, s in jax_r["profile"]:
+            print(f"  {kind:40s}{s:8.2f}")
     print(json.dumps({"jax": jax_r, "torch": torch_r}))
 
 
