@@ -160,9 +160,9 @@ def two_stage(
         if stages is not None:
             raise ValueError("two_stage: give stages or first, not both")
         stages = stages_from_first(datasets, first)
-    if stages is None:
-        first = [d.name for d in datasets if d.task_type == "retrieval"]
-        stages = [first, [d.name for d in datasets if d.name not in first]]
+    if stages is None:  # default: retrieval, then the rest (either may be empty)
+        retrieval = [d.name for d in datasets if d.task_type == "retrieval"]
+        stages = [retrieval, [d.name for d in datasets if d.name not in retrieval]]
     assigned: dict[str, int] = {}
     for s, stage in enumerate(stages):
         for key in stage:
