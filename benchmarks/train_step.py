@@ -14,6 +14,12 @@ the machine. Each side runs in its own subprocess, so peak RSS (ru_maxrss) is cl
 PyTorch warm-up) is reported apart; steps/s is over the following --steps steps. FLOPs per step come
 from XLA's cost analysis of the compiled step (and 6 x non-embedding params x tokens as a cross-check); MFU divides
 the achieved FLOP/s by an estimated CPU peak (cores x clock x FP32 FLOPs/cycle from the CPU flags).
+
+On an accelerator, the MFU figure for Qwen3-0.6B shapes (random weights, random tokens, JAX side only;
+MFU against the device table in boom_jax/training/loop.py, e.g. 989 TFLOP/s bf16 for an H100/H200):
+
+  python benchmarks/train_step.py --model=qwen3_0p6b --dtype=bfloat16 --remat --batch_size=32 \
+      --group_size=8 --seq_len=512 --dropout=0
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ flags.DEFINE_enum("dropout_rng", "threefry", ["rbg", "unsafe_rbg", "threefry"],
 flags.DEFINE_integer("cpu_devices", 1, "JAX host devices (jax_num_cpu_devices); > 1 runs the step data-parallel "
                      "over them on a ('data', N) mesh (the trainer's mesh and shardings). On 2 cores this was "
                      "slower (measured 40-51 s/step vs 31 s on one device), so 1 is the default.")
+flags.DEFINE_enum("model", "minilm", ["minilm", "qwen3_0p6b"],
+                  "minilm: the real all-MiniLM-L6-v2, both sides. qwen3_0p6b: a randomly initialized model of "
+                  "Qwen3-0.6B's shapes (28 layers, hidden 1024, 16/8 heads, vocab 151,936), JAX side only, for "
+                  "the accelerator MFU figure (e.g. --dtype=bfloat16 --seq_len=512 --group_size=8).")
+flags.DEFINE_integer("layers", 0, "With --model=qwen3_0p6b: keep only this many layers (0 = all 28), for a quick "
+                     "check on a small machine.")
+flags.DEFINE_bool("remat", False, "With --model=qwen3_0p6b: rematerialize each layer in the backward pass.")
 flags.DEFINE_bool("profile", False, "Trace one more JAX step (jax.profiler) and print where its time goes, by XLA "
                   "op kind (dots / fusions / rng ...), summed over the executor threads.")
 flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Which side to run (both = two subprocesses).")
@@ -79,6 +92,31 @@ def make_data(batch_size: int, group_size: int, seq_len: int) -> dict:
     return {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids, "passage_mask": p_mask}
 
 
+def qwen3_0p6b_config(layers: int = 0):
+    """The ModelConfig of Qwen3-0.6B (its config.json's sizes; last-token pooling), ``layers`` > 0 keeps
+    only that many layers."""
+    from boom_jax.models.config import ModelConfig
+
+    return ModelConfig(arch="qwen3", vocab_size=151_936, hidden_size=1024, num_hidden_layers=layers or 28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072,
+                       max_position_embeddings=40_960, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+                       tie_word_embeddings=True, pooling="lasttoken", normalize=True, max_seq_length=8192)
+
+
+def random_token_data(vocab_size: int, batch_size: int, group_size: int, seq_len: int) -> dict:
+    """Uniform random token ids (all positions real) in the step's batch layout."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def side(rows):
+        return rng.integers(0, vocab_size, (rows, seq_len), dtype=np.int32), np.ones((rows, seq_len), np.int32)
+
+    q_ids, q_mask = side(batch_size)
+    p_ids, p_mask = side(batch_size * group_size)
+    return {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids, "passage_mask": p_mask}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -106,6 +144,7 @@ def run_jax() -> dict:
 
     from boom_jax.hf.loader import load_hf_model
     from boom_jax.models import build_model
+    from boom_jax.training.loop import count_matmul_params, peak_flops_per_device, random_params
     from boom_jax.training.optim import make_optimizer
     from boom_jax.training.sharding import DEFAULT_MESH, DEFAULT_RULES, make_mesh, shard_batch
     from boom_jax.training.step import (
@@ -114,14 +153,19 @@ def run_jax() -> dict:
 
     if FLAGS.cpu_devices > 1:
         jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
-    data = make_data(FLAGS.batch_size, FLAGS.group_size, FLAGS.seq_len)
-    cfg, params = load_hf_model(
-        model_path(), dropout=FLAGS.dropout, attention_dropout=FLAGS.dropout, dtype=FLAGS.dtype
-    )
+    if FLAGS.model == "minilm":
+        data = make_data(FLAGS.batch_size, FLAGS.group_size, FLAGS.seq_len)
+        cfg, params = load_hf_model(
+            model_path(), dropout=FLAGS.dropout, attention_dropout=FLAGS.dropout, dtype=FLAGS.dtype
+        )
+    else:
+        cfg = qwen3_0p6b_config(FLAGS.layers).replace(dropout=FLAGS.dropout, attention_dropout=FLAGS.dropout,
+                                                     dtype=FLAGS.dtype, remat=FLAGS.remat)
+        data = random_token_data(cfg.vocab_size, FLAGS.batch_size, FLAGS.group_size, FLAGS.seq_len)
+        params = random_params(cfg, seed=0)
     params = jax.tree.map(jnp.asarray, params)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    # matmul params (what 6 x params x tokens counts): everything but the embedding tables
-    n_matmul = n_params - sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["embeddings"]))
+    n_matmul = count_matmul_params(params)  # what 6 x params x tokens counts: no embedding tables
     optimizer, schedule = make_optimizer(LEARNING_RATE, total_steps=1000, weight_decay=0.01, clip_norm=1.0)
     rng = jax.random.PRNGKey(0)
     mesh = shardings = None
@@ -159,8 +203,12 @@ def run_jax() -> dict:
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     profile = profile_step(compiled, state, batch) if FLAGS.profile else []
+    device = jax.devices()[0]
+    peak = cpu_peak_flops()[0] if device.platform == "cpu" else peak_flops_per_device() * jax.device_count()
     return {
         "side": "jax",
+        "device": f"{jax.device_count()} x {device.device_kind}",
+        "peak_flops": peak,
         "profile": profile,
         "compile_s": compile_s,
         "first_step_s": first_s,
@@ -267,9 +315,24 @@ def run_side(side: str) -> dict:
     args = [sys.executable, os.path.abspath(__file__), f"--side={side}"]
     args += [f"--{name}={getattr(FLAGS, name)}" for name in
              ("batch_size", "group_size", "seq_len", "steps", "dropout", "dtype", "temperature",
-              "dropout_rng", "cpu_devices", "profile")]
+              "dropout_rng", "cpu_devices", "profile", "model", "layers", "remat")]
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report_jax_only(jax_r: dict, tokens: int) -> None:
+    """The JAX side alone (a random Qwen3-0.6B-shaped model): speed and MFU against the device's peak."""
+    flops = jax_r["xla_flops_per_step"] or 6.0 * jax_r["matmul_params"] * tokens
+    print(f"{FLAGS.model} train step ({jax_r['params'] / 1e6:.0f}M params, {jax_r['matmul_params'] / 1e6:.0f}M in "
+          f"matmuls): {FLAGS.batch_size} queries x (1 pos + {FLAGS.group_size - 1} hard neg), {FLAGS.seq_len} "
+          f"tokens, dtype {FLAGS.dtype}, remat {FLAGS.remat}, on {jax_r['device']}; {tokens} tokens/step")
+    print(f"{'s/step':28s}{jax_r['step_s']:14.3f}")
+    print(f"{'tokens/s':28s}{tokens * jax_r['steps_per_s']:14.0f}")
+    print(f"{'compile + first step s':28s}{jax_r['compile_s'] + jax_r['first_step_s']:14.1f}")
+    print(f"{'achieved TFLOP/s':28s}{flops * jax_r['steps_per_s'] / 1e12:14.2f}")
+    print(f"{'MFU':28s}{flops * jax_r['steps_per_s'] / jax_r['peak_flops']:14.1%}"
+          f"   (peak {jax_r['peak_flops'] / 1e12:.3g} TFLOP/s; {flops / 1e12:.3g} TFLOP/step from XLA)")
+    print(json.dumps({"jax": jax_r}))
 
 
 def main(argv) -> None:
@@ -281,6 +344,9 @@ def main(argv) -> None:
         print(json.dumps(run_torch()))
         return
     tokens = FLAGS.batch_size * (1 + FLAGS.group_size) * FLAGS.seq_len
+    if FLAGS.model != "minilm":
+        report_jax_only(run_side("jax"), tokens)
+        return
     print(f"all-MiniLM-L6-v2 train step: {FLAGS.batch_size} queries x (1 pos + {FLAGS.group_size - 1} hard neg), "
           f"{FLAGS.seq_len} tokens, dropout {FLAGS.dropout}, JAX dtype {FLAGS.dtype}, CPU; {tokens} tokens/step")
     jax_r = run_side("jax")
