@@ -2,7 +2,7 @@
 
 ``flax.linen.Dropout`` draws its mask with ``jax.random.bernoulli``: a separate pass that writes a
 32-bit random word per element (for attention probabilities, [batch, heads, T, T] of them per
-layer) and reads it back. On CPU that pass was about a sixth of a MiniLM train step. Here the keep
+layer) and reads it back. On CPU that pass was about a seventh of a MiniLM train step. Here the keep
 decision of element ``i`` is ``hash(i, key) >= rate * 2**32`` with a two-round multiply-xorshift
 hash of 32-bit integers: XLA fuses it into the multiply that applies the mask, so no random words
 are stored, and the mask is the same however the array is sharded (it depends on the element's
