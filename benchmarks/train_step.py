@@ -121,22 +121,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def cpu_peak_flops() -> tuple[float, str]:
-    """Estimated FP32 peak FLOP/s of the CPUs this process may use, and how it was estimated."""
-    cores = len(os.sched_getaffinity(0))
-    mhz, flags_line = 0.0, ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("cpu MHz") and not mhz:
-                mhz = float(line.split(":")[1])
-            if line.startswith("flags") and not flags_line:
-                flags_line = line
-    cpu_flags = set(flags_line.split(":")[1].split()) if flags_line else set()
-    per_cycle = 64 if "avx512f" in cpu_flags else 32 if "fma" in cpu_flags else 16  # 2 FMA units
-    peak = cores * mhz * 1e6 * per_cycle
-    return peak, f"{cores} cores x {mhz:.0f} MHz x {per_cycle} FP32 FLOPs/cycle"
-
-
 def run_jax() -> dict:
     import jax
     import jax.numpy as jnp
@@ -204,7 +188,7 @@ def run_jax() -> dict:
     cpu = time.process_time() - cpu_start
     profile = profile_step(compiled, state, batch) if FLAGS.profile else []
     device = jax.devices()[0]
-    peak = cpu_peak_flops()[0] if device.platform == "cpu" else peak_flops_per_device() * jax.device_count()
+    peak = peak_flops_per_device() * jax.device_count()
     return {
         "side": "jax",
         "device": f"{jax.device_count()} x {device.device_kind}",
@@ -351,6 +335,8 @@ def main(argv) -> None:
           f"{FLAGS.seq_len} tokens, dropout {FLAGS.dropout}, JAX dtype {FLAGS.dtype}, CPU; {tokens} tokens/step")
     jax_r = run_side("jax")
     torch_r = run_side("torch")
+    from boom_jax.training.loop import cpu_peak_flops
+
     peak, how = cpu_peak_flops()
     approx_flops = 6.0 * jax_r["matmul_params"] * tokens
     flops = jax_r["xla_flops_per_step"] or approx_flops

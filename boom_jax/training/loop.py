@@ -37,7 +37,7 @@ BUILTIN_MINILM = "builtin:minilm"
 # Peak dense FLOP/s per device for MFU (bf16 for accelerators; CPU: a rough per-core f32 figure).
 PEAK_FLOPS = {"h200": 989e12, "h100": 989e12, "a100": 312e12, "l4": 121e12, "a10": 125e12,
               "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v6": 918e12}
-CPU_PEAK_FLOPS_PER_CORE = 50e9
+CPU_PEAK_FLOPS_PER_CORE = 50e9  # fallback when /proc/cpuinfo cannot be read
 
 
 class NonFiniteLossError(RuntimeError):
@@ -160,14 +160,36 @@ def count_matmul_params(params: Any) -> int:
     return total
 
 
+def cpu_peak_flops() -> tuple[float, str]:
+    """Estimated FP32 peak FLOP/s of the CPU cores this process may use (cores x clock x FLOPs per
+    cycle from the CPU flags, two FMA units), and how it was estimated."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    mhz, flags_line = 0.0, ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz") and not mhz:
+                    mhz = float(line.split(":")[1])
+                if line.startswith("flags") and not flags_line:
+                    flags_line = line
+    except OSError:
+        pass
+    if not mhz:
+        return cores * CPU_PEAK_FLOPS_PER_CORE, f"{cores} cores x {CPU_PEAK_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s (assumed)"
+    cpu_flags = set(flags_line.split(":")[1].split()) if flags_line else set()
+    per_cycle = 64 if "avx512f" in cpu_flags else 32 if "fma" in cpu_flags else 16
+    return cores * mhz * 1e6 * per_cycle, f"{cores} cores x {mhz:.0f} MHz x {per_cycle} FP32 FLOPs/cycle"
+
+
 def peak_flops_per_device() -> float:
+    """Peak FLOP/s of one device: the accelerator table, or the CPU estimate split over the host devices."""
     device = jax.devices()[0]
     kind = device.device_kind.lower()
     for key, value in PEAK_FLOPS.items():
         if key in kind:
             return value
     if device.platform == "cpu":
-        return CPU_PEAK_FLOPS_PER_CORE * (os.cpu_count() or 1) / jax.device_count()
+        return cpu_peak_flops()[0] / jax.device_count()
     return float("nan")
 
 
