@@ -77,6 +77,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.max_consecutive_skips = 10  # non-finite steps in a row that stop the run
     c.train.log_every = 10
 
+    # The loss (boom_jax.training.loss.LossSpec): InfoNCE plus optional terms, each off by default.
+    c.loss = ml_collections.ConfigDict()
+    c.loss.info_nce_weight = 1.0
+    # Distillation from pos_scores / neg_scores in the data (FlagEmbedding's kd loss, kl_div over each
+    # query's group; FlagEmbedding adds it to InfoNCE with weight 1); teacher scores / teacher_temperature
+    c.loss.kd_weight = 0.0
+    c.loss.teacher_temperature = 1.0
+    c.loss.margin_mse_weight = 0.0  # sentence-transformers' MarginMSELoss on the same teacher scores
+    # Matryoshka: comma-separated widths (e.g. "384,256,128,64"; "" = off) and their weights ("" = 1 each)
+    c.loss.matryoshka_dims = ""
+    c.loss.matryoshka_weights = ""
+    # Qwen3-Embedding's false-negative mask: drop negatives whose cosine beats the positive's by > margin
+    c.loss.fake_negative_mask = False
+    c.loss.fake_negative_margin = 0.1
+    # Extra in-batch negatives (all three = GTE's improved contrastive loss): other queries vs the query,
+    # other passages vs the positive, other queries vs the positive
+    c.loss.query_query = False
+    c.loss.passage_passage = False
+    c.loss.passage_query = False
+    # Mask negatives whose text equals one of the query's positives (and repeated query texts)
+    c.loss.mask_duplicates = True
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = all remaining devices
     c.mesh.fsdp = 1

@@ -36,6 +36,10 @@ SCHEMA: dict[str, Any] = {
     "train.max_grad_norm": _FLOAT, "train.epochs": _INT, "train.max_steps": _INT,
     "train.temperature": _FLOAT,
     "train.dropout_rng": _STR, "train.max_consecutive_skips": _INT, "train.log_every": _INT,
+    "loss.info_nce_weight": _FLOAT, "loss.kd_weight": _FLOAT, "loss.teacher_temperature": _FLOAT,
+    "loss.margin_mse_weight": _FLOAT, "loss.matryoshka_dims": _STR, "loss.matryoshka_weights": _STR,
+    "loss.fake_negative_mask": _BOOL, "loss.fake_negative_margin": _FLOAT, "loss.query_query": _BOOL,
+    "loss.passage_passage": _BOOL, "loss.passage_query": _BOOL, "loss.mask_duplicates": _BOOL,
     "mesh.data": _INT, "mesh.fsdp": _INT, "mesh.tensor": _INT,
     "checkpoint.every_steps": _INT, "checkpoint.keep": _INT, "checkpoint.async_save": _BOOL,
     "eval.every_steps": _INT, "eval.tasks": _STR, "eval.at_end": _BOOL, "eval.batch_size": _INT,
@@ -152,6 +156,7 @@ def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = D
         if not 0 <= config[section][name] < 1:
             _fail(f"config.{key}={config[section][name]} must be in [0, 1)")
     check_ratio("data.subset_ratio", config.data.subset_ratio)
+    check_loss(config)
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         if size == 0 or size < -1:
@@ -178,6 +183,26 @@ def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = D
     if "bag" in config and "ratios" in config.bag:
         for i, r in enumerate(config.bag.ratios):
             check_ratio(f"bag.ratios[{i}]", r)
+
+
+def check_loss(config: ml_collections.ConfigDict) -> None:
+    """The loss section: non-negative finite weights, parseable Matryoshka lists (errors name config.loss.*)."""
+    from boom_jax.training.loss import loss_spec_from_config
+
+    loss = config.loss
+    for key in ("info_nce_weight", "kd_weight", "margin_mse_weight", "fake_negative_margin"):
+        if not (math.isfinite(loss[key]) and loss[key] >= 0):
+            _fail(f"config.loss.{key}={loss[key]} must be a finite number >= 0")
+    if not (math.isfinite(loss.teacher_temperature) and loss.teacher_temperature > 0):
+        _fail(f"config.loss.teacher_temperature={loss.teacher_temperature} must be a finite number > 0")
+    try:
+        spec = loss_spec_from_config(loss, config.train.temperature)
+    except ValueError as e:
+        message = str(e)
+        raise ConfigError(message if message.startswith("config.") else f"config.{message}") from None
+    dims = spec.matryoshka_dims
+    if dims and (len(set(dims)) != len(dims)):
+        _fail(f"config.loss.matryoshka_dims={loss.matryoshka_dims!r} repeats a width")
 
 
 def check_ratio(key: str, value: Any) -> None:
