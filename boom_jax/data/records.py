@@ -14,6 +14,8 @@ class Example:
     """One training group: a query, its positives and its hard negatives.
 
     `index` is the example's position in its dataset, the id that subset manifests record.
+    `pos_scores` / `neg_scores`: a teacher's score of each positive / negative for this query (the
+    FlagEmbedding fields), used by the distillation losses; both empty or both of matching lengths.
     """
 
     dataset: str
@@ -23,6 +25,9 @@ class Example:
     neg: tuple[str, ...] = ()
     prompt: str = ""
     task_type: str = "retrieval"
+    # Teacher scores (distillation): one per positive / negative, or empty when the data has none.
+    pos_scores: tuple[float, ...] = ()
+    neg_scores: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass

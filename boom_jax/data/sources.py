@@ -147,6 +147,18 @@ def iter_jsonl_lines(path: str) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
+def kept_scores(texts: Sequence[str], kept: Sequence[str], scores: Sequence[float]) -> tuple[float, ...]:
+    """The scores of the `kept` texts, an in-order subsequence of `texts` (duplicates dropped)."""
+    if not scores:
+        return ()
+    out, k = [], 0
+    for text, score in zip(texts, scores):
+        if k < len(kept) and text == kept[k]:
+            out.append(score)
+            k += 1
+    return tuple(out)
+
+
 class _RecordReader:
     """Turns located raw records into Examples: validation, skip-and-count, duplicates, limit."""
 
@@ -174,6 +186,7 @@ class _RecordReader:
         pos = self.duplicates.keep_positives(record.query, record.pos)
         if not pos:
             return
+        pos_scores = kept_scores(record.pos, pos, record.pos_scores)
         self.record_types.append(record.type)
         self.examples.append(
             Example(
@@ -184,6 +197,8 @@ class _RecordReader:
                 neg=record.neg,
                 prompt=record.prompt or self.spec.instruction,
                 task_type=record.type,
+                pos_scores=pos_scores,
+                neg_scores=record.neg_scores,
             )
         )
 

@@ -1,8 +1,8 @@
 """Validation of raw training records: clear errors naming file, line and field; skip-and-count mode.
 
 A raw record is one JSON object in the standard line format
-`{"query": str, "pos": [str, ...], "neg": [str, ...], "prompt": str, "type": str}` (neg, prompt and type
-optional; other keys ignored). `validate_record` checks one record and returns its normalized fields;
+`{"query": str, "pos": [str, ...], "neg": [str, ...], "prompt": str, "type": str, "pos_scores": [float, ...],
+"neg_scores": [float, ...]}` (neg, prompt, type and the teacher scores optional; other keys ignored). `validate_record` checks one record and returns its normalized fields;
 `LoadReport` collects what skip mode dropped and why, and the exact duplicates removed.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 from typing import Any, Literal
 
 OnError = Literal["raise", "skip"]
@@ -40,6 +41,8 @@ class ValidRecord:
     neg: tuple[str, ...]
     prompt: str
     type: str
+    pos_scores: tuple[float, ...] = ()
+    neg_scores: tuple[float, ...] = ()
 
 
 def _type_name(value: Any) -> str:
@@ -77,6 +80,25 @@ def _optional_string(record: dict, field: str, location: str) -> str:
     return value
 
 
+def _score_list(record: dict, field: str, texts: tuple[str, ...], texts_field: str, location: str) -> tuple[float, ...]:
+    """Reads an optional teacher-score field: finite numbers, one per entry of `texts_field`."""
+    value = record.get(field)
+    if value is None:
+        return ()
+    want = f"a list of {len(texts)} finite numbers (one per {texts_field!r} entry)"
+    if not isinstance(value, list):
+        raise DataError(location, f"expected {want}, got {_type_name(value)}", f"field {field!r}", field)
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise DataError(location, f"expected {want}, got {_type_name(item)} at position {i}",
+                            f"field {field!r}", field)
+        if not math.isfinite(item):
+            raise DataError(location, f"expected {want}, got {item} at position {i}", f"field {field!r}", field)
+    if len(value) != len(texts):
+        raise DataError(location, f"expected {want}, got {len(value)}", f"field {field!r}", field)
+    return tuple(float(v) for v in value)
+
+
 def validate_record(record: Any, location: str) -> ValidRecord:
     """Checks one raw record (already JSON-decoded); raises `DataError` naming `location` and the field."""
     if not isinstance(record, dict):
@@ -92,7 +114,14 @@ def validate_record(record: Any, location: str) -> ValidRecord:
     neg = _string_list(record, "neg", location, required=False)
     prompt = _optional_string(record, "prompt", location)
     task_type = _optional_string(record, "type", location)
-    return ValidRecord(query=query, pos=pos, neg=neg, prompt=prompt, type=task_type)
+    pos_scores = _score_list(record, "pos_scores", pos, "pos", location)
+    neg_scores = _score_list(record, "neg_scores", neg, "neg", location)
+    if bool(pos_scores) != bool(neg_scores) and neg:
+        missing = "neg_scores" if pos_scores else "pos_scores"
+        raise DataError(location, "expected teacher scores for both pos and neg (pos_scores and neg_scores), "
+                        "got nothing (missing)", f"field {missing!r}", missing)
+    return ValidRecord(query=query, pos=pos, neg=neg, prompt=prompt, type=task_type,
+                       pos_scores=pos_scores, neg_scores=neg_scores)
 
 
 def decode_json_line(raw: bytes, location: str) -> Any:
