@@ -172,9 +172,8 @@ def merge_models(
         raise methods.MergeError("no input models")
     if m.needs_base and base is None:
         raise methods.MergeError(f"{m.name} works on task vectors and needs a base model (--base)")
-    unknown = sorted(set(params) - set(m.params))
-    if unknown:
-        raise methods.MergeError(f"{m.name}: unknown parameter(s) {unknown}; accepted: {list(m.params) or 'none'}")
+    # Every weight and parameter range-checked before any tensor is read.
+    methods.check_settings(m, len(paths), weights, **params)
     sources = [open_source(p, in_memory=not streaming) for p in paths]
     base_source = None if base is None else open_source(base, in_memory=not streaming)
     specs = _check(sources, base_source)
