@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.dropout import Dropout
 from boom_jax.models.pooling import pool
+from boom_jax.models.segments import segment_attention_mask, segment_positions
 
 ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),
@@ -47,15 +48,16 @@ def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
 
 
 class BertEmbeddings(nn.Module):
-    """Word + absolute position + token type embeddings, LayerNorm, dropout."""
+    """Word + absolute position + token type embeddings, LayerNorm, dropout (positions [B, T] given)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(
+        self, input_ids: jax.Array, token_type_ids: jax.Array, positions: jax.Array, deterministic: bool
+    ) -> jax.Array:
         cfg = self.cfg
         embed = functools.partial(nn.Embed, features=cfg.hidden_size, dtype=compute_dtype(cfg), param_dtype=jnp.float32)
-        positions = jnp.arange(input_ids.shape[1])[None, :]
         x = (
             embed(cfg.vocab_size, name="word_embeddings")(input_ids)
             + embed(cfg.max_position_embeddings, name="position_embeddings")(positions)
@@ -66,12 +68,12 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head attention scores and context (HF "attention.self")."""
+    """Multi-head attention scores and context (HF "attention.self"); `allowed` bool [B, T, T]."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, allowed: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.cfg
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
@@ -84,7 +86,8 @@ class BertSelfAttention(nn.Module):
         k = split(_dense(cfg, cfg.hidden_size, "key")(x))
         v = split(_dense(cfg, cfg.hidden_size, "value")(x))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(float(head_dim))
-        probs = jax.nn.softmax(scores + mask_bias, axis=-1)
+        scores = jnp.where(allowed[:, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
         probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         return context.reshape(b, t, cfg.hidden_size)
@@ -106,8 +109,8 @@ class BertAttention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
-        context = BertSelfAttention(self.cfg, name="self")(x, mask_bias, deterministic)
+    def __call__(self, x: jax.Array, allowed: jax.Array, deterministic: bool) -> jax.Array:
+        context = BertSelfAttention(self.cfg, name="self")(x, allowed, deterministic)
         return BertResidualOutput(self.cfg, name="output")(context, x, deterministic)
 
 
@@ -125,8 +128,8 @@ class BertLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
-        x = BertAttention(self.cfg, name="attention")(x, mask_bias, deterministic)
+    def __call__(self, x: jax.Array, allowed: jax.Array, deterministic: bool) -> jax.Array:
+        x = BertAttention(self.cfg, name="attention")(x, allowed, deterministic)
         h = BertIntermediate(self.cfg, name="intermediate")(x)
         return BertResidualOutput(self.cfg, name="output")(h, x, deterministic)
 
@@ -137,15 +140,21 @@ class BertStack(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, allowed: jax.Array, deterministic: bool) -> jax.Array:
         layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.cfg.remat else BertLayer
         for i in range(self.cfg.num_hidden_layers):
-            x = layer_cls(self.cfg, name=f"layer_{i}")(x, mask_bias, deterministic)
+            x = layer_cls(self.cfg, name=f"layer_{i}")(x, allowed, deterministic)
         return x
 
 
 class BertEncoder(nn.Module):
-    """input_ids, attention_mask [B, T] -> pooled float32 embeddings [B, D] (token states on request).
+    """input_ids, segment ids [B, T] -> pooled float32 embeddings [B, D] (token states on request).
+
+    The second input is read as segment ids (0 = padding, 1..S = the texts packed in a row; a 0/1
+    attention mask is the one-text case, see segments.py): attention stays within a segment and
+    absolute positions restart at 0 at each segment's first token. `num_segments=S` returns every
+    segment's embedding, float32 [B, S, D] (zeros for absent segments); None pools the tokens > 0 of
+    each row as one text, [B, D].
 
     The HF pooler (dense + tanh on [CLS]) is not used for embeddings; its params are created at init
     (when cfg.has_pooler) so that exported checkpoints load into transformers' BertModel complete.
@@ -161,15 +170,17 @@ class BertEncoder(nn.Module):
         deterministic: bool = True,
         token_type_ids: jax.Array | None = None,
         return_token_states: bool = False,
+        num_segments: int | None = None,
     ) -> jax.Array:
         cfg = self.cfg
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
-        mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-        x = BertStack(cfg, name="encoder")(x, mask_bias, deterministic)
+        positions = segment_positions(attention_mask)
+        x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, positions, deterministic)
+        allowed = segment_attention_mask(attention_mask)
+        x = BertStack(cfg, name="encoder")(x, allowed, deterministic)
         if cfg.has_pooler and self.is_initializing():
             nn.tanh(_dense(cfg, cfg.hidden_size, "pooler")(x[:, 0]))
         if return_token_states:
             return x.astype(jnp.float32)
-        return pool(x, attention_mask, cfg.pooling, cfg.normalize)
+        return pool(x, attention_mask, cfg.pooling, cfg.normalize, num_segments)

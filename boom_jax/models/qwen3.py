@@ -2,11 +2,13 @@
 
 Matches transformers' Qwen3Model: token embeddings; per layer a pre-RMSNorm block with grouped-query
 causal attention (q_norm / k_norm RMSNorm over head_dim before rotary embeddings, head_dim may differ
-from hidden_size / num_attention_heads) and a SwiGLU MLP; a final RMSNorm. Position ids are
-0..T-1 for every row, padding included, exactly as Qwen3Model builds them when none are given; the
-padding mask only removes padded keys (with left padding the real tokens are the last ones, and
-RoPE depends only on relative positions). Embeddings are the last real token's state
-(`pooling="lasttoken"`), optionally L2-normalized.
+from hidden_size / num_attention_heads) and a SwiGLU MLP; a final RMSNorm. The second input is read
+as segment ids (0 = padding, 1..S = the texts packed in a row; a 0/1 mask is the one-text case, see
+segments.py): a token attends causally within its own segment, and rotary positions restart at 0 at
+each segment's first token. With left padding Qwen3Model gives the real tokens positions T-len..T-1
+instead; RoPE depends only on relative positions, so the states agree to float error. Embeddings are
+the last real token's state (`pooling="lasttoken"`), optionally L2-normalized; `num_segments=S`
+gives every segment's, [R, S, D].
 
 Params are float32; `cfg.dtype` is the compute dtype (RMSNorm statistics, attention softmax and
 pooling stay float32). Dense layers named in `cfg.lora_targets` carry LoRA adapters when
@@ -28,6 +30,7 @@ from boom_jax.models.config import ConfigError, ModelConfig
 from boom_jax.models.dropout import Dropout
 from boom_jax.models.lora import LoRADense, lora_module_names
 from boom_jax.models.pooling import pool
+from boom_jax.models.segments import segment_attention_mask, segment_positions
 
 
 def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
@@ -180,15 +183,9 @@ class Qwen3DecoderLayer(nn.Module):
         return x + Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
-def attention_allowed(attention_mask: jax.Array) -> jax.Array:
-    """bool [B, T, S]: query t may attend key s when s <= t and s is a real token."""
-    t = attention_mask.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    return causal[None, :, :] & (attention_mask[:, None, :] > 0)
-
-
 class Qwen3Encoder(nn.Module):
-    """input_ids, attention_mask [B, T] -> pooled float32 embeddings [B, D] (token states on request).
+    """input_ids, segment ids [B, T] -> pooled float32 embeddings [B, D] (token states on request;
+    `num_segments=S`: every segment's embedding, [B, S, D], zeros for absent segments).
 
     Param tree: embed_tokens/embedding, layers_{i}/{input_layernorm, self_attn/{q,k,v,o}_proj,
     self_attn/{q,k}_norm, post_attention_layernorm, mlp/{gate,up,down}_proj}, norm/scale.
@@ -203,6 +200,7 @@ class Qwen3Encoder(nn.Module):
         attention_mask: jax.Array,
         deterministic: bool = True,
         return_token_states: bool = False,
+        num_segments: int | None = None,
     ) -> jax.Array:
         cfg = self.cfg
         validate_qwen3_config(cfg)
@@ -216,13 +214,13 @@ class Qwen3Encoder(nn.Module):
             name="embed_tokens",
         )
         x = embed(input_ids)
-        positions = jnp.arange(input_ids.shape[1])[None, :]
+        positions = segment_positions(attention_mask)
         cos, sin = rope_cos_sin(positions, qwen3_head_dim(cfg), cfg.rope_theta)
-        allowed = attention_allowed(attention_mask)
+        allowed = segment_attention_mask(attention_mask, causal=True)
         layer_cls = nn.remat(Qwen3DecoderLayer, static_argnums=(5,)) if cfg.remat else Qwen3DecoderLayer
         for i in range(cfg.num_hidden_layers):
             x = layer_cls(cfg, name=f"layers_{i}")(x, allowed, cos, sin, deterministic)
         x = RMSNorm(cfg.rms_norm_eps, dtype, name="norm")(x)
         if return_token_states:
             return x.astype(jnp.float32)
-        return pool(x, attention_mask, cfg.pooling, cfg.normalize)
+        return pool(x, attention_mask, cfg.pooling, cfg.normalize, num_segments)
