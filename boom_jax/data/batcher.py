@@ -9,6 +9,17 @@ Each batch is a dict
 where b = batch_size / process_count (this host's contiguous slice of the global batch) and Tq, Tp are
 length buckets chosen from the whole global batch, so every host yields the same shapes.
 
+With `packing=True` each side is packed instead (boom_jax/data/packing.py), this host's slice cut into
+`pack_shards` equal parts (its data-parallel shards), each packed into its own rows:
+  query_ids, query_segments      int32 [Rq, Lq]   (segment ids: 0 pad, 1..Sq the texts of a row)
+  query_lengths                  int32 [Rq, Sq]   (tokens per segment slot; its shape carries Sq)
+  query_index                    int32 [b]        (query i's slot in the model's [Rq, Sq, D] output,
+                                                   local_row * Sq + slot within its shard)
+  passage_ids, passage_segments, passage_lengths, passage_index   the same for the b * G passages
+  pack_shards                    int              (shards the rows and indices are laid out for)
+Lq, Lp are the row budgets (`pack_length`, default each side's max length), Sq, Sp fixed per run and
+Rq, Rp = pack_shards x a row bucket, so a handful of shapes compile.
+
 Texts are tokenized lazily, one global batch at a time, with batched calls of the (fast) tokenizers, or,
 with a `token_cache_dir`, all at once into persistent token stores (`token_store.py`) that batches are
 then looked up from.
@@ -25,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from boom_jax.data.packing import default_max_segments, pack_padded
 from boom_jax.data.records import Example, TrainDataset
 from boom_jax.data.sampling import dataset_rng
 from boom_jax.data.schedules import PlannedBatch, make_plan
@@ -63,6 +75,16 @@ def choose_passages(dataset: TrainDataset, position: int, num_negatives: int, rn
         others = others + (others >= position)  # skip the example itself
         picked = [dataset.examples[int(j)].pos[0] for j in others]
     return [pos, *picked]
+
+
+def batch_tokens(batch: Mapping[str, Any]) -> tuple[int, int]:
+    """(real tokens, token positions the step computes) of a batch, packed or padded."""
+    real = total = 0
+    for side in ("query", "passage"):
+        marks = batch[f"{side}_segments"] if f"{side}_segments" in batch else batch[f"{side}_mask"]
+        real += int(np.count_nonzero(np.asarray(marks)))
+        total += int(np.size(marks))
+    return real, total
 
 
 class TokenCache:
@@ -107,6 +129,11 @@ class Batcher:
     `token_cache_dir`: when given, every distinct query and passage text is tokenized once up front into a
     `TokenStore` saved in (and on later runs loaded from) this folder; batches are then only looked up
     and padded, and are identical to those without it. None: tokenize lazily, batch by batch.
+    `packing`: pack each side into rows (module docstring); `pack_length` the row budget in tokens (None:
+    each tokenizer's max_length), `pack_segments` the segment slots per row (None: one per 8 tokens, at
+    most the texts of a shard), `pack_shards` the data-parallel shards of this host's slice (each packs its
+    own texts), `pack_row_multiple` what row counts per shard are a multiple of (the gradient cache's
+    chunk count), `pack_row_buckets` row-count buckets per doubling.
     """
 
     def __init__(
@@ -125,6 +152,12 @@ class Batcher:
         token_cache_size: int = 200_000,
         token_cache_dir: str | None = None,
         show_progress: bool = True,
+        packing: bool = False,
+        pack_length: int | None = None,
+        pack_segments: int | None = None,
+        pack_shards: int = 1,
+        pack_row_multiple: int = 1,
+        pack_row_buckets: int = 4,
     ):
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be an int >= 1 (1 positive + negatives), got {group_size!r}")
@@ -132,6 +165,20 @@ class Batcher:
             raise ValueError(f"process_index must be in [0, process_count), got {process_index} of {process_count}")
         if batch_size % process_count:
             raise ValueError(f"global batch_size {batch_size} must be divisible by process_count {process_count}")
+        self.packing = bool(packing)
+        if self.packing:
+            local = batch_size // process_count
+            if not isinstance(pack_shards, int) or pack_shards < 1 or local % pack_shards:
+                raise ValueError(f"pack_shards={pack_shards!r}: this host's {local} queries must split evenly into "
+                                 f"its data-parallel shards")
+            if pack_row_multiple < 1 or pack_row_buckets < 1:
+                raise ValueError(f"pack_row_multiple={pack_row_multiple} and pack_row_buckets={pack_row_buckets} "
+                                 f"must be >= 1")
+        self.pack_shards = int(pack_shards)
+        self.pack_row_multiple = int(pack_row_multiple)
+        self.pack_row_buckets = int(pack_row_buckets)
+        self._pack_length = pack_length
+        self._pack_segments = pack_segments
         self.datasets = list(datasets)
         self._by_name = {d.name: d for d in self.datasets}
         self._ids = {d.name: i for i, d in enumerate(self.datasets)}
@@ -254,15 +301,43 @@ class Batcher:
         p = slice(self.process_index * b * group, (self.process_index + 1) * b * group)
         dataset = planned.dataset
         dataset_id = self._ids[dataset] if dataset is not None else -1
+        if self.packing:
+            sides = {"query": self._pack(query_ids[q], query_mask[q], self.query_tokenizer),
+                     "passage": self._pack(passage_ids[p], passage_mask[p], self.passage_tokenizer)}
+            out = {f"{side}_{field}": value for side, packed in sides.items() for field, value in packed.items()}
+            out["pack_shards"] = self.pack_shards
+        else:
+            out = {
+                "query_ids": np.ascontiguousarray(query_ids[q], dtype=np.int32),
+                "query_mask": np.ascontiguousarray(query_mask[q], dtype=np.int32),
+                "passage_ids": np.ascontiguousarray(passage_ids[p], dtype=np.int32),
+                "passage_mask": np.ascontiguousarray(passage_mask[p], dtype=np.int32),
+            }
         return {
-            "query_ids": np.ascontiguousarray(query_ids[q], dtype=np.int32),
-            "query_mask": np.ascontiguousarray(query_mask[q], dtype=np.int32),
-            "passage_ids": np.ascontiguousarray(passage_ids[p], dtype=np.int32),
-            "passage_mask": np.ascontiguousarray(passage_mask[p], dtype=np.int32),
+            **out,
             "dataset_id": dataset_id,
             "dataset_index": dataset_id,  # alias of dataset_id
             "in_batch_negatives": all(self._by_name[n].in_batch_negatives for n in set(names)),
         }
+
+    def pack_shape(self, tokenizer: Tokenize, texts_per_shard: int) -> tuple[int, int]:
+        """(row length, segment slots) of a packed side: `pack_length` or the tokenizer's max_length, and
+        `pack_segments` or one slot per 8 tokens (at most the texts of a shard)."""
+        length = self._pack_length or getattr(tokenizer, "max_length", None)
+        if not length:
+            raise ValueError("packing needs pack_length (the row budget) for a tokenizer without max_length")
+        max_len = getattr(tokenizer, "max_length", None)
+        if max_len and length < max_len:
+            raise ValueError(f"pack_length={length} is below the tokenizer's max_length {max_len}: a text must fit "
+                             f"in one row")
+        return int(length), int(self._pack_segments or default_max_segments(int(length), texts_per_shard))
+
+    def _pack(self, ids: np.ndarray, mask: np.ndarray, tokenizer: Tokenize) -> dict[str, np.ndarray]:
+        per_shard = ids.shape[0] // self.pack_shards
+        length, segments = self.pack_shape(tokenizer, per_shard)
+        return pack_padded(ids, mask, length, segments, shards=self.pack_shards,
+                           pad_id=int(getattr(tokenizer, "pad_id", 0)), per_octave=self.pack_row_buckets,
+                           row_multiple=self.pack_row_multiple)
 
 
 class PrefetchingBatcher:

@@ -12,6 +12,11 @@ result equals the uncached gradient of :func:`embed_in_chunks` (same chunking, s
 
 Chunks are strided (chunk ``k`` holds rows ``k, k + n_chunks, ...``), so when the leading axis is
 sharded over devices in contiguous blocks every chunk still spans all devices evenly.
+
+Packed batches: the "sequences" are packed rows and ``embed_fn`` returns [R, S, D] per row; the loss
+function gathers the texts' embeddings from them, so the cached gradient is [R, S, D] too and flows back
+through the gather. Queries and passages may then need different embed functions (their S differ) and
+chunk sizes: ``passage_embed_fn`` and ``passage_chunk_size``.
 """
 
 from __future__ import annotations
@@ -103,21 +108,26 @@ def grad_cache_value_and_grad(
     passage_mask: jax.Array,
     rng: jax.Array | None,
     chunk_size: int,
+    passage_chunk_size: int | None = None,
+    passage_embed_fn: EmbedFn | None = None,
 ) -> tuple[jax.Array, Any]:
     """(loss, param grads) of ``loss_fn(embed(queries), embed(passages))`` with a gradient cache.
 
     ``chunk_size`` counts QUERIES per chunk (global, over all devices); the passages go in chunks of
-    ``chunk_size * G`` (their group size), so both sides have the same number of chunks. Queries use key ``fold_in(rng, 0)`` and passages ``fold_in(rng, 1)`` (then the chunk index), the
-    same as :func:`chunked_value_and_grad`, which is the memory-hungry reference it must equal.
+    ``passage_chunk_size``, by default ``chunk_size * G`` (their group size), so both sides have the same
+    number of chunks. Queries use key ``fold_in(rng, 0)`` and passages ``fold_in(rng, 1)`` (then the chunk
+    index), the same as :func:`chunked_value_and_grad`, which is the memory-hungry reference it must equal.
+    ``passage_embed_fn`` embeds the passages (default ``embed_fn``).
     """
     q_rng, p_rng = _query_passage_rngs(rng)
-    p_chunk = _passage_chunk(chunk_size, query_ids, passage_ids)
+    p_chunk = passage_chunk_size or _passage_chunk(chunk_size, query_ids, passage_ids)
+    p_embed = passage_embed_fn or embed_fn
     frozen = lax.stop_gradient(params)
     q = embed_in_chunks(embed_fn, frozen, query_ids, query_mask, q_rng, chunk_size)
-    p = embed_in_chunks(embed_fn, frozen, passage_ids, passage_mask, p_rng, p_chunk)
+    p = embed_in_chunks(p_embed, frozen, passage_ids, passage_mask, p_rng, p_chunk)
     loss, (q_grad, p_grad) = jax.value_and_grad(loss_fn, argnums=(0, 1))(q, p)
     grads_q = _pull_back(embed_fn, params, query_ids, query_mask, q_rng, q_grad, chunk_size)
-    grads_p = _pull_back(embed_fn, params, passage_ids, passage_mask, p_rng, p_grad, p_chunk)
+    grads_p = _pull_back(p_embed, params, passage_ids, passage_mask, p_rng, p_grad, p_chunk)
     return loss, jax.tree.map(jnp.add, grads_q, grads_p)
 
 
@@ -131,19 +141,22 @@ def chunked_value_and_grad(
     passage_mask: jax.Array,
     rng: jax.Array | None,
     chunk_size: int | None = None,
+    passage_chunk_size: int | None = None,
+    passage_embed_fn: EmbedFn | None = None,
 ) -> tuple[jax.Array, Any]:
     """(loss, param grads) by plain backprop; ``chunk_size`` (queries per chunk, as in
     :func:`grad_cache_value_and_grad`) None embeds each side in one call."""
     q_rng, p_rng = _query_passage_rngs(rng)
+    p_embed = passage_embed_fn or embed_fn
 
     def total_loss(params):
         if chunk_size is None:
             q = embed_fn(params, query_ids, query_mask, _chunk_rng(q_rng, 0))
-            p = embed_fn(params, passage_ids, passage_mask, _chunk_rng(p_rng, 0))
+            p = p_embed(params, passage_ids, passage_mask, _chunk_rng(p_rng, 0))
         else:
             q = embed_in_chunks(embed_fn, params, query_ids, query_mask, q_rng, chunk_size)
-            p_chunk = _passage_chunk(chunk_size, query_ids, passage_ids)
-            p = embed_in_chunks(embed_fn, params, passage_ids, passage_mask, p_rng, p_chunk)
+            p_chunk = passage_chunk_size or _passage_chunk(chunk_size, query_ids, passage_ids)
+            p = embed_in_chunks(p_embed, params, passage_ids, passage_mask, p_rng, p_chunk)
         return loss_fn(q, p)
 
     return jax.value_and_grad(total_loss)(params)

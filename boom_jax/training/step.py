@@ -15,10 +15,18 @@ layout, ``in_batch_negatives`` (scalar or [B] bool; False = only the query's own
 (``dataset_index`` ...) are ignored. ``B`` is the GLOBAL batch: on a mesh the step is one SPMD program
 over all devices, the loss sees every device's passages (cross-device negatives) and is the mean over
 the global batch.
+
+Packed batches (boom_jax/data/packing.py; the batcher with packing=True): ``{side}_ids`` /
+``{side}_segments`` [R, L], ``{side}_lengths`` [R, S] and ``{side}_index`` ([B] queries, [B * G]
+passages) for side in (query, passage). The model embeds the rows to [R, S, D] (segment ids in place of
+the mask, ``num_segments=S``) and each text's embedding is gathered by its index, shard by shard: rows
+and indices are laid out for the batch shards of the mesh (("data", "fsdp")), so every device gathers
+its own texts locally. The loss then runs on [B, D] and [B * G, D] exactly as for padded batches.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -30,6 +38,7 @@ from jax.sharding import Mesh
 from boom_jax.training.grad_cache import EmbedFn, chunked_value_and_grad, grad_cache_value_and_grad
 from boom_jax.training.loss import info_nce
 from boom_jax.training.sharding import (
+    batch_axes,
     batch_sharding,
     param_shardings,
     path_string,
@@ -44,18 +53,44 @@ are derived (a few scalar ops): "threefry" (default) gives the same keys under v
 the stacked bag step relies on; "rbg" / "unsafe_rbg" re-key into XLA's RngBitGenerator."""
 
 BATCH_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask", "in_batch_negatives")
+PACKED_KEYS = ("query_ids", "query_segments", "query_lengths", "query_index",
+               "passage_ids", "passage_segments", "passage_lengths", "passage_index")
 COUNTER_KEYS = ("step", "skipped", "consecutive_skipped")
 
 
 def module_embed_fn(module: Any) -> EmbedFn:
-    """An ``embed_fn(params, ids, mask, rng)`` for a boom_jax model module (rng None = deterministic)."""
+    """An ``embed_fn(params, ids, mask, rng, num_segments=None)`` for a boom_jax model module (rng None =
+    deterministic; ``num_segments`` S: ``mask`` holds segment ids and the result is [R, S, D])."""
 
-    def embed(params, ids, mask, rng):
+    def embed(params, ids, mask, rng, num_segments=None):
+        extra = {} if num_segments is None else {"num_segments": num_segments}
         if rng is None:
-            return module.apply({"params": params}, ids, mask, deterministic=True)
-        return module.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": rng})
+            return module.apply({"params": params}, ids, mask, deterministic=True, **extra)
+        return module.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": rng}, **extra)
 
     return embed
+
+
+def batch_shard_count(mesh: Mesh | None) -> int:
+    """How many parts the batch's leading axis is split into on ``mesh`` (1 without a mesh)."""
+    return 1 if mesh is None else math.prod(mesh.shape[a] for a in batch_axes(mesh))
+
+
+def is_packed(batch: Any) -> bool:
+    """Whether a batch holds packed rows (``query_segments``) rather than padded texts."""
+    return "query_segments" in batch
+
+
+def gather_segments(rows: jax.Array, index: jax.Array, shards: int = 1) -> jax.Array:
+    """Text embeddings [N, D] from packed rows' embeddings [R, S, D]: text ``i`` of shard ``k`` (texts
+    and rows cut into ``shards`` equal contiguous blocks) is slot ``index[i]`` of shard ``k``'s rows,
+    flattened as local_row * S + slot. A batched gather over the shard axis, so it stays on each device."""
+    r, s, d = rows.shape
+    if r % shards or index.shape[0] % shards:
+        raise ValueError(f"packed batch: {r} rows and {index.shape[0]} texts do not split into {shards} shards")
+    flat = rows.reshape(shards, (r // shards) * s, d)
+    picked = jax.vmap(lambda block, idx: block[idx])(flat, index.reshape(shards, -1))
+    return picked.reshape(-1, d)
 
 
 def dropout_key(rng: jax.Array, step: jax.Array, impl: str = "threefry") -> jax.Array:
@@ -102,17 +137,27 @@ def train_state_shardings(
     }
 
 
-def prepare_batch(batch: dict) -> dict:
+def prepare_batch(batch: dict, shards: int | None = None) -> dict:
     """The step's inputs from a batcher batch: the needed keys only, ``in_batch_negatives`` as [B] bool
-    (so every input has the batch on its leading axis). Missing keys are an error naming them."""
-    missing = [k for k in BATCH_KEYS[:4] if k not in batch]
+    (so every input has the batch on its leading axis). Missing keys are an error naming them. A packed
+    batch must have been packed for ``shards`` batch shards on this host (its ``pack_shards``), when
+    both are known."""
+    keys = PACKED_KEYS if is_packed(batch) else BATCH_KEYS[:4]
+    missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"train batch lacks {missing}; it has {sorted(batch)}")
-    b = np.shape(batch["query_ids"])[0]
-    n = np.shape(batch["passage_ids"])[0]
+    if is_packed(batch):
+        packed_for = batch.get("pack_shards")
+        if shards is not None and packed_for is not None and int(packed_for) != shards:
+            raise ValueError(f"packed batch laid out for {packed_for} batch shards per host, but the step's mesh "
+                             f"splits each host's batch over {shards} (mesh data x fsdp / processes); build the "
+                             f"batcher with pack_shards={shards}")
+        b, n = np.shape(batch["query_index"])[0], np.shape(batch["passage_index"])[0]
+    else:
+        b, n = np.shape(batch["query_ids"])[0], np.shape(batch["passage_ids"])[0]
     if b == 0 or n % b:
-        raise ValueError(f"train batch: passage_ids has {n} rows, not a multiple of the {b} queries")
-    out = {k: batch[k] for k in BATCH_KEYS[:4]}
+        raise ValueError(f"train batch: {n} passages, not a multiple of the {b} queries")
+    out = {k: batch[k] for k in keys}
     flag = batch.get("in_batch_negatives", True)
     if isinstance(flag, jax.Array):
         out["in_batch_negatives"] = jnp.broadcast_to(flag.astype(bool), (b,))
@@ -131,6 +176,7 @@ def make_update(
     temperature: float,
     grad_cache_chunk: int | None = None,
     trainable: Callable[[str], bool] | None = None,
+    batch_shards: int = 1,
 ) -> Callable[..., tuple[dict, dict]]:
     """``update(state, batch, rng, lr_scale=None) -> (new_state, metrics)``: one optimizer update, not jitted.
 
@@ -139,14 +185,45 @@ def make_update(
     the update (and zeroes the gradients first: they would poison the Adam moments), counters advance.
     ``lr_scale`` multiplies the optimizer's updates (for an optimizer that runs at learning rate 1).
     Metrics: loss, grad_norm (before clipping), skipped, consecutive_skipped.
+    Packed batches (see the module docstring) are gathered per ``batch_shards`` (the mesh's batch shards);
+    with the gradient cache their rows go in as many chunks as the queries would.
     """
 
     def loss_and_grads(params, batch, rng):
+        if is_packed(batch):
+            return packed_loss_and_grads(params, batch, rng)
         loss_fn = lambda q, p: info_nce(q, p, temperature, batch["in_batch_negatives"])  # noqa: E731
         args = (params, batch["query_ids"], batch["query_mask"], batch["passage_ids"], batch["passage_mask"], rng)
         if not grad_cache_chunk:
             return chunked_value_and_grad(embed_fn, loss_fn, *args)
         return grad_cache_value_and_grad(embed_fn, loss_fn, *args, chunk_size=grad_cache_chunk)
+
+    def packed_loss_and_grads(params, batch, rng):
+        def side_embed(side):
+            s = batch[f"{side}_lengths"].shape[1]
+            return lambda p, ids, seg, r: embed_fn(p, ids, seg, r, num_segments=s)
+
+        def loss_fn(q_rows, p_rows):
+            q = gather_segments(q_rows, batch["query_index"], batch_shards)
+            p = gather_segments(p_rows, batch["passage_index"], batch_shards)
+            return info_nce(q, p, temperature, batch["in_batch_negatives"])
+
+        args = (params, batch["query_ids"], batch["query_segments"], batch["passage_ids"], batch["passage_segments"],
+                rng)
+        if not grad_cache_chunk:
+            return chunked_value_and_grad(side_embed("query"), loss_fn, *args,
+                                          passage_embed_fn=side_embed("passage"))
+        b = batch["query_index"].shape[0]
+        if b % grad_cache_chunk:
+            raise ValueError(f"grad cache: {b} queries are not a multiple of train.grad_cache_chunk={grad_cache_chunk}")
+        chunks = b // grad_cache_chunk
+        rows = {side: batch[f"{side}_ids"].shape[0] for side in ("query", "passage")}
+        if any(r % (chunks * batch_shards) for r in rows.values()):
+            raise ValueError(f"grad cache: packed rows {rows} do not split into {chunks} chunks on each of "
+                             f"{batch_shards} batch shards; pack with pack_row_multiple={chunks}")
+        return grad_cache_value_and_grad(side_embed("query"), loss_fn, *args, chunk_size=rows["query"] // chunks,
+                                         passage_chunk_size=rows["passage"] // chunks,
+                                         passage_embed_fn=side_embed("passage"))
 
     def update(state, batch, rng, lr_scale=None):
         params = state["params"]
@@ -198,7 +275,8 @@ def make_train_step(
     - ``mesh`` + ``state_shardings`` (from :func:`train_state_shardings`): state and outputs keep those
       shardings, batches are split over ("data", "fsdp"). Without a mesh: plain single-device jit.
     - ``grad_cache_chunk``: queries per gradient-cache chunk (global; passages go ``G`` times as many
-      per chunk); None or 0 = plain backprop. The batch size must be a multiple of it.
+      per chunk; packed rows go in the same number of chunks); None or 0 = plain backprop. The batch
+      size must be a multiple of it.
     - ``trainable(path)``: leaves outside it get zero gradients (so XLA skips their weight gradients);
       pass the same predicate as the optimizer's.
     - ``dropout_rng``: the PRNG implementation of the dropout keys (see :data:`DROPOUT_RNG_IMPLS`,
@@ -209,7 +287,8 @@ def make_train_step(
     if dropout_rng not in DROPOUT_RNG_IMPLS:
         raise ValueError(f"make_train_step: dropout_rng={dropout_rng!r}, expected one of {DROPOUT_RNG_IMPLS}")
 
-    update = make_update(embed_fn, optimizer, temperature, grad_cache_chunk, trainable)
+    shards = batch_shard_count(mesh)
+    update = make_update(embed_fn, optimizer, temperature, grad_cache_chunk, trainable, batch_shards=shards)
 
     def step(state, batch):
         applied = state["step"] - state["skipped"]  # number of updates applied so far (optax count)
@@ -231,8 +310,10 @@ def make_train_step(
             donate_argnums=donate_argnums,
         )
 
+    host_shards = shards // jax.process_count() if shards % jax.process_count() == 0 else None
+
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
-        return jitted(state, prepare_batch(batch))
+        return jitted(state, prepare_batch(batch, host_shards))
 
     train_step.jitted = jitted  # for .lower(...).compile().cost_analysis() in benchmarks
     return train_step
@@ -269,7 +350,11 @@ def make_eval_embed(
 __all__ = [
     "BATCH_KEYS",
     "DROPOUT_RNG_IMPLS",
+    "PACKED_KEYS",
+    "batch_shard_count",
     "dropout_key",
+    "gather_segments",
+    "is_packed",
     "init_train_state",
     "make_eval_embed",
     "make_train_step",
