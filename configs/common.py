@@ -124,6 +124,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.export = ml_collections.ConfigDict()
     c.export.model_folder = True  # DIR/model
     c.export.sentence_transformers = True  # DIR/export
+    # Model card and boom.json of the export (boom_jax.hf.model_card); "" = derived as noted.
+    c.export.model_name = ""  # card title; "" = config.name
+    c.export.repo_id = ""  # hub repository the folder is uploaded to (the card's load snippets use it)
+    c.export.base_model = ""  # hub id of the starting model; "" = known id of model.path, else the path
+    c.export.license = ""  # "" = the base model card's license
+    c.export.language = ""  # comma-separated codes; "" = the base model card's, else "en"
 
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True

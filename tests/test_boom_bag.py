@@ -140,3 +140,29 @@ def test_bad_bag_sections_name_the_key():
         config.bag.member = 7
     with pytest.raises(BagConfigError, match=r"config\.bag\.member=7"):
         bag_members(config.bag)
+
+
+def test_merged_export_carries_the_card_and_provenance(killed_then_resumed_bag):
+    from huggingface_hub import ModelCard
+
+    from boom_jax.training.provenance import file_sha256
+
+    workdir, summary, *_ = killed_then_resumed_bag
+    export = workdir / "export"
+    provenance = json.loads((export / "boom.json").read_text())
+    assert provenance["kind"] == "merged" and provenance["merge"]["method"] == "multislerp"
+    members = {m["name"]: m for m in provenance["merge"]["members"]}
+    assert list(members) == ["r050", "r100"]
+    for name, record in zip(("r050", "r100"), summary["members"]):
+        manifest = workdir / "members" / name / "subset_manifest.json"
+        assert members[name]["manifest_sha256"] == file_sha256(manifest)
+        assert (members[name]["ratio"], members[name]["seed"], members[name]["steps"]) == (
+            record["ratio"], record["seed"], record["steps"])
+    training = provenance["training"]
+    assert training["steps"] == sum(r["steps"] for r in summary["members"])
+    assert {d["name"]: d["examples"] for d in training["datasets"]} == {
+        d.name: len(d) for d in builtin_train_datasets(limit=tiny_config().data.limit)}
+    card = ModelCard.load(export / "README.md")  # parses and validates the metadata offline
+    assert card.data.library_name == "sentence-transformers" and "merge" in card.data.tags
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.data.license == "apache-2.0"
+    assert members["r050"]["manifest_sha256"] in card.text and "merge_method: multislerp" in card.text

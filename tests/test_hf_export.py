@@ -210,3 +210,109 @@ def test_sharded_checkpoint_loads_like_a_single_file(tiny_folder, tmp_path):
     os.remove(sharded / "model-00002-of-00002.safetensors")
     with pytest.raises(Exception, match="shard model-00002-of-00002.safetensors does not exist"):
         load_hf_model(sharded)
+
+
+def _code_blocks(markdown: str) -> list[str]:
+    import re
+
+    return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
+
+
+PROVENANCE = {
+    "kind": "merged", "name": "tiny-bag", "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+    "license": "apache-2.0", "language": ["en"],
+    "training": {"datasets": [{"name": "web", "task_type": "retrieval", "examples": 12}], "schedule": "bls",
+                 "batch_size": 8, "steps": 3, "examples": 24, "hardware": {"platform": "cpu", "device_count": 1}},
+    "merge": {"method": "ties", "params": {"density": 0.5, "lambda_": 1.0}, "weights": [0.3, 0.7],
+              "members": [{"name": "r050", "ratio": 0.5, "seed": 11, "manifest_sha256": "ab12", "dev_score": 0.41,
+                           "export": "members/r050/export"},
+                          {"name": "r100", "ratio": 1.0, "seed": 12, "manifest_sha256": "cd34", "dev_score": 0.45,
+                           "export": "members/r100/export"}]},
+    "evaluation": {"dev": {"web_retrieval": 0.5, "topics": 0.25}, "task_types": {"topics": "classification"},
+                   "metrics": {"topics": "accuracy"}},
+}
+
+
+@pytest.mark.parametrize("kind", ["bert", "qwen3"])
+def test_card_validates_offline_and_its_snippets_run_on_the_folder(kind, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from boom_jax.hf import export_sentence_transformers, load_hf_model
+    from boom_jax.hf.model_card import PLACEHOLDER_MODEL_ID
+    from tests.helpers_tiny_models import make_tiny_bert_folder, make_tiny_qwen3_folder
+
+    src = (make_tiny_bert_folder if kind == "bert" else make_tiny_qwen3_folder)(tmp_path / "src")
+    cfg, params = load_hf_model(src)
+    cfg = cfg.replace(normalize=True, prompts={"query": "query: "})
+    out = tmp_path / "export"
+    export_sentence_transformers(params, cfg, src, out, provenance=PROVENANCE)
+
+    card = ModelCard.load(out / "README.md")  # huggingface_hub parses and validates the metadata, offline
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license, data.language) == (
+        "sentence-transformers", "sentence-similarity", "apache-2.0", ["en"])
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and "dataset_size:12" in data.tags
+    scores = {r.dataset_type: (r.task_type, r.metric_type, r.metric_value) for r in data.eval_results}
+    assert scores == {"boom_jax/builtin/web_retrieval": ("Retrieval", "ndcg_at_10", 0.5),
+                      "boom_jax/builtin/topics": ("Classification", "accuracy", 0.25)}
+    assert "| r050 | 0.5 | 11 | 0.3 |" in card.text and "| **merged** |" in card.text and "0.375" in card.text
+    assert "merge_method: ties" in card.text and "lambda: 1.0" in card.text and '"members/r100/export"' in card.text
+    assert json.loads((out / "boom.json").read_text())["merge"]["members"][1]["seed"] == 12
+
+    st_code, hf_code = _code_blocks(card.text)
+    embeddings = {}
+    for name, code in (("st", st_code), ("hf", hf_code)):
+        namespace = {}
+        exec(code.replace(PLACEHOLDER_MODEL_ID, str(out)), namespace)
+        embeddings[name] = np.asarray(namespace["embeddings"], dtype=np.float32)
+    assert embeddings["st"].shape == (2, cfg.embedding_dim)
+    assert np.abs(embeddings["st"] - embeddings["hf"]).max() <= 1e-5
+
+    _, info, st, logs = _load_with_captured_logs(str(out))
+    assert logs.strip() == "", logs  # no warning of any kind while loading the export
+
+
+def test_similarity_is_kept_and_dot_models_stay_dot(tiny_folder, tmp_path):
+    from boom_jax.hf import export_sentence_transformers, load_hf_model
+
+    cfg, params = load_hf_model(tiny_folder)
+    out = tmp_path / "dot"
+    export_sentence_transformers(params, cfg.replace(similarity="dot"), tiny_folder, out)
+    _, _, st, logs = _load_with_captured_logs(str(out))
+    assert st.similarity_fn_name == "dot" and logs.strip() == "", logs
+    assert load_hf_model(out)[0].similarity == "dot"
+    again = tmp_path / "again"
+    cfg2, params2 = load_hf_model(out)
+    export_sentence_transformers(params2, cfg2, out, again)
+    assert json.loads((again / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "dot"
+
+
+def test_unsupported_modules_are_refused_by_name(tiny_folder, tmp_path):
+    from boom_jax.hf import HFFolderError, export_sentence_transformers, load_hf_model
+
+    cfg, params = load_hf_model(tiny_folder)
+    folder = tmp_path / "st"
+    export_sentence_transformers(params, cfg, tiny_folder, folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(HFFolderError, match=r"modules\.json: module 2 \(2_Dense\) is 'sentence_transformers\.models\.Dense'"):
+        load_hf_model(folder)
+    from boom_jax.export import export_checkpoint
+
+    with pytest.raises(HFFolderError, match="Dense"):
+        export_checkpoint(str(folder), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_remote_code_keys_are_not_copied(tiny_folder, tmp_path):
+    from boom_jax.hf import export_sentence_transformers, load_hf_model
+
+    src = _broken_copy(tiny_folder, tmp_path / "remote", edit_config=lambda c: c.update(
+        auto_map={"AutoModel": "modeling_custom.CustomModel"}, trust_remote_code=True))
+    cfg, params = load_hf_model(src)
+    out = tmp_path / "out"
+    export_sentence_transformers(params, cfg, src, out)
+    exported = json.loads((out / "config.json").read_text())
+    assert "auto_map" not in exported and "trust_remote_code" not in exported
+    assert exported["architectures"] == ["BertModel"]

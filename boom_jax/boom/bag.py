@@ -163,6 +163,22 @@ def _export(model_folder: str, out: str) -> None:
     export_sentence_transformers(params, cfg, tokenizer_dir, out, overwrite=True)
 
 
+def write_bag_card(config: ml_collections.ConfigDict, workdir: str, records: Sequence[dict], merge: dict,
+                   results: dict | None, datasets: Sequence[TrainDataset]) -> None:
+    """DIR/export's README.md and boom.json: the bag's members (ratios, seeds, manifest hashes, dev
+    scores), the merge and the merged model's dev scores."""
+    from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
+    from boom_jax.training.loop import resolve_model_path
+
+    members = [member_entry(r, os.path.join(workdir, "members", r["name"]), workdir, results) for r in records]
+    params = {"method": merge["method"], "weights": merge["weights"],
+              "params": dict(config.bag.get("merge_params", None) or {}), "base": config.bag.get("merge_base", "")}
+    provenance = merged_provenance(config, "merged", datasets, members, params,
+                                   model_dir=resolve_model_path(config.model.path), results=results,
+                                   wall_time_s=sum(r["wall_time_s"] for r in records) + merge["wall_time_s"])
+    write_export_card(os.path.join(workdir, "export"), provenance)
+
+
 def evaluate_bag(config: ml_collections.ConfigDict, workdir: str, models: dict[str, str]) -> dict:
     """Dev scores (built-in in-domain and out-of-domain tasks) of every model, in DIR/eval."""
     from boom_jax.evaluation.runner import evaluate_dev
@@ -247,6 +263,7 @@ def run_bag(config: ml_collections.ConfigDict, workdir: str,
         models.update({r["name"]: r["model"] for r in records})
         models["merged"] = os.path.join(workdir, "merged")
         results = evaluate_bag(config, workdir, models)
+    write_bag_card(config, workdir, records, merge, results, datasets)
     summary = write_summary(workdir, records, results, merge)
     with open(os.path.join(workdir, "summary.md")) as f:
         print(f.read())

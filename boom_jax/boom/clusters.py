@@ -437,6 +437,24 @@ def write_summary(workdir: str, report: dict) -> None:
     os.replace(tmp, os.path.join(workdir, "summary.md"))
 
 
+def _write_card(config: ml_collections.ConfigDict, workdir: str, records: Sequence[dict], clusters: list,
+                datasets: Sequence[TrainDataset], results: dict | None, merge_time: float) -> None:
+    """DIR/export's README.md and boom.json: one member per cluster (its datasets), the merge, dev scores."""
+    from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
+    from boom_jax.training.loop import resolve_model_path
+
+    members = []
+    for k, (record, group) in enumerate(zip(records, clusters)):
+        entry = member_entry(record, os.path.join(workdir, "clusters", f"c{k}"), workdir, results)
+        entry["datasets"] = list(group)
+        members.append(entry)
+    provenance = merged_provenance(
+        config, "cluster", datasets, members, {"method": config.cluster.merge_method}, results=results,
+        model_dir=resolve_model_path(config.model.path),
+        wall_time_s=sum(float(r.get("wall_time_s", 0.0)) for r in records) + merge_time)
+    write_export_card(os.path.join(workdir, "export"), provenance)
+
+
 def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
                       datasets: Sequence[TrainDataset] | None = None) -> dict:
     """Probes, interactions, clusters, one model per cluster, merged and exported; returns the report
@@ -508,6 +526,7 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
         models.update({r["name"]: r["model"] for r in records})
         models["merged"] = merged
         report["scores"] = evaluate_dev(config, models, os.path.join(workdir, "eval"), settings.eval_tasks)
+    _write_card(config, workdir, records, clusters, datasets, report.get("scores"), merge_time)
     write_json(os.path.join(workdir, "clusters.json"), report)
     plot_interactions(names, matrix, z, os.path.join(workdir, "interaction.png"))
     write_summary(workdir, report)

@@ -153,6 +153,7 @@ def run_incremental(config: ml_collections.ConfigDict, workdir: str,
         if "full_retrain" in costs:
             models["full_retrain"] = costs["full_retrain"]["model"]
         results = evaluate_dev(config, models, os.path.join(workdir, "eval"), inc.eval_tasks)
+    _write_card(config, workdir, existing, costs, weights, results, list(old) + list(new), merge_cost)
     means = summarize(results) if results else {}
     summary = {"costs": costs, "merge": {"method": inc.merge_method, "weights": weights,
                                          "wall_time_s": merge_cost},
@@ -163,6 +164,29 @@ def run_incremental(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, "summary.md")) as f:
         print(f.read())
     return summary
+
+
+def _write_card(config: ml_collections.ConfigDict, workdir: str, existing: str, costs: dict, weights: list,
+                results: dict | None, datasets: Sequence[TrainDataset], merge_cost: float) -> None:
+    """DIR/export's README.md and boom.json: the existing and update models, the merge, dev scores."""
+    from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
+    from boom_jax.training.loop import resolve_model_path
+
+    update = costs["update"]
+    members = [member_entry({"name": "existing", **costs.get("existing", {})},
+                            os.path.dirname(os.path.normpath(existing)) if "existing" in costs else None, workdir, results),
+               member_entry({"name": "update", **update}, os.path.join(workdir, "update"), workdir, results)]
+    members[0].setdefault("model", existing)
+    history = os.path.join(workdir, HISTORY_FILE)
+    if os.path.exists(history):  # the update model saw this historical subset plus the new datasets
+        from boom_jax.training.provenance import file_sha256
+
+        members[1].update(manifest=HISTORY_FILE, manifest_sha256=file_sha256(history))
+    provenance = merged_provenance(
+        config, "incremental", datasets, members, {"method": config.incremental.merge_method, "weights": weights},
+        model_dir=resolve_model_path(config.model.path), results=results, label="incremental",
+        wall_time_s=float(update.get("wall_time_s", 0.0)) + merge_cost)
+    write_export_card(os.path.join(workdir, "export"), provenance)
 
 
 def _write_markdown(workdir: str, summary: dict) -> None:

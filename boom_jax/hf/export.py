@@ -2,7 +2,8 @@
 
 The folder holds model.safetensors, config.json, the tokenizer files, modules.json,
 sentence_bert_config.json, 1_Pooling/config.json, 2_Normalize/ (when normalize),
-config_sentence_transformers.json (prompts, cosine similarity) and a README.md model card.
+config_sentence_transformers.json (prompts, the model's similarity function), the README.md model
+card and boom.json (provenance; boom_jax.hf.model_card).
 It is written to a temporary sibling folder and renamed into place only when complete.
 """
 
@@ -15,11 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from boom_jax.hf.st_folder import write_st_files
+from boom_jax.atomic_io import write_json
+from boom_jax.hf.model_card import write_card_files
+from boom_jax.hf.st_folder import read_json, write_st_files
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.registry import get_arch
 
 Params = dict[str, Any]
+# config.json / tokenizer_config.json keys that point transformers at code in the source repository.
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
 
 
 def flax_to_hf(params: Params, cfg: ModelConfig) -> dict[str, np.ndarray]:
@@ -40,33 +45,10 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
             raise FileExistsError(f"output folder {out_dir!r} is not empty (pass overwrite=True to replace it)")
 
 
-def model_card(cfg: ModelConfig) -> str:
-    """A short README.md describing the exported model and how to load it."""
-    prompts = "\n".join(f"- `{k}`: `{v!r}`" for k, v in sorted(cfg.prompts.items())) or "- (none)"
-    return f"""---
-library_name: sentence-transformers
-pipeline_tag: sentence-similarity
-tags:
-- sentence-transformers
-- feature-extraction
-- boom_jax
----
-
-# Text embedding model (exported by boom_jax)
-
-- Architecture: `{cfg.arch}`, {cfg.num_hidden_layers} layers, hidden size {cfg.hidden_size}
-- Embedding dimension: {cfg.embedding_dim}; pooling: `{cfg.pooling}`; L2-normalized: {cfg.normalize}
-- Max sequence length: {cfg.max_seq_length}; similarity: cosine
-
-Prompts:
-{prompts}
-
-```python
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer("path/to/this/folder")
-embeddings = model.encode(["A first sentence", "A second one"])
-```
-"""
+def strip_remote_code(hf_config: dict[str, Any]) -> dict[str, Any]:
+    """config.json without the keys that make transformers run code from the source repository
+    (the exported weights load into transformers' own classes)."""
+    return {k: v for k, v in hf_config.items() if k not in REMOTE_CODE_KEYS}
 
 
 def export_sentence_transformers(
@@ -75,10 +57,12 @@ def export_sentence_transformers(
     tokenizer_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     overwrite: bool = False,
+    provenance: dict[str, Any] | None = None,
 ) -> str:
     """Write the HF + sentence-transformers folder for (params, cfg) to `out_dir`; returns its path.
 
-    Refuses a non-empty `out_dir` unless overwrite=True; then the old folder is replaced only once
+    `provenance`: how the model was made (boom_jax.hf.model_card), rendered into README.md and
+    written as boom.json. Refuses a non-empty `out_dir` unless overwrite=True; then the old folder is replaced only once
     the new one is complete. Nothing is left behind when anything fails.
     """
     from safetensors.numpy import save_file
@@ -88,7 +72,7 @@ def export_sentence_transformers(
     out_dir = os.path.abspath(os.fspath(out_dir))
     _check_out_dir(out_dir, overwrite)
     tensors = flax_to_hf(params, cfg)
-    hf_config = get_arch(cfg.arch).config_to_hf(cfg)
+    hf_config = strip_remote_code(get_arch(cfg.arch).config_to_hf(cfg))
     tokenizer = load_tokenizer(tokenizer_dir)
     tokenizer.model_max_length = cfg.max_seq_length
     tokenizer.padding_side = cfg.padding_side
@@ -104,14 +88,22 @@ def export_sentence_transformers(
             json.dump(hf_config, f, indent=2, sort_keys=True)
             f.write("\n")
         tokenizer.save_pretrained(tmp)
+        _strip_tokenizer_remote_code(tmp)
         write_st_files(tmp, cfg)
-        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(model_card(cfg))
+        write_card_files(tmp, cfg, provenance)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _strip_tokenizer_remote_code(folder: str) -> None:
+    path = os.path.join(folder, "tokenizer_config.json")
+    if os.path.exists(path):
+        config = read_json(path)
+        if isinstance(config, dict) and any(k in config for k in REMOTE_CODE_KEYS):
+            write_json(path, strip_remote_code(config))
 
 
 def _replace_dir(new: str, target: str) -> None:

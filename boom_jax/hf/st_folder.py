@@ -15,7 +15,7 @@ from typing import Any
 
 from boom_jax.atomic_io import write_json
 from boom_jax.hf.errors import HFFolderError
-from boom_jax.models.config import ModelConfig
+from boom_jax.models.config import SIMILARITY_FUNCTIONS, ModelConfig
 
 _LEGACY_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
@@ -51,6 +51,28 @@ def _pooling_mode(pool_cfg: dict, source: str) -> str:
     return mode
 
 
+# The module kinds a boom_jax model is made of (first the transformer, then pooling, then normalize).
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def check_modules(modules: list, modules_path: str) -> None:
+    """Refuses a module boom_jax would silently drop (Dense, LayerNorm, WordEmbeddings, Router, ...),
+    naming it: exporting without it would change the embeddings."""
+    kinds = []
+    for i, m in enumerate(modules):
+        m = m if isinstance(m, dict) else {"name": repr(m)}
+        type_ = str(m.get("type", ""))
+        kind = type_.rsplit(".", 1)[-1]
+        if kind not in SUPPORTED_MODULES:
+            raise HFFolderError(
+                f"{modules_path}: module {i} ({m.get('path') or m.get('name')}) is "
+                f"{type_ or 'of no type'!r}, which boom_jax cannot load; supported: a Transformer, then Pooling and an "
+                f"optional Normalize")
+        kinds.append(kind)
+    if kinds[:1] != ["Transformer"] or kinds[1:2] != ["Pooling"] or kinds[2:] not in ([], ["Normalize"]):
+        raise HFFolderError(f"{modules_path}: modules {kinds} are not Transformer, Pooling[, Normalize] in that order")
+
+
 def read_st_settings(folder: str) -> dict[str, Any]:
     """ModelConfig fields from the sentence-transformers files present in `folder` (none: {})."""
     out: dict[str, Any] = {}
@@ -59,6 +81,7 @@ def read_st_settings(folder: str) -> dict[str, Any]:
         modules = read_json(modules_path)
         if not isinstance(modules, list):
             raise HFFolderError(f"{modules_path}: expected a JSON list of modules")
+        check_modules(modules, modules_path)
         out["normalize"] = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
         for m in modules:
             if str(m.get("type", "")).endswith("Pooling"):
@@ -79,14 +102,16 @@ def read_st_settings(folder: str) -> dict[str, Any]:
             raise HFFolderError(f"{st_path}: 'prompts' must map names to strings")
         out["prompts"] = dict(prompts)
         sim = st.get("similarity_fn_name")
-        if sim not in (None, "cosine", "dot"):
-            raise HFFolderError(f"{st_path}: similarity_fn_name={sim!r} is not supported (cosine, dot)")
+        if sim not in (None, *SIMILARITY_FUNCTIONS):
+            raise HFFolderError(f"{st_path}: similarity_fn_name={sim!r} is not supported {SIMILARITY_FUNCTIONS}")
+        if sim is not None:
+            out["similarity"] = sim
     return out
 
 
 def write_st_files(folder: str, cfg: ModelConfig) -> None:
     """modules.json, sentence_bert_config.json, 1_Pooling/, 2_Normalize/ (if normalize) and
-    config_sentence_transformers.json (prompts, cosine similarity) for `cfg`."""
+    config_sentence_transformers.json (prompts, `cfg.similarity`) for `cfg`."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -117,6 +142,6 @@ def write_st_files(folder: str, cfg: ModelConfig) -> None:
             "model_type": "SentenceTransformer",
             "prompts": prompts,
             "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
+            "similarity_fn_name": cfg.similarity,
         },
     )

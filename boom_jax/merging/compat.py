@@ -21,7 +21,7 @@ TRAINING_ONLY_FIELDS = frozenset(
     {"dtype", "remat", "dropout", "attention_dropout", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"}
 )
 # Fields of the embedding head: they must agree between the merged models, not with a base.
-HEAD_FIELDS = frozenset({"pooling", "normalize", "max_seq_length", "padding_side", "append_eos", "prompts"})
+HEAD_FIELDS = frozenset({"pooling", "normalize", "max_seq_length", "padding_side", "append_eos", "prompts", "similarity"})
 # The original config.json is not compared: the architecture and its sizes are ModelConfig fields of
 # their own, and config.json differs in bookkeeping between an HF folder and its round trips.
 IGNORED_FIELDS = frozenset({"hf_config"})

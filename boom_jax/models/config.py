@@ -9,6 +9,7 @@ from typing import Any, Mapping
 POOLING_MODES = ("mean", "cls", "lasttoken")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 PADDING_SIDES = ("right", "left")
+SIMILARITY_FUNCTIONS = ("cosine", "dot")  # sentence-transformers' similarity_fn_name values we keep
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,7 @@ class ModelConfig:
     padding_side: str = "right"
     append_eos: bool = False
     prompts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    similarity: str = "cosine"  # how embeddings are compared (sentence-transformers' similarity_fn_name)
     # Runtime.
     dtype: str = "float32"
     remat: bool = False
@@ -72,6 +74,8 @@ class ModelConfig:
             raise ConfigError(
                 f"ModelConfig.padding_side={self.padding_side!r}: expected one of {PADDING_SIDES}"
             )
+        if self.similarity not in SIMILARITY_FUNCTIONS:
+            raise ConfigError(f"ModelConfig.similarity={self.similarity!r}: expected one of {SIMILARITY_FUNCTIONS}")
         if self.hidden_size % self.num_attention_heads and not self.head_dim:
             raise ConfigError(
                 f"ModelConfig.hidden_size={self.hidden_size} is not a multiple of "

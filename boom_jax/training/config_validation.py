@@ -45,6 +45,8 @@ SCHEMA: dict[str, Any] = {
     "eval.every_steps": _INT, "eval.tasks": _STR, "eval.at_end": _BOOL, "eval.batch_size": _INT,
     "eval.max_queries": _INT, "eval.max_documents": _INT, "eval.max_texts": _INT, "eval.max_seq_length": _INT,
     "export.model_folder": _BOOL, "export.sentence_transformers": _BOOL,
+    "export.model_name": _STR, "export.repo_id": _STR, "export.base_model": _STR, "export.license": _STR,
+    "export.language": _STR,
     "log.tensorboard": _BOOL, "log.progress_bar": _BOOL,
 }
 

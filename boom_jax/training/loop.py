@@ -355,6 +355,7 @@ def train(
     from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn, train_state_shardings
 
     validate_config(config, jax.device_count(), schedules=SCHEDULES)
+    run_start = time.time()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -512,7 +513,12 @@ def train(
 
                 final_params = to_host(final_params)
             if is_main:
-                write_outputs(config, workdir, cfg, final_params, tokenizer_dir)
+                from boom_jax.training.provenance import training_provenance
+
+                provenance = training_provenance(config, train_sets, steps=step, wall_time_s=time.time() - run_start,
+                                                 workdir=workdir, model_dir=resolve_model_path(config.model.path),
+                                                 dev_scores=dev_scores)
+                write_outputs(config, workdir, cfg, final_params, tokenizer_dir, provenance)
     finally:
         if bar is not None:
             bar.close()
@@ -523,8 +529,14 @@ def train(
                        preempted=preempted, skipped=int(state["skipped"]), dev_scores=dev_scores)
 
 
-def write_outputs(config: ml_collections.ConfigDict, workdir: str, cfg, params: Any, tokenizer_dir: str) -> None:
-    """DIR/model (a model folder, LoRA folded into the kernels) and DIR/export (sentence-transformers)."""
+def write_outputs(config: ml_collections.ConfigDict, workdir: str, cfg, params: Any, tokenizer_dir: str,
+                  provenance: dict | None = None) -> None:
+    """DIR/model (a model folder, LoRA folded into the kernels), DIR/export (sentence-transformers, with
+    its model card) and DIR/boom.json (`provenance`: how the model was made, when given)."""
+    if provenance is not None:
+        from boom_jax.hf.model_card import PROVENANCE_FILE
+
+        write_json(os.path.join(workdir, PROVENANCE_FILE), provenance)
     params = jax.device_get(params)
     if cfg.lora_rank > 0:
         from boom_jax.models.lora import fold_lora
@@ -538,4 +550,5 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str, cfg, params: 
     if config.export.sentence_transformers:
         from boom_jax.hf import export_sentence_transformers
 
-        export_sentence_transformers(params, cfg, tokenizer_dir, os.path.join(workdir, "export"), overwrite=True)
+        export_sentence_transformers(params, cfg, tokenizer_dir, os.path.join(workdir, "export"), overwrite=True,
+                                     provenance=provenance)
