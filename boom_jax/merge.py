@@ -3,6 +3,10 @@
 Usage:
   python -m boom_jax.merge --method=multislerp --out=DIR [--weights=0.5,0.5] [--base=PATH]
       [--streaming] [--overwrite] [--param=density=0.5 ...] INPUT...
+  python -m boom_jax.merge --recipe=merge.yml --out=DIR [--streaming] [--overwrite]
+
+A recipe is mergekit's YAML format (boom_jax/merging/recipe.py); every merge writes its own as
+DIR/recipe.yml, and running that recipe reproduces the model bit for bit.
 
 INPUT is a model folder, a train workdir (its WORKDIR/model), a bag workdir (every DIR/members/*/) or a
 Hugging Face / sentence-transformers folder. DIR receives a model folder (model_config.json, params/,
@@ -36,6 +40,8 @@ flags.DEFINE_bool("export", True, "Also write the sentence-transformers folder t
 flags.DEFINE_multi_string("param", [], "Method parameter NAME=VALUE (e.g. density=0.5, lambda_=0.8, t=0.3, seed=1).")
 flags.DEFINE_multi_string("include", None, "Merge only parameters whose path fullmatches one of these regexes.")
 flags.DEFINE_multi_string("exclude", None, "Do not merge parameters matching these regexes (copied from --base or the first input).")
+flags.DEFINE_string("recipe", None, "A merge recipe (mergekit's YAML: merge_method, base_model, models with per-model "
+                    "weight/density, parameters); replaces --method, --weights, --base, --param and INPUT.")
 flags.DEFINE_integer("group_mb", 0, "Streaming: MB of tensors read per input at once (0 = the largest tensor).")
 
 
@@ -49,7 +55,10 @@ def parse_params(items: list[str]) -> dict[str, object]:
         try:
             out[name.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            out[name.strip()] = value
+            try:
+                out[name.strip()] = float(value)  # nan, inf: refused by the method's range check
+            except ValueError:
+                out[name.strip()] = value
     return out
 
 
@@ -64,15 +73,23 @@ def parse_weights(items: list[str] | None) -> list[float] | None:
 
 def main(argv: list[str]) -> None:
     inputs = argv[1:]
-    if not inputs:
+    if FLAGS.recipe and (inputs or FLAGS.weights or FLAGS.base or FLAGS.param or FLAGS["method"].present):
+        raise app.UsageError("--recipe holds the models, method, weights, base and parameters: drop INPUT, "
+                             "--method, --weights, --base and --param")
+    if not inputs and not FLAGS.recipe:
         raise app.UsageError("no INPUT models given")
     if not FLAGS.out:
         raise app.UsageError("--out is required")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the way
-    from boom_jax.merging.streaming import merge_models
+    from boom_jax.merging.streaming import merge_models, merge_recipe
 
     try:
+        if FLAGS.recipe:
+            out = merge_recipe(FLAGS.recipe, FLAGS.out, streaming=FLAGS.streaming, export=FLAGS.export,
+                               overwrite=FLAGS.overwrite, group_bytes=FLAGS.group_mb * 2**20 or None)
+            print(f"merged recipe {FLAGS.recipe} into {out}", file=sys.stderr)
+            return
         out = merge_models(
             inputs,
             FLAGS.out,
@@ -89,7 +106,7 @@ def main(argv: list[str]) -> None:
         )
     except (ValueError, FileExistsError) as e:  # bad input: every project error is a ValueError
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
     print(f"merged {len(inputs)} input(s) with {FLAGS.method} into {out}", file=sys.stderr)
 
 

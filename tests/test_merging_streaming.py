@@ -168,7 +168,7 @@ def test_cli_merges_and_exports(tiny_bert_folders, tmp_path, capsys):
     argv = flags.FLAGS(["merge", "--method=linear", f"--out={out}", a, b])
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     assert "not empty" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == before
     flags.FLAGS.unparse_flags()

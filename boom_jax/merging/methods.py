@@ -729,10 +729,13 @@ def check_settings(method: str | MergeMethod, k: int, weights: PatternValue = No
             raise MergeError(f"{m.name}: weights: expected {k} values (one per model), got {w.size}: {list(w)}")
         _check_weight_values(m, w, "")
     for name, value in params.items():
-        PARAM_CHECKS.get(name, lambda n, v: None)(name, value)
-        if name in ("density", "gamma", "epsilon"):
-            for v in pattern_values(value):
-                per_model(v, k, name)
+        try:
+            PARAM_CHECKS.get(name, lambda n, v: None)(name, value)
+            if name in ("density", "gamma", "epsilon"):
+                for v in pattern_values(value):
+                    per_model(v, k, name)
+        except MergeError as e:
+            raise MergeError(f"{m.name}: {e}") from None
     return m
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from boom_jax import model_io
-from boom_jax.merging import compat, methods
+from boom_jax.merging import compat, methods, recipe
 from boom_jax.models.config import ModelConfig
 
 EXPORT_DIR = "export"
@@ -194,9 +194,12 @@ def merge_models(
     cfg = sources[0].cfg
     tokenizer_dir = next((s.tokenizer_dir for s in sources if s.tokenizer_dir), None)
     readme = _readme(method, paths, weights, base, params)
+    recipe_yml = recipe.recipe_text(method, paths, weights, base, include, exclude, params)
     tmp = model_io.temp_sibling(out_dir)
     try:
         model_io.write_model_files(tmp, cfg, tokenizer_dir, readme)
+        with open(os.path.join(tmp, recipe.RECIPE_FILE), "w") as f:
+            f.write(recipe_yml)
         model_io.write_params(os.path.join(tmp, model_io.PARAMS_DIR), merged)
         if export:
             if tokenizer_dir is None:
@@ -211,6 +214,24 @@ def merge_models(
         os.rmdir(out_dir)
     model_io.publish(tmp, out_dir, overwrite)
     return out_dir
+
+
+def merge_recipe(
+    recipe_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    streaming: bool = True,
+    export: bool = False,
+    overwrite: bool = False,
+    group_bytes: int | None = None,
+    progress: bool = True,
+) -> str:
+    """Runs a merge recipe (mergekit's YAML format, see recipe.py) into the model folder `out_dir`."""
+    parsed = recipe.read_recipe(recipe_path)
+    first = open_source(parsed.members[0])
+    weights, params = recipe.merge_settings(parsed, list(first.specs()), first.cfg)
+    return merge_models(parsed.members, out_dir, parsed.method, weights=weights, base=parsed.base,
+                        include=parsed.include, exclude=parsed.exclude, streaming=streaming, export=export,
+                        overwrite=overwrite, group_bytes=group_bytes, progress=progress, **params)
 
 
 def _readme(method: str, paths: Sequence[str], weights: Any, base: Any, params: dict) -> str:
