@@ -15,6 +15,8 @@ import tempfile
 
 from absl import app, flags
 
+from boom_jax import cli
+
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Declares the command-line flags (only when run as a program, so importing stays side-effect free)."""
@@ -88,9 +90,10 @@ def encode_file(model: str, input_path: str, output: str, prompt_name: str | Non
     return output
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    f = flags.FLAGS
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = flag_values
     for name in ("model", "input", "output"):
         if not getattr(f, name):
             raise app.UsageError(f"--{name} is required")
@@ -101,4 +104,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

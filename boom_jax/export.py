@@ -11,6 +11,9 @@ import os
 
 from absl import app, flags
 
+from boom_jax import cli
+from boom_jax.preflight import check_out_not_inside, check_writable_folder
+
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Declares the command-line flags (only when run as a program, so importing stays side-effect free)."""
@@ -22,20 +25,25 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def export_checkpoint(checkpoint: str, out: str, overwrite: bool = False) -> str:
     """Load `checkpoint` and write its HF + sentence-transformers folder to `out`; returns `out`."""
     from boom_jax.hf.export import export_sentence_transformers
-    from boom_jax.model_io import load_model
+    from boom_jax.model_io import ModelFolderError, load_model, resolve_model_folder, tokenizer_dir_of
 
     out = os.path.abspath(out)
+    check_out_not_inside(out, {"--checkpoint": checkpoint})
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise FileExistsError(f"output folder {out!r} is not empty (pass --overwrite to replace it)")
+    check_writable_folder(out, "--out")
+    folder = resolve_model_folder(checkpoint)  # a missing or unrecognized path fails before any weight is read
+    if tokenizer_dir_of(folder or checkpoint) is None:
+        raise ModelFolderError(f"{checkpoint}: the model has no tokenizer files to export (looked for "
+                               f"tokenizer.json / tokenizer_config.json in {folder or checkpoint} and its tokenizer/)")
     cfg, params, tokenizer_dir = load_model(checkpoint)
-    if tokenizer_dir is None:
-        raise ValueError(f"{checkpoint}: the model has no tokenizer files to export")
     return export_sentence_transformers(params, cfg, tokenizer_dir, out, overwrite=overwrite)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    f = flags.FLAGS
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = flag_values
     if not f.checkpoint or not f.out:
         raise app.UsageError("--checkpoint and --out are required")
     print(f"exported to {export_checkpoint(f.checkpoint, f.out, f.overwrite)}")
@@ -43,4 +51,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

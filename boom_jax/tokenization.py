@@ -13,19 +13,43 @@ from typing import Sequence
 import numpy as np
 
 
+# Files one of which a folder must hold for transformers to build its real tokenizer. Without them
+# AutoTokenizer silently builds an empty tokenizer of the special tokens only (every text -> [UNK]).
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                         "sentencepiece.bpe.model")
+MIN_VOCAB_SIZE = 32  # fewer tokens than this is a special-tokens-only tokenizer, not a real one
+
+
+class TokenizerError(ValueError):
+    """A folder without a usable tokenizer; the message names the folder and the files looked for."""
+
+
+def check_tokenizer_folder(path: str | os.PathLike) -> None:
+    """Refuses a folder holding none of TOKENIZER_VOCAB_FILES (checked before any weight is read)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer folder {path!r} does not exist")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_VOCAB_FILES):
+        raise TokenizerError(
+            f"{path}: no tokenizer files (looked for {', '.join(TOKENIZER_VOCAB_FILES)}); copy the model's "
+            f"tokenizer files into this folder or point the model path at a folder that has them")
+
+
 def load_tokenizer(path: str | os.PathLike):
     """The folder's fast tokenizer (transformers.PreTrainedTokenizerFast), never from the hub."""
     from transformers import AutoTokenizer
 
     path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"tokenizer folder {path!r} does not exist")
+    check_tokenizer_folder(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
     except Exception as e:  # transformers raises several types for an unreadable folder
-        raise ValueError(f"{path}: cannot load a tokenizer from this folder ({e})") from e
+        raise TokenizerError(f"{path}: cannot load a tokenizer from this folder ({e})") from e
     if not getattr(tok, "is_fast", False):
-        raise ValueError(f"{path}: only fast tokenizers (tokenizer.json) are supported")
+        raise TokenizerError(f"{path}: only fast tokenizers (tokenizer.json) are supported")
+    if len(tok) < MIN_VOCAB_SIZE:
+        raise TokenizerError(f"{path}: the tokenizer has only {len(tok)} tokens (special tokens only?); "
+                             f"check its files ({', '.join(TOKENIZER_VOCAB_FILES)})")
     return tok
 
 

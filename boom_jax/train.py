@@ -32,6 +32,7 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from boom_jax import cli
 from boom_jax.training.config_validation import ConfigError, check_override_keys
 
 FLAGS = flags.FLAGS
@@ -66,41 +67,36 @@ def parse_config(argv: Sequence[str]):
     return flag_values.config
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+    """Runs what the parsed flags say: a dry run, a workflow (bag, incremental, cluster) or one training run."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
+    if not ("verbosity" in flag_values and flag_values["verbosity"].present):
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 shows them
     from boom_jax.training.compile_cache import enable_compilation_cache
-    from boom_jax.training.distributed import DistributedInitError, maybe_initialize
-    from boom_jax.training.loop import NonFiniteLossError, train
+    from boom_jax.training.distributed import maybe_initialize
+    from boom_jax.training.loop import train
 
     enable_compilation_cache()  # later runs and bag members with the same shapes skip recompiling
-    try:
-        maybe_initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        if FLAGS.dry_run:
-            from boom_jax.training.dry_run import dry_run, format_report
+    maybe_initialize(flag_values.distributed, flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
+    if flag_values.dry_run:
+        from boom_jax.training.dry_run import dry_run, format_report
 
-            report = dry_run(FLAGS.config)
-            print(format_report(report))
-            if not report.get("fits", True):
-                sys.exit(1)
+        report = dry_run(flag_values.config)
+        print(format_report(report))
+        if not report.get("fits", True):
+            sys.exit(1)
+        return
+    from boom_jax.boom.bag import run_bag
+    from boom_jax.boom.clusters import run_cluster_merge
+    from boom_jax.boom.incremental import run_incremental
+
+    # A config section that turns the run into a whole workflow, and the function that runs it.
+    for section, workflow in (("bag", run_bag), ("incremental", run_incremental), ("cluster", run_cluster_merge)):
+        if section in flag_values.config:
+            workflow(flag_values.config, flag_values.workdir)
             return
-        from boom_jax.boom.bag import BagConfigError, run_bag
-        from boom_jax.boom.clusters import ClusterConfigError, run_cluster_merge
-        from boom_jax.boom.incremental import IncrementalConfigError, run_incremental
-
-        # A config section that turns the run into a whole workflow, and the function that runs it.
-        for section, workflow in (("bag", run_bag), ("incremental", run_incremental), ("cluster", run_cluster_merge)):
-            if section in FLAGS.config:
-                try:
-                    workflow(FLAGS.config, FLAGS.workdir)
-                except (BagConfigError, IncrementalConfigError, ClusterConfigError) as err:
-                    sys.exit(f"error: {err}")
-                return
-        result = train(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, NonFiniteLossError, DistributedInitError) as err:
-        sys.exit(f"error: {err}")
+    result = train(flag_values.config, flag_values.workdir)
     if result.preempted:
         print(f"preempted at step {result.steps}/{result.total_steps}; checkpoint saved in {result.workdir}. "
               f"Re-run the same command to resume.")
@@ -109,13 +105,14 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
+    """The command: every bad input (flags, config, data, model folders) one line and exit code 2."""
     try:
         check_override_keys(sys.argv)
     except ConfigError as err:
-        sys.exit(f"error: {err}")
+        sys.exit(cli.report(err))
     define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

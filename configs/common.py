@@ -43,7 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = "builtin"  # "builtin" | "files"
     c.data.names = ""  # comma-separated built-in dataset names; "" = all
     c.data.limit = 0  # examples per dataset; 0 = all
-    # source "files": name -> {path, task_type, in_batch_negatives, instruction, limit}
+    # Bad records: "raise" stops at the first one (file:line: field), "skip" drops and counts them by
+    # reason (metrics data/skipped/*, WORKDIR/data_report.json); a dataset's own on_error wins
+    c.data.on_error = "raise"
+    # source "files": name -> {path, task_type, in_batch_negatives, instruction, limit, on_error}
     c.data.datasets = ml_collections.ConfigDict()
     c.data.train_group_size = 8  # 1 positive + 7 hard negatives
     c.data.query_max_len = 512

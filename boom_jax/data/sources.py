@@ -16,6 +16,7 @@ from typing import Any
 
 from boom_jax.data.records import Example, TrainDataset
 from boom_jax.data.validation import (
+    ON_ERROR_MODES,
     DataError,
     DuplicateFilter,
     LoadReport,
@@ -45,6 +46,7 @@ class DatasetSpec:
     hard_negatives: negatives per group (group size = 1 + hard_negatives); None = the batcher's default.
     instruction: the query instruction, prepended to every query whose record has no "prompt".
     limit: keep at most this many examples (the first ones); None or 0 = all.
+    on_error: "raise" | "skip" for this dataset's bad records; None = the caller's (config.data.on_error).
     """
 
     path: str
@@ -56,6 +58,7 @@ class DatasetSpec:
     hard_negatives: int | None = None
     instruction: str = ""
     limit: int | None = None
+    on_error: str | None = None
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any], where: str = "dataset") -> "DatasetSpec":
@@ -84,6 +87,8 @@ class DatasetSpec:
             raise ValueError(f"{where}.hard_negatives: expected an int >= 0, got {self.hard_negatives!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 0):
             raise ValueError(f"{where}.limit: expected an int >= 0 (0 = all), got {self.limit!r}")
+        if self.on_error is not None and self.on_error not in ON_ERROR_MODES:
+            raise ValueError(f"{where}.on_error: expected one of {ON_ERROR_MODES}, got {self.on_error!r}")
 
 
 def parse_dataset_specs(config: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]]) -> list[DatasetSpec]:
@@ -333,6 +338,7 @@ def load_dataset_spec(spec: DatasetSpec, on_error: str = "raise", report: LoadRe
     """The TrainDataset(s) of one spec: one per file for an unnamed JSONL folder or glob, else one."""
     check_on_error(on_error)
     spec.check()
+    on_error = spec.on_error or on_error  # the dataset's own setting wins
     report = report if report is not None else LoadReport()
     if _resolve_format(spec) == "hf":
         name = spec.name or dataset_name_from_file(spec.path.rstrip("/").split(":")[-1])

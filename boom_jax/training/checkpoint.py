@@ -11,7 +11,10 @@ every restore accepts target shardings, so a run can resume on a different mesh.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -19,6 +22,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints_damaged"  # unreadable steps are moved here (kept for inspection, out of Orbax's way)
+
+log = logging.getLogger("boom_jax.train")
+
+
+class CheckpointError(RuntimeError):
+    """No intact checkpoint to resume from (the message lists each step and why it is unreadable)."""
 ITEMS = ("params", "train_state", "data", "config")
 
 
@@ -66,13 +76,13 @@ class TrainCheckpointer:
     def __init__(self, workdir: str, every_steps: int = 500, keep: int = 3, async_save: bool = True):
         self.directory = checkpoint_dir(workdir)
         self.every_steps = every_steps
-        options = ocp.CheckpointManagerOptions(
+        self._options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, item_handlers=_handlers(), options=options)
+        self.manager = ocp.CheckpointManager(self.directory, item_handlers=_handlers(), options=self._options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -121,6 +131,47 @@ class TrainCheckpointer:
         state = {"params": restored["params"], **rest}
         return state, restored["data"], restored["config"]
 
+    def restore_intact(self, target_state: dict) -> tuple[int, dict, dict, dict] | None:
+        """(step, state, data_state, config) of the newest step that restores completely, or None when
+        there is no checkpoint. A damaged step (truncated or zeroed file, missing item) is reported
+        with its reason, moved to WORKDIR/checkpoints_damaged/, and the previous step is tried; when
+        every step is damaged, CheckpointError lists them all."""
+        damaged = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                with _quiet_failed_reads():
+                    state, data_state, config = self.restore(target_state, step)
+                if not isinstance(data_state, dict) or not isinstance(config, dict):
+                    raise ValueError("the data or config item is not a JSON object")
+            except Exception as err:  # Orbax / TensorStore raise many types for damaged files
+                reason = damage_reason(err)
+                damaged.append(f"step {step}: {reason}")
+                _DROP_ASYNCIO_NOISE.paths.add(os.path.join(self.directory, str(step)))
+                moved = self._set_aside(step)
+                log.warning("checkpoint step %d in %s is damaged (%s); moved to %s, trying the previous step",
+                            step, self.directory, reason, moved)
+                continue
+            if damaged:
+                log.warning("resuming from step %d, the newest intact checkpoint (damaged: %s)", step, "; ".join(damaged))
+            return step, state, data_state, config
+        if damaged:
+            raise CheckpointError(f"{self.directory}: no intact checkpoint to resume from ({'; '.join(damaged)}); "
+                                  f"the damaged steps are in {os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)}. "
+                                  f"Remove the workdir's checkpoints/ to start over")
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        """Moves a damaged step out of checkpoints/ (and reopens the manager, whose step list changed)."""
+        self.manager.close()
+        target_root = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+        os.makedirs(target_root, exist_ok=True)
+        target = os.path.join(target_root, str(step))
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.rename(os.path.join(self.directory, str(step)), target)
+        self.manager = ocp.CheckpointManager(self.directory, item_handlers=_handlers(), options=self._options)
+        return target
+
     def wait(self) -> None:
         """Block until every pending asynchronous save is written and finalized."""
         self.manager.wait_until_finished()
@@ -130,6 +181,66 @@ class TrainCheckpointer:
         self.manager.close()
 
 
+class _AsyncioNoiseFilter(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" records about reads of a damaged step
+    (already reported in one warning)."""
+
+    def __init__(self):
+        super().__init__()
+        self.paths: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("never retrieved" in message and any(p in message for p in self.paths))
+
+
+_DROP_ASYNCIO_NOISE = _AsyncioNoiseFilter()
+logging.getLogger("asyncio").addFilter(_DROP_ASYNCIO_NOISE)
+_NOISE_MARKERS = ("Event loop is closed", "call_soon_threadsafe", "_check_closed", "Traceback (most recent call last)")
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    """Captures what is written to file descriptor 2 during a restore. When the restore fails on a
+    damaged file, TensorStore's other in-flight reads finish after Orbax's event loop has closed and
+    each prints an "Event loop is closed" traceback from C: those lines are dropped (after a short
+    drain), everything else is written back to stderr."""
+    import sys
+    import tempfile
+    import time
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            time.sleep(0.5)  # let the in-flight reads report into the capture
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace")
+            if failed:
+                text = "".join(line for line in text.splitlines(keepends=True)
+                               if not any(m in line for m in _NOISE_MARKERS))
+            if text:
+                sys.stderr.write(text)
+
+
+def damage_reason(err: BaseException) -> str:
+    """A short, one-line reason from a failed restore (the first line of the innermost message)."""
+    while err.__cause__ is not None and not str(err).strip():
+        err = err.__cause__
+    text = " ".join((str(err).strip().splitlines() or [""])[0].split())
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
 def latest_step(workdir: str) -> int | None:
     """The newest complete checkpoint step of a workdir, or None."""
     if not os.path.isdir(checkpoint_dir(workdir)):
@@ -137,6 +248,27 @@ def latest_step(workdir: str) -> int | None:
     manager = _read_only_manager(checkpoint_dir(workdir))
     try:
         return manager.latest_step()
+    finally:
+        manager.close()
+
+
+def saved_config(workdir: str) -> tuple[int, dict] | None:
+    """(latest step, its config item) without reading any array; None when there is no readable one
+    (no checkpoint, or a damaged config item: the restore then falls back and checks again)."""
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return None
+    try:
+        manager = _read_only_manager(checkpoint_dir(workdir))
+    except Exception:  # an unreadable checkpoints/ folder: the restore reports it
+        return None
+    try:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        return (step, config) if isinstance(config, dict) else None
+    except Exception:  # damaged: restore_intact will say which step and why
+        return None
     finally:
         manager.close()
 

@@ -13,9 +13,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A training config that cannot run; the message names the key."""
+from boom_jax.errors import ConfigError  # the project's one ConfigError (re-exported here)
 
 
 _STR, _INT, _FLOAT, _BOOL, _DICT = str, int, (int, float), bool, "dict"
@@ -28,7 +26,7 @@ SCHEMA: dict[str, Any] = {
     "model.normalize": _BOOL, "model.dtype": _STR, "model.remat": _BOOL, "model.dropout": _FLOAT,
     "model.lora_rank": _INT, "model.lora_alpha": _FLOAT, "model.lora_dropout": _FLOAT,
     "model.lora_targets": _STR, "model.query_prompt_template": _STR,
-    "data.source": _STR, "data.names": _STR, "data.limit": _INT, "data.datasets": _DICT,
+    "data.source": _STR, "data.names": _STR, "data.limit": _INT, "data.on_error": _STR, "data.datasets": _DICT,
     "data.train_group_size": _INT, "data.query_max_len": _INT, "data.passage_max_len": _INT, "data.fixed_length": _BOOL,
     "data.schedule": _STR, "data.two_stage_first": _STR, "data.subset_ratio": _FLOAT, "data.subset_seed": _INT, "data.token_cache_dir": _STR,
     "train.batch_size": _INT, "train.grad_cache_chunk": _INT, "train.learning_rate": _FLOAT,
@@ -57,6 +55,7 @@ CHOICES = {
     "model.pooling": ("", "mean", "cls", "lasttoken"),
     "model.dtype": ("float32", "bfloat16"),
     "data.source": ("builtin", "files"),
+    "data.on_error": ("raise", "skip"),
     "train.lr_schedule": ("linear", "cosine", "constant"),
     "train.dropout_rng": ("rbg", "unsafe_rbg", "threefry"),
 }

@@ -25,6 +25,7 @@ import numpy as np
 
 from boom_jax.atomic_io import write_json
 from boom_jax.data.records import EvalTask, TrainDataset
+from boom_jax.data.validation import LoadReport
 from boom_jax.training.checkpoint import TrainCheckpointer
 from boom_jax.training.config_validation import ConfigError, check_combinations, validate_config
 from boom_jax.training.metrics import MetricsWriter
@@ -42,6 +43,8 @@ CPU_PEAK_FLOPS_PER_CORE = 50e9  # fallback when /proc/cpuinfo cannot be read
 
 class NonFiniteLossError(RuntimeError):
     """Too many steps in a row had a non-finite loss or gradient."""
+
+    exit_code = 1  # the commands report it in one line; a failed run, not bad input (boom_jax.cli)
 
 
 @dataclasses.dataclass
@@ -96,6 +99,7 @@ def load_model_for_training(config: ml_collections.ConfigDict, rng: jax.Array):
     from boom_jax.model_io import load_model, tokenizer_dir_of
 
     path = resolve_model_path(config.model.path)
+    check_model_tokenizer(config, path)  # before any weight is read: no tokenizer = no run
     overrides = runtime_overrides(config)
     if config.model.random_init:
         from boom_jax.hf.loader import config_from_folder
@@ -123,6 +127,19 @@ def load_model_for_training(config: ml_collections.ConfigDict, rng: jax.Array):
             params = add_lora_params(params, cfg, jax.random.fold_in(rng, 2))
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     return cfg, params, tokenizer_dir
+
+
+def check_model_tokenizer(config: ml_collections.ConfigDict, path: str) -> None:
+    """The folder the run's tokenizer comes from holds tokenizer files (else transformers would build a
+    special-tokens-only tokenizer and the run would train on [UNK]); errors name config.model.path."""
+    from boom_jax.model_io import resolve_model_folder, tokenizer_dir_of
+    from boom_jax.tokenization import check_tokenizer_folder
+
+    folder = path if config.model.random_init else (resolve_model_folder(path) or path)
+    try:
+        check_tokenizer_folder(tokenizer_dir_of(folder) or folder)
+    except ValueError as e:
+        raise ConfigError(f"config.model.path={config.model.path!r}: {e}") from None
 
 
 def random_params(cfg, seed: int) -> dict:
@@ -211,14 +228,18 @@ def apply_query_template(datasets: Sequence[TrainDataset], template: str) -> lis
     return out
 
 
-def load_train_datasets(config: ml_collections.ConfigDict) -> list[TrainDataset]:
-    """The datasets named by config.data (the built-in corpus or files / HF datasets)."""
+def load_train_datasets(config: ml_collections.ConfigDict, report: LoadReport | None = None) -> list[TrainDataset]:
+    """The datasets named by config.data (the built-in corpus or files / HF datasets). `report` receives
+    what config.data.on_error="skip" (or a dataset's own on_error) dropped, by reason, and the duplicates."""
     limit = config.data.limit or None
     if config.data.source == "builtin":
         from boom_jax.data.builtin import builtin_train_datasets
 
         names = [n.strip() for n in config.data.names.split(",") if n.strip()] or None
-        return builtin_train_datasets(names=names, limit=limit)
+        try:
+            return builtin_train_datasets(names=names, limit=limit)
+        except KeyError as e:
+            raise ConfigError(f"config.data.names={config.data.names!r}: {e.args[0]}") from None
     from boom_jax.data.sources import load_datasets
 
     specs = {}
@@ -227,15 +248,22 @@ def load_train_datasets(config: ml_collections.ConfigDict) -> list[TrainDataset]
         if not spec.get("limit"):
             spec["limit"] = limit
         specs[name] = spec
-    return load_datasets(specs)
+    report = LoadReport() if report is None else report
+    datasets = load_datasets(specs, on_error=config.data.on_error, report=report)
+    if report.num_skipped or report.duplicate_pairs:
+        log.warning("training data: %s", report.summary().replace("\n", "\n  "))
+    return datasets
 
 
-def prepare_datasets(config, workdir: str, datasets, subset) -> list[TrainDataset]:
-    """Loaded (or given) datasets, restricted to the member's subset, with query prompts applied."""
+def prepare_datasets(config, workdir: str, datasets, subset, report: LoadReport | None = None) -> list[TrainDataset]:
+    """Loaded (or given) datasets, checked (boom_jax.training.data_checks), restricted to the member's
+    subset, with query prompts applied. `report` receives the loading counts when the data is loaded here."""
     from boom_jax.data.sampling import SubsetManifest, sample_subsets
+    from boom_jax.training.data_checks import check_subset_sizes, check_train_datasets
 
     if datasets is None:
-        datasets = load_train_datasets(config)
+        datasets = load_train_datasets(config, report)
+    check_train_datasets(config, datasets, report)
     if subset is None and config.data.subset_ratio < 1.0:
         subset = sample_subsets(datasets, config.data.subset_ratio, config.data.subset_seed)
     if subset is not None:
@@ -244,6 +272,7 @@ def prepare_datasets(config, workdir: str, datasets, subset) -> list[TrainDatase
         if jax.process_index() == 0:
             subset.save(os.path.join(workdir, "subset_manifest.json"))
         datasets = subset.apply(datasets)
+        check_subset_sizes(config, datasets)
     return apply_query_template(datasets, config.model.query_prompt_template)
 
 
@@ -320,6 +349,47 @@ def _mesh_spec(config) -> tuple[tuple[str, int], ...]:
     return (("data", config.mesh.data), ("fsdp", config.mesh.fsdp), ("tensor", config.mesh.tensor))
 
 
+def write_data_report(writer: MetricsWriter, workdir: str, report: LoadReport, is_main: bool) -> None:
+    """Loading counts as step-0 metrics (data/loaded, data/skipped/<reason>, data/duplicate_pairs) and
+    WORKDIR/data_report.json (the run summary of what was kept and dropped)."""
+    writer.write(0, {"data/loaded": float(report.loaded), "data/skipped": float(report.num_skipped),
+                     "data/duplicate_pairs": float(report.duplicate_pairs),
+                     **{f"data/skipped/{reason}": float(n) for reason, n in report.skipped.items()}})
+    if is_main:
+        write_json(os.path.join(workdir, "data_report.json"), {
+            "loaded": report.loaded, "skipped": dict(report.skipped), "first_errors": report.first_errors,
+            "duplicate_pairs": report.duplicate_pairs, "duplicate_examples": report.duplicate_examples,
+            "summary": report.summary()})
+
+
+def apply_resume_changes(config: ml_collections.ConfigDict, workdir: str, step: int, saved_config: dict,
+                         state: dict, schedule, total_steps: int):
+    """(state, lr schedule) for a resume: refuses changed keys that fix the run (resume_rules); a new run
+    length rebuilds the schedule in the optimizer state (warmup kept, decay ending at the new last step)
+    and the one used for logging; every change that takes effect is logged."""
+    from boom_jax.training.optim import make_schedule
+    from boom_jax.training.resume_rules import check_resume_config, rebuild_schedule, schedule_numbers
+
+    changes = check_resume_config(saved_config, config_to_dict(config), workdir, step)
+    if step > total_steps:
+        raise ConfigError(f"{workdir}: the checkpoint is at step {step}, past the new run length of {total_steps} "
+                          f"steps (config.train.max_steps / config.train.epochs); lengthen the run or use a new "
+                          f"--workdir")
+    for key, old, new in changes:
+        log.warning("resuming at step %d with config.%s changed from %r to %r: takes effect from here", step, key,
+                    old, new)
+    numbers = schedule_numbers(state["opt_state"])
+    if numbers is not None and numbers[1] != total_steps:
+        warmup, old_total = numbers
+        state = dict(state, opt_state=rebuild_schedule(state["opt_state"], total_steps))
+        schedule = make_schedule(config.train.learning_rate, total_steps, min(warmup, total_steps),
+                                 config.train.lr_schedule)
+        log.warning("resuming at step %d: the run now has %d steps (was %d); the learning-rate schedule is rebuilt "
+                    "to decay until step %d (warmup stays %d steps; lr now %.3g)", step, total_steps, old_total,
+                    total_steps, warmup, float(schedule(max(step - int(state['skipped']), 0))))
+    return state, schedule
+
+
 def schedule_options(config: ml_collections.ConfigDict, train_sets: Sequence[TrainDataset]) -> dict[str, Any]:
     """The batch schedule's options from the config: data.two_stage_first -> the two_stage stages
     (checked against the datasets here, so a bad entry is an error naming the key before any work)."""
@@ -342,6 +412,59 @@ def train(
     eval_tasks: Sequence[EvalTask] | None = None,
 ) -> TrainResult:
     """Train (or resume) one model as `config` says, writing everything into `workdir`.
+
+    Before any work: the config is validated, the workdir must be writable and free (WORKDIR/.lock
+    names the run holding it; a second run is refused), the model folder must hold tokenizer files,
+    and a resume must keep the keys that fix the run (boom_jax.training.resume_rules). Stale `*.tmp-*`
+    entries of killed writes are removed. A new workdir that fails on bad input is removed again.
+    `datasets` replaces the datasets config.data would load; `subset` (a SubsetManifest) restricts
+    them to one bag member's examples; `eval_tasks` replaces the built-in dev retrieval tasks.
+    """
+    import shutil
+
+    from boom_jax.data.schedules import SCHEDULES
+    from boom_jax.preflight import check_writable_folder
+    from boom_jax.training.checkpoint import saved_config
+    from boom_jax.training.resume_rules import check_resume_config
+    from boom_jax.training.workdir_lock import WorkdirLock, remove_stale_temp
+
+    validate_config(config, jax.device_count(), schedules=SCHEDULES)
+    workdir = os.path.abspath(workdir)
+    check_writable_folder(workdir, "--workdir")
+    check_model_tokenizer(config, resolve_model_path(config.model.path))
+    created = not os.path.exists(workdir)
+    lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+    try:
+        if lock is not None:
+            removed = remove_stale_temp(workdir)
+            if removed:
+                log.warning("removed %d stale temporary file(s) of an interrupted write in %s: %s", len(removed),
+                            workdir, ", ".join(removed))
+        saved = saved_config(workdir)
+        if saved is not None:  # refuse a changed run before loading anything (checked again after restore)
+            check_resume_config(saved[1], config_to_dict(config), workdir, saved[0])
+        return _train_locked(config, workdir, datasets, subset, eval_tasks)
+    except (ValueError, OSError):
+        ckpt_dir = os.path.join(workdir, "checkpoints")
+        trained = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+        if created and lock is not None and not trained:  # bad input on a new workdir: leave nothing behind
+            lock.release()
+            lock = None
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    datasets: Sequence[TrainDataset] | None,
+    subset: Any,
+    eval_tasks: Sequence[EvalTask] | None,
+) -> TrainResult:
+    """The run itself, once `train` holds the workdir.
 
     `datasets` replaces the datasets config.data would load; `subset` (a SubsetManifest) restricts
     them to one bag member's examples; `eval_tasks` replaces the built-in dev retrieval tasks.
@@ -367,7 +490,8 @@ def train(
         write_json(os.path.join(workdir, "config.json"), config_to_dict(config))
 
     # Data.
-    train_sets = prepare_datasets(config, workdir, datasets, subset)
+    data_report = LoadReport() if datasets is None else None
+    train_sets = prepare_datasets(config, workdir, datasets, subset, data_report)
     tokenizer = load_tokenizer(tokenizer_dir)
     max_len = cfg.max_position_embeddings if cfg.arch == "bert" else 1 << 30
     query_len, passage_len = min(config.data.query_max_len, max_len), min(config.data.passage_max_len, max_len)
@@ -396,13 +520,13 @@ def train(
 
     ckpt = TrainCheckpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
                              config.checkpoint.async_save)
-    start_step = ckpt.latest_step() or 0
-    if start_step:
-        state, data_state, saved_config = ckpt.restore(state)
+    start_step = 0
+    restored = ckpt.restore_intact(state)  # a damaged newest step falls back to the newest intact one
+    if restored is not None:
+        start_step, state, data_state, saved_config = restored
         batcher.restore(data_state)
-        if saved_config != config_to_dict(config):
-            log.warning("resuming %s from step %d with a config that differs from the checkpoint's", workdir,
-                        start_step)
+        state, schedule = apply_resume_changes(config, workdir, start_step, saved_config, state, schedule,
+                                               total_steps)
         log.info("resumed from step %d", start_step)
     train_step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, config.train.temperature,
                                  mesh=mesh, state_shardings=shardings, dropout_rng=config.train.dropout_rng,
@@ -412,6 +536,8 @@ def train(
         evaluator = DevEvaluator(config, cfg, tokenizer, eval_tasks)
 
     writer = MetricsWriter(workdir, config.log.tensorboard, resume_step=start_step, enabled=is_main)
+    if data_report is not None and start_step == 0:
+        write_data_report(writer, workdir, data_report, is_main)
     dataset_names = [d.name for d in train_sets]
     matmul_params = count_matmul_params(state["params"])
     flops_factor = 2 * (2 if trainable else 3) + (2 if config.train.grad_cache_chunk else 0)
