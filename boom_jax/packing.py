@@ -24,7 +24,7 @@ run packs exactly as an uninterrupted one.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -53,9 +53,10 @@ def row_buckets(limit: int, per_octave: int = 4, multiple: int = 1) -> tuple[int
     return tuple(sorted(s for s in sizes if s <= top))
 
 
-def first_fit_decreasing(lengths: np.ndarray, row_length: int, max_segments: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, slot) of each text: longest first (ties by position), each into the first row that still
-    has room for it and a free segment slot; a new row when none has."""
+def first_fit_decreasing(lengths: np.ndarray, row_length: int,
+                         max_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, slot, offset) of each text: longest first (ties by position), each into the first row that
+    still has room for it and a free segment slot (a new row when none has), at column ``offset``."""
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size and (lengths.min() < 1 or lengths.max() > row_length):
         raise ValueError(f"packing: text lengths must be in [1, {row_length}] (the row's token budget); got "
@@ -65,6 +66,7 @@ def first_fit_decreasing(lengths: np.ndarray, row_length: int, max_segments: int
     used = np.zeros(len(lengths), np.int64)
     rows = np.empty(len(lengths), np.int64)
     slots = np.empty(len(lengths), np.int64)
+    offsets = np.empty(len(lengths), np.int64)
     n_rows = 0
     for i in order:
         n = lengths[i]
@@ -73,10 +75,10 @@ def first_fit_decreasing(lengths: np.ndarray, row_length: int, max_segments: int
         if r == n_rows:
             free[r], used[r] = row_length, 0
             n_rows += 1
-        rows[i], slots[i] = r, used[r]
+        rows[i], slots[i], offsets[i] = r, used[r], row_length - free[r]
         free[r] -= n
         used[r] += 1
-    return rows, slots
+    return rows, slots, offsets
 
 
 def pack_padded(
@@ -104,18 +106,17 @@ def pack_padded(
     per = n // shards
     lengths = mask.sum(axis=1)
     placed = [first_fit_decreasing(lengths[k * per:(k + 1) * per], row_length, max_segments) for k in range(shards)]
-    needed = max((int(r.max()) + 1 if r.size else 1) for r, _ in placed)
+    needed = max((int(r.max()) + 1 if r.size else 1) for r, _, _ in placed)
     if rows_per_shard is None:
         rows_per_shard = next(b for b in row_buckets(max(per, 1), per_octave, row_multiple) if b >= needed)
     elif rows_per_shard < needed:
         raise ValueError(f"packing: {needed} rows per shard needed, {rows_per_shard} given")
-    row = np.concatenate([r + k * rows_per_shard for k, (r, _) in enumerate(placed)]) if n else np.zeros(0, np.int64)
-    slot = np.concatenate([s for _, s in placed]) if n else np.zeros(0, np.int64)
+    row = np.concatenate([r + k * rows_per_shard for k, (r, _, _) in enumerate(placed)]) if n else np.zeros(0, np.int64)
+    slot = np.concatenate([s for _, s, _ in placed]) if n else np.zeros(0, np.int64)
+    offset = np.concatenate([o for _, _, o in placed]) if n else np.zeros(0, np.int64)
     total_rows = rows_per_shard * shards
     seg_lengths = np.zeros((total_rows, max_segments), np.int32)
     seg_lengths[row, slot] = lengths
-    starts = np.cumsum(seg_lengths, axis=1) - seg_lengths  # each slot's first column in its row
-    offset = starts[row, slot]
     rank = np.cumsum(mask, axis=1) - 1  # position of each real token inside its text
     src_r, src_c = np.nonzero(mask)
     dest_r, dest_c = row[src_r], offset[src_r] + rank[src_r, src_c]
@@ -125,6 +126,18 @@ def pack_padded(
     out_seg[dest_r, dest_c] = (slot[src_r] + 1).astype(np.int32)
     index = ((row % rows_per_shard) * max_segments + slot).astype(np.int32)
     return {"ids": out_ids, "segments": out_seg, "lengths": seg_lengths, "index": index}
+
+
+def fill_rows(token_lists: Sequence[Sequence[int]], row: np.ndarray, slot: np.ndarray, offset: np.ndarray,
+              num_rows: int, row_length: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, segments) int32 [num_rows, row_length] of texts placed at (row, slot, offset) (rows counted
+    from 0 within this block; see :func:`first_fit_decreasing`)."""
+    ids = np.full((num_rows, row_length), pad_id, np.int32)
+    segments = np.zeros((num_rows, row_length), np.int32)
+    for tokens, r, s, o in zip(token_lists, row, slot, offset):
+        ids[r, o:o + len(tokens)] = tokens
+        segments[r, o:o + len(tokens)] = s + 1
+    return ids, segments
 
 
 def pad_packed_rows(side: Mapping[str, np.ndarray], shards: int, rows_per_shard: int, pad_id: int = 0) -> dict:
@@ -161,5 +174,5 @@ def unpack_reference(side: Mapping[str, np.ndarray], shards: int = 1) -> list[np
     return out
 
 
-__all__ = ["SIDE_FIELDS", "default_max_segments", "first_fit_decreasing", "pack_padded", "pad_packed_rows",
+__all__ = ["SIDE_FIELDS", "default_max_segments", "fill_rows", "first_fit_decreasing", "pack_padded", "pad_packed_rows",
            "row_buckets", "unpack_reference"]

@@ -11,7 +11,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from boom_jax.data.packing import pack_padded
+from boom_jax.packing import pack_padded
 from boom_jax.models import ModelConfig, build_model
 from boom_jax.training.loop import random_params
 from boom_jax.training.loss import info_nce

@@ -9,7 +9,7 @@ Each batch is a dict
 where b = batch_size / process_count (this host's contiguous slice of the global batch) and Tq, Tp are
 length buckets chosen from the whole global batch, so every host yields the same shapes.
 
-With `packing=True` each side is packed instead (boom_jax/data/packing.py), this host's slice cut into
+With `packing=True` each side is packed instead (boom_jax/packing.py), this host's slice cut into
 `pack_shards` equal parts (its data-parallel shards), each packed into its own rows:
   query_ids, query_segments      int32 [Rq, Lq]   (segment ids: 0 pad, 1..Sq the texts of a row)
   query_lengths                  int32 [Rq, Sq]   (tokens per segment slot; its shape carries Sq)
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from boom_jax.data.packing import default_max_segments, pack_padded
+from boom_jax.packing import default_max_segments, pack_padded
 from boom_jax.data.records import Example, TrainDataset
 from boom_jax.data.sampling import dataset_rng
 from boom_jax.data.schedules import PlannedBatch, make_plan

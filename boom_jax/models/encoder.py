@@ -1,8 +1,12 @@
 """Encoder: texts -> float32 numpy embeddings with a Flax model, its params and its tokenizer.
 
-Texts are tokenized once, sorted by length, cut into batches, and each batch is padded to a
-(batch size, length) bucket, so jit compiles a handful of shapes once and reuses them. Results come
-back in input order.
+Texts are tokenized once and packed (boom_jax/packing.py): longest first, each into the first row of
+a token budget with room for it, several texts per row with segment ids (attention stays within a text,
+positions restart per text), so almost no position is padding. The rows go through the model
+`batch_size` at a time ([batch_size, row length], the largest shape the unpadded path uses too; the last
+call takes a smaller row bucket), so jit compiles a handful of shapes once and reuses them. With
+`packing=False` texts are sorted by length, cut into batches and each batch is padded to a (batch size,
+length) bucket instead. Results come back in input order, the same either way.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.registry import build_model
+from boom_jax.packing import default_max_segments, fill_rows, first_fit_decreasing
 from boom_jax.tokenization import TextTokenizer, bucket_for
 
 Params = dict[str, Any]
@@ -43,11 +48,25 @@ def jitted_forward(cfg: ModelConfig):
     return jax.jit(forward)
 
 
-class Encoder:
-    """A ready-to-use text encoder (see `encode`)."""
+@functools.lru_cache(maxsize=16)
+def jitted_packed_forward(cfg: ModelConfig, num_segments: int):
+    """The jitted (params, input_ids, segment_ids) -> [R, num_segments, D] function of `cfg`."""
+    module = build_model(cfg)
 
-    def __init__(self, cfg: ModelConfig, params: Params, tokenizer, buckets: Sequence[int] | None = None):
+    def forward(params, input_ids, segment_ids):
+        return module.apply({"params": params}, input_ids, segment_ids, deterministic=True,
+                            num_segments=num_segments)
+
+    return jax.jit(forward)
+
+
+class Encoder:
+    """A ready-to-use text encoder (see `encode`). `packing`: pack texts into rows (module docstring)."""
+
+    def __init__(self, cfg: ModelConfig, params: Params, tokenizer, buckets: Sequence[int] | None = None,
+                 packing: bool = True):
         self.cfg = cfg
+        self.packing = packing
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
         self.tokenizer = tokenizer
         self.text_tokenizer = TextTokenizer(
@@ -93,6 +112,8 @@ class Encoder:
         if not texts:
             return out
         ids = self.text_tokenizer.token_ids(texts)
+        if self.packing:
+            return self._encode_packed(ids, batch_size, show_progress_bar, out)
         order = np.argsort([-len(r) for r in ids], kind="stable")
         row_buckets = batch_buckets(batch_size)
         starts = range(0, len(order), batch_size)
@@ -115,4 +136,34 @@ class Encoder:
                 out[i] = np.asarray(emb)[: len(i)]
         for i, emb in pending:
             out[i] = np.asarray(emb)[: len(i)]
+        return out
+
+    def _encode_packed(self, ids: list[list[int]], batch_size: int, progress: bool, out: np.ndarray) -> np.ndarray:
+        """Packed rows of the bucket of the longest text, `batch_size` rows per call (see module docstring)."""
+        lengths = np.asarray([len(r) for r in ids])
+        row_length = bucket_for(int(lengths.max()), self.text_tokenizer.buckets)
+        segments = default_max_segments(row_length, len(ids))
+        row, slot, offset = first_fit_decreasing(lengths, row_length, segments)
+        num_rows = int(row.max()) + 1
+        by_row = np.argsort(row, kind="stable")
+        bounds = np.searchsorted(row[by_row], np.arange(0, num_rows + batch_size, batch_size))
+        apply = jitted_packed_forward(self.cfg, segments)
+        row_buckets = batch_buckets(batch_size)
+        starts = range(0, num_rows, batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="batch")
+        pending = []
+        for k, start in enumerate(starts):
+            texts = by_row[bounds[k]:bounds[k + 1]]
+            rows = bucket_for(min(batch_size, num_rows - start), row_buckets)
+            input_ids, segment_ids = fill_rows([ids[i] for i in texts], row[texts] - start, slot[texts],
+                                               offset[texts], rows, row_length, self.text_tokenizer.pad_id)
+            pending.append((texts, row[texts] - start, slot[texts], apply(self.params, input_ids, segment_ids)))
+            if len(pending) > 2:  # keep a couple of calls in flight, bound memory
+                i, r, s, emb = pending.pop(0)
+                out[i] = np.asarray(emb)[r, s]
+        for i, r, s, emb in pending:
+            out[i] = np.asarray(emb)[r, s]
         return out

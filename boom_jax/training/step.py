@@ -16,7 +16,7 @@ layout, ``in_batch_negatives`` (scalar or [B] bool; False = only the query's own
 over all devices, the loss sees every device's passages (cross-device negatives) and is the mean over
 the global batch.
 
-Packed batches (boom_jax/data/packing.py; the batcher with packing=True): ``{side}_ids`` /
+Packed batches (boom_jax/packing.py; the batcher with packing=True): ``{side}_ids`` /
 ``{side}_segments`` [R, L], ``{side}_lengths`` [R, S] and ``{side}_index`` ([B] queries, [B * G]
 passages) for side in (query, passage). The model embeds the rows to [R, S, D] (segment ids in place of
 the mask, ``num_segments=S``) and each text's embedding is gathered by its index, shard by shard: rows
