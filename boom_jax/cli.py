@@ -152,8 +152,10 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues | None = None
     flag_values = flag_values or flags.FLAGS
     try:
         rest = flag_values(list(argv))
-    except flags.Error as err:
-        sys.stderr.write(f"error: {_innermost_message(str(err))}\n")
+    except (flags.Error, KeyError, ValueError, TypeError, AttributeError, OSError) as err:
+        # all from the command line (ml_collections raises KeyError / AttributeError for a bad override)
+        message = describe(err) if isinstance(err, (KeyError, OSError)) else _innermost_message(str(err))
+        sys.stderr.write(f"error: {message}\n")
         raise SystemExit(EXIT_BAD_INPUT) from None
     load_error = _config_load_error(flag_values)
     if load_error is not None:

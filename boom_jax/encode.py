@@ -16,6 +16,7 @@ import tempfile
 from absl import app, flags
 
 from boom_jax import cli
+from boom_jax.preflight import check_out_not_inside, check_writable_folder
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -43,7 +44,7 @@ def read_texts(path: str) -> list[str]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+                    raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                     raise ValueError(f"{path}:{lineno}: expected an object with a string field 'text'")
                 texts.append(record["text"])
@@ -71,8 +72,13 @@ def encode_file(model: str, input_path: str, output: str, prompt_name: str | Non
     """Encode `input_path` with `model` into `output` (.npy); returns the output path."""
     import numpy as np
 
+    from boom_jax.model_io import resolve_model_folder
+
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"output {output!r} already exists (pass --overwrite to replace it)")
+    check_out_not_inside(output, {"--input": input_path, "--model": model}, out_key="--output")
+    check_writable_folder(os.path.dirname(os.path.abspath(output)), "--output")
+    resolve_model_folder(model)  # a missing or unrecognized model fails before the texts are read
     texts = read_texts(input_path)
     encoder = load_encoder(model, **overrides)
     embeddings = encoder.encode(texts, prompt=prompt, prompt_name=prompt_name, batch_size=batch_size,

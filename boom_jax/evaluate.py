@@ -4,12 +4,14 @@ Usage:
   python -m boom_jax.evaluate --model=PATH [--model=PATH2 ...] [--name=LABEL ...]
       (--benchmark="MTEB(eng, v2)" | --tasks=NAME,NAME | --tasks=builtin | --tasks=builtin_in | --tasks=builtin_out)
       --out=DIR [--batch_size=32] [--backend=auto|jax|sentence_transformers] [--overwrite]
+      [--model_name=org/name ...] [--revision=REV ...] [--instruction_template=...]
 
 PATH is a model folder, a train workdir, a Hugging Face folder (run by the JAX encoder, no export
 needed) or an exported sentence-transformers folder (run by sentence-transformers unless
 --backend=jax). Benchmarks and mteb task names need the network (mteb downloads their data);
-the built-in tasks run offline. DIR receives mteb/<label>/<task>.json (mteb's result files),
-results.json, table.md and chart.png comparing the models.
+the built-in tasks run offline; tasks that cannot run are listed as skipped with the reason. DIR
+receives results/<model name>/<revision>/<task>.json + model_meta.json (mteb's results-repository
+layout), results.json, table.md, chart.png and run.json. Re-running a stopped evaluation resumes it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import os
 import sys
 
 from absl import app, flags, logging
+
+from boom_jax import cli
+from boom_jax.preflight import check_out_not_inside, check_writable_folder
 
 FLAGS = flags.FLAGS
 
@@ -45,7 +50,15 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                          "split, stratified by label (0 = all).", flag_values=flag_values)
     flags.DEFINE_integer("max_seq_length", 0, "Truncate every input to this many tokens (0 = the model's own "
                          "maximum).", flag_values=flag_values)
-    flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder.", flag_values=flag_values)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder (without it, re-running the same "
+                      "evaluation resumes it: finished tasks are read back).", flag_values=flag_values)
+    flags.DEFINE_multi_string("model_name", [], "mteb model name of each --model, in order (e.g. org/name as on the "
+                              "hub; default boom_jax/<label>): names the results folder.", flag_values=flag_values)
+    flags.DEFINE_multi_string("revision", [], "Revision of each --model, in order (e.g. the hub commit; default "
+                              "'local'): the results folder under the model name.", flag_values=flag_values)
+    flags.DEFINE_string("instruction_template", None, "Decoder models' query template holding {instruction} "
+                        "(default: mteb's Qwen3-Embedding one, 'Instruct: {instruction}\\nQuery:').",
+                        flag_values=flag_values)
 
 
 def model_labels(paths: list[str], names: list[str]) -> dict[str, str]:
@@ -63,8 +76,26 @@ def model_labels(paths: list[str], names: list[str]) -> dict[str, str]:
     return dict(zip(unique, paths))
 
 
+def model_meta_flags(labels: list[str], names: list[str], revisions: list[str]) -> dict[str, dict]:
+    """label -> {name, revision} from --model_name / --revision (one per --model, or none)."""
+    for flag, values in (("--model_name", names), ("--revision", revisions)):
+        if values and len(values) != len(labels):
+            raise app.UsageError(f"{flag} given {len(values)} time(s) for {len(labels)} --model(s); give one per "
+                                 "model or none")
+    return {label: {"name": names[i] if names else None, "revision": revisions[i] if revisions else None}
+            for i, label in enumerate(labels)}
+
+
+def is_resumable(out: str) -> bool:
+    """Whether --out holds an evaluation's run record (re-running it resumes; the runner checks it matches)."""
+    from boom_jax.evaluation.runner import RUN_FILE
+
+    return os.path.isfile(os.path.join(out, RUN_FILE))
+
+
 def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
-    """Runs the evaluation the parsed flags describe; prints the table (stdout) and errors (stderr, exit 1)."""
+    """Runs the evaluation the parsed flags describe; prints the table (stdout). Bad input raises (one line
+    and exit code 2 through boom_jax.cli)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flag_values.model:
@@ -77,9 +108,13 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
         raise app.UsageError(f"--batch_size={flag_values.batch_size} must be positive")
     for path in flag_values.model:
         if not os.path.exists(path):
-            print(f"error: model path {path} does not exist", file=sys.stderr)
-            sys.exit(1)
+            raise FileNotFoundError(f"--model={path}: model path {path} does not exist")
     models = model_labels(flag_values.model, flag_values.name)
+    meta = model_meta_flags(list(models), flag_values.model_name, flag_values.revision)
+    check_out_not_inside(flag_values.out, [("--model", p) for p in flag_values.model])
+    if os.path.exists(flag_values.out) and not flag_values.overwrite and not is_resumable(flag_values.out):
+        raise FileExistsError(f"--out={flag_values.out}: already exists (pass --overwrite to replace it)")
+    check_writable_folder(flag_values.out, "--out")
     if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep mteb's per-step INFO lines out of the progress bars
 
@@ -87,21 +122,19 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
     from boom_jax.evaluation.runner import evaluate_models
     from boom_jax.evaluation.subsample import TaskCaps
 
-    try:
-        evaluate_models(
-            models,
-            flag_values.tasks,
-            flag_values.out,
-            benchmark=flag_values.benchmark,
-            batch_size=flag_values.batch_size,
-            backend=flag_values.backend,
-            overwrite=flag_values.overwrite,
-            caps=TaskCaps(flag_values.max_queries, flag_values.max_documents, flag_values.max_texts),
-            max_seq_length=flag_values.max_seq_length,
-        )
-    except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: names what is wrong
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    evaluate_models(
+        models,
+        flag_values.tasks,
+        flag_values.out,
+        benchmark=flag_values.benchmark,
+        batch_size=flag_values.batch_size,
+        backend=flag_values.backend,
+        overwrite=flag_values.overwrite,
+        caps=TaskCaps(flag_values.max_queries, flag_values.max_documents, flag_values.max_texts),
+        max_seq_length=flag_values.max_seq_length,
+        instruction_template=flag_values.instruction_template,
+        model_meta=meta,
+    )
     with open(os.path.join(flag_values.out, TABLE_FILE), encoding="utf-8") as f:
         print(f.read())
     print(f"results written to {flag_values.out}", file=sys.stderr)
@@ -109,7 +142,7 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
 def run() -> None:
     define_flags()
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

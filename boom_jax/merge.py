@@ -20,7 +20,9 @@ import sys
 
 from absl import app, flags, logging
 
+from boom_jax import cli
 from boom_jax.merging.methods import MERGE_METHODS
+from boom_jax.preflight import check_out_not_inside
 
 _METHOD_HELP = "Merge method. One of:\n" + "\n".join(
     f"  {m.name}: {m.description}"
@@ -80,6 +82,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("no INPUT models given")
     if not FLAGS.out:
         raise app.UsageError("--out is required")
+    # the output replaces a folder: never one being read (not even with --overwrite)
+    check_out_not_inside(FLAGS.out, [("INPUT", p) for p in inputs] + ([("--base", FLAGS.base)] if FLAGS.base else []))
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the way
     from boom_jax.merging.streaming import merge_models, merge_recipe
@@ -111,4 +115,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # bad input: one line, exit code 2

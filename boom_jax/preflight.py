@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from boom_jax.errors import ConfigError
 
@@ -23,10 +23,12 @@ def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_out_not_inside(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike], out_key: str = "--out") -> None:
+def check_out_not_inside(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike] | Iterable[tuple[str, str]],
+                         out_key: str = "--out") -> None:
     """Refuse an output equal to, inside, or holding one of the inputs (even with --overwrite: the
-    replaced folder would be the one being read). `inputs` maps the flag or key naming each input to it."""
-    for key, path in inputs.items():
+    replaced folder would be the one being read). `inputs`: (flag or key naming the input, path) pairs,
+    or a dict of them."""
+    for key, path in (inputs.items() if isinstance(inputs, Mapping) else inputs):
         if path is None:
             continue
         if is_inside(out, path) or is_inside(path, out):

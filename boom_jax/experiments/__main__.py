@@ -14,37 +14,36 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from boom_jax import cli
+
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     config_flags.DEFINE_config_file(
         "config", None, "Experiment config: configs/experiment.py[:smoke|:tiny]; override keys with "
-        "--config.section.key=value.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Experiment folder; re-running the same command resumes it.")
+        "--config.section.key=value.", lock_config=True, flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "Experiment folder; re-running the same command resumes it.",
+                        flag_values=flag_values)
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+    """Runs (or resumes) the experiment; bad input raises (one line, exit code 2 through boom_jax.cli)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
+    if not flag_values.workdir:
+        raise app.UsageError("--workdir is required")
+    if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from boom_jax.boom.bag import BagConfigError
-    from boom_jax.boom.incremental import IncrementalConfigError
-    from boom_jax.experiments.plan import ExperimentConfigError
     from boom_jax.experiments.runner import run_experiment
     from boom_jax.training.compile_cache import enable_compilation_cache
-    from boom_jax.training.config_validation import ConfigError
 
     enable_compilation_cache()  # the experiment's runs share shapes: each program compiles once
     command = "python -m boom_jax.experiments " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    try:
-        run_experiment(FLAGS.config, FLAGS.workdir, command=command)
-    except (ExperimentConfigError, ConfigError, BagConfigError, IncrementalConfigError) as err:
-        sys.exit(f"error: {err}")
+    run_experiment(flag_values.config, flag_values.workdir, command=command)
 
 
 if __name__ == "__main__":
     define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

@@ -269,7 +269,9 @@ def run() -> None:
     flags.DEFINE_float("device_memory_gb", 0.0, "Memory per device in GiB; a peak above it exits with 1.")
     flags.DEFINE_string("json", "", "Also write the report as JSON to this file.")
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    from boom_jax import cli
+
+    cli.run(main)  # bad input: one line, exit code 2
 
 
 if __name__ == "__main__":
