@@ -13,8 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from boom_jax.models.attention import attention
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.dropout import Dropout
+from boom_jax.models.layer_stack import run_layers
 from boom_jax.models.pooling import pool
 from boom_jax.models.segments import segment_attention_mask, segment_positions
 
@@ -68,7 +70,7 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head attention scores and context (HF "attention.self"); `allowed` bool [B, T, T]."""
+    """Multi-head attention context (HF "attention.self"); `allowed` bool [B, T, T] (attention.py)."""
 
     cfg: ModelConfig
 
@@ -85,11 +87,11 @@ class BertSelfAttention(nn.Module):
         q = split(_dense(cfg, cfg.hidden_size, "query")(x))
         k = split(_dense(cfg, cfg.hidden_size, "key")(x))
         v = split(_dense(cfg, cfg.hidden_size, "value")(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(float(head_dim))
-        scores = jnp.where(allowed[:, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        probs_dropout = None
+        if not deterministic and cfg.attention_dropout > 0:
+            drop = Dropout(cfg.attention_dropout)
+            probs_dropout = lambda probs: drop(probs, deterministic=False)  # noqa: E731
+        context = attention(q, k, v, allowed, causal=False, impl=cfg.attention_impl, probs_dropout=probs_dropout)
         return context.reshape(b, t, cfg.hidden_size)
 
 
@@ -135,16 +137,14 @@ class BertLayer(nn.Module):
 
 
 class BertStack(nn.Module):
-    """The layers, each optionally rematerialized (cfg.remat) to save activation memory."""
+    """The layers `layer_{i}`, under a scan and rematerialized per cfg (layer_stack.run_layers)."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, allowed: jax.Array, deterministic: bool) -> jax.Array:
-        layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.cfg.remat else BertLayer
-        for i in range(self.cfg.num_hidden_layers):
-            x = layer_cls(self.cfg, name=f"layer_{i}")(x, allowed, deterministic)
-        return x
+        names = [f"layer_{i}" for i in range(self.cfg.num_hidden_layers)]
+        return run_layers(self, BertLayer, self.cfg, names, x, (allowed,), deterministic)
 
 
 class BertEncoder(nn.Module):

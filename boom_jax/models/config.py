@@ -9,6 +9,9 @@ from typing import Any, Mapping
 POOLING_MODES = ("mean", "cls", "lasttoken")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 PADDING_SIDES = ("right", "left")
+# Runtime choices (see attention.py and layer_stack.py).
+ATTENTION_IMPLS = ("auto", "reference", "dot_product", "cudnn")
+REMAT_POLICY_NAMES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
 SIMILARITY_FUNCTIONS = ("cosine", "dot")  # sentence-transformers' similarity_fn_name values we keep
 
 
@@ -55,6 +58,9 @@ class ModelConfig:
     # Runtime.
     dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "nothing_saveable"  # what jax.checkpoint keeps per layer (REMAT_POLICY_NAMES)
+    scan_layers: bool = True  # layers under one lax.scan (params stay per layer; see layer_stack.py)
+    attention_impl: str = "auto"  # ATTENTION_IMPLS; see attention.py
     dropout: float = 0.0
     attention_dropout: float = 0.0
     # LoRA (0 = none).
@@ -70,6 +76,14 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.pooling={self.pooling!r}: expected one of {POOLING_MODES}")
         if self.dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"ModelConfig.dtype={self.dtype!r}: expected one of {COMPUTE_DTYPES}")
+        if self.remat_policy not in REMAT_POLICY_NAMES:
+            raise ConfigError(
+                f"ModelConfig.remat_policy={self.remat_policy!r}: expected one of {REMAT_POLICY_NAMES}"
+            )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(
+                f"ModelConfig.attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLS}"
+            )
         if self.padding_side not in PADDING_SIDES:
             raise ConfigError(
                 f"ModelConfig.padding_side={self.padding_side!r}: expected one of {PADDING_SIDES}"

@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from boom_jax.models.attention import attention
 from boom_jax.models.config import ConfigError, ModelConfig
 from boom_jax.models.dropout import Dropout
+from boom_jax.models.layer_stack import run_layers
 from boom_jax.models.lora import LoRADense, lora_module_names
 from boom_jax.models.pooling import pool
 from boom_jax.models.segments import segment_attention_mask, segment_positions
@@ -130,7 +132,6 @@ class Qwen3Attention(nn.Module):
         cfg = self.cfg
         dtype = compute_dtype(cfg)
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, qwen3_head_dim(cfg)
-        groups = heads // kv_heads
         b, t, _ = x.shape
 
         q = _dense(cfg, heads * head_dim, "q_proj")(x, deterministic).reshape(b, t, heads, head_dim)
@@ -139,14 +140,15 @@ class Qwen3Attention(nn.Module):
         q = apply_rope(RMSNorm(cfg.rms_norm_eps, dtype, name="q_norm")(q), cos, sin)
         k = apply_rope(RMSNorm(cfg.rms_norm_eps, dtype, name="k_norm")(k), cos, sin)
 
-        # Query head n uses key/value head n // groups (transformers' repeat_kv).
-        q = q.reshape(b, t, kv_heads, groups, head_dim)
-        logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-        logits = logits * jnp.float32(head_dim**-0.5)
-        logits = jnp.where(allowed[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1)
-        probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        context = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), v.astype(dtype))
+        # Query head n uses key/value head n // (heads / kv_heads) (transformers' repeat_kv).
+        probs_dropout = None
+        if not deterministic and cfg.attention_dropout > 0:
+            drop = Dropout(cfg.attention_dropout)
+            probs_dropout = lambda probs: drop(probs, deterministic=False)  # noqa: E731
+        context = attention(
+            q, k.astype(dtype), v.astype(dtype), allowed, causal=True, impl=cfg.attention_impl,
+            probs_dropout=probs_dropout,
+        )
         context = context.reshape(b, t, heads * head_dim)
         return _dense(cfg, cfg.hidden_size, "o_proj")(context, deterministic)
 
@@ -216,10 +218,9 @@ class Qwen3Encoder(nn.Module):
         x = embed(input_ids)
         positions = segment_positions(attention_mask)
         cos, sin = rope_cos_sin(positions, qwen3_head_dim(cfg), cfg.rope_theta)
-        allowed = segment_attention_mask(attention_mask, causal=True)
-        layer_cls = nn.remat(Qwen3DecoderLayer, static_argnums=(5,)) if cfg.remat else Qwen3DecoderLayer
-        for i in range(cfg.num_hidden_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(x, allowed, cos, sin, deterministic)
+        allowed = segment_attention_mask(attention_mask)  # causality is added by the attention
+        names = [f"layers_{i}" for i in range(cfg.num_hidden_layers)]
+        x = run_layers(self, Qwen3DecoderLayer, cfg, names, x, (allowed, cos, sin), deterministic)
         x = RMSNorm(cfg.rms_norm_eps, dtype, name="norm")(x)
         if return_token_states:
             return x.astype(jnp.float32)

@@ -1,0 +1,100 @@
+"""Run a model's transformer layers: a lax.scan over layers (or a Python loop), remat per layer.
+
+The params stay per layer (`encoder/layer_{i}/...`, `layers_{i}/...`) at every boundary (init,
+checkpoints, merging, HF maps, export), because merge methods work per tensor as mergekit does.
+Inside the forward, `run_layers` stacks the layer subtrees on a leading axis (`jnp.stack`) and scans
+one layer's module `.apply` over them, so XLA compiles one layer body whatever the depth, and
+`jax.checkpoint` (cfg.remat) saves only each layer's input on every backend.
+
+Cost of stacking inside the forward: one extra copy of the layer params in the compute (the stacked
+[num_layers, ...] arrays, float32) and, under jax.grad, one stacked copy of their gradients before
+they are sliced back into per-layer leaves: 2 x the layer-param bytes per device in the worst case
+(sharded like the params). Measured figures are in docs/DESIGN.md.
+
+Dropout: every layer runs with its own key `fold_in(key, i)`, `key` drawn once from the "dropout"
+stream of the calling module, in both the scan and the loop path; the masks come from the hash
+dropout (dropout.py), so they are identical between the two paths, under vmap (stacked bag
+members) and under any sharding.
+
+Remat policies (cfg.remat_policy, REMAT_POLICIES): "nothing_saveable" (default: save the layer
+input only, recompute the rest), "dots_with_no_batch_dims_saveable" (also keep the matmul outputs
+without batch dimensions: the projections, not attention scores), "dots_saveable".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from boom_jax.models.config import REMAT_POLICY_NAMES
+
+# Names (config.REMAT_POLICY_NAMES) -> jax.checkpoint_policies of the same name.
+REMAT_POLICIES: dict[str, Callable[..., Any]] = {
+    name: getattr(jax.checkpoint_policies, name) for name in REMAT_POLICY_NAMES
+}
+
+
+def remat_policy(name: str) -> Callable[..., Any]:
+    """The jax.checkpoint policy called `name` (a key of REMAT_POLICIES)."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy={name!r}: expected one of {sorted(REMAT_POLICIES)}")
+    return REMAT_POLICIES[name]
+
+
+def stack_trees(trees: Sequence[Any]) -> Any:
+    """Leaves of equally shaped trees stacked on a new leading axis."""
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def run_layers(
+    parent: nn.Module,
+    layer_cls: type[nn.Module],
+    cfg: Any,
+    names: Sequence[str],
+    x: jax.Array,
+    args: tuple,
+    deterministic: bool,
+) -> jax.Array:
+    """x through the layers `names` (children of `parent`, built as `layer_cls(cfg)` and called as
+    `layer(x, *args, deterministic)`), in order.
+
+    At init the layers are called as named children (creating the per-layer params). Otherwise their
+    params are read from `parent`'s variables and each layer is a pure `.apply`: under lax.scan over
+    the stacked params when cfg.scan_layers, else in a Python loop; wrapped in jax.checkpoint with
+    cfg.remat_policy when cfg.remat.
+    """
+    if parent.is_initializing():
+        for name in names:
+            x = layer_cls(cfg, name=name)(x, *args, deterministic)
+        return x
+    params = parent.variables["params"]
+    layer_params = [params[name] for name in names]
+    key = parent.make_rng("dropout") if not deterministic and parent.has_rng("dropout") else None
+    template = layer_cls(cfg, parent=None)
+
+    def body(p, h, layer_key):
+        rngs = {} if layer_key is None else {"dropout": layer_key}
+        return template.apply({"params": p}, h, *args, deterministic, rngs=rngs)
+
+    if cfg.remat:
+        # prevent_cse only matters outside a loop (XLA would merge the recomputation with the forward).
+        body = jax.checkpoint(body, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
+    indices = jnp.arange(len(names), dtype=jnp.uint32)
+    if cfg.scan_layers:
+        keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+
+        def step(h, p_and_key):
+            p, layer_key = p_and_key
+            return body(p, h, layer_key), None
+
+        x, _ = jax.lax.scan(step, x, (stack_trees(layer_params), keys))
+        return x
+    for i, p in enumerate(layer_params):
+        x = body(p, x, None if key is None else jax.random.fold_in(key, indices[i]))
+    return x
+
+
+__all__ = ["REMAT_POLICIES", "remat_policy", "run_layers", "stack_trees"]
