@@ -490,7 +490,7 @@ def _train_locked(
         write_json(os.path.join(workdir, "config.json"), config_to_dict(config))
 
     # Data.
-    data_report = LoadReport() if datasets is None else None
+    data_report = LoadReport() if datasets is None and config.data.source == "files" else None
     train_sets = prepare_datasets(config, workdir, datasets, subset, data_report)
     tokenizer = load_tokenizer(tokenizer_dir)
     max_len = cfg.max_position_embeddings if cfg.arch == "bert" else 1 << 30
