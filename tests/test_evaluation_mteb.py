@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
+import jax
 import mteb
+import numpy as np
 import pytest
 from mteb.types import PromptType
 from sentence_transformers import SentenceTransformer
@@ -89,11 +91,12 @@ def test_jax_wrapper_and_exported_folder_score_alike(minilm_encoder, st_export, 
             assert results[label][name]["main_score"] == pytest.approx(ref[name].get_score(), abs=1e-4), (label, name)
     assert results["jax"]["TinyPairs"] == {**results["jax"]["TinyPairs"], "type": "pair_classification", "domain": "out"}
     # every retrieval metric in mteb's own result file, not only the main score
-    saved = json.loads((out / "mteb" / "jax" / f"{RETRIEVAL.name}.json").read_text())["scores"]["test"][0]
+    saved = json.loads((out / "results" / "boom_jax__jax" / "local" / f"{RETRIEVAL.name}.json").read_text())
+    saved = saved["scores"]["test"][0]
     expected = ref[RETRIEVAL.name].scores["test"][0]
     for key in ("ndcg_at_1", "ndcg_at_5", "map_at_10", "recall_at_3", "mrr_at_10"):
         assert saved[key] == pytest.approx(expected[key], abs=1e-4), key
-    assert sorted(os.listdir(out)) == ["chart.png", "mteb", "results.json", "table.md"]
+    assert sorted(os.listdir(out)) == ["chart.png", "results", "results.json", "run.json", "table.md"]
     assert report.load_results(out) == json.loads(json.dumps(results))
     assert f"| {RETRIEVAL.name} | retrieval | in | ndcg_at_10 |" in (out / "table.md").read_text()
 
@@ -112,7 +115,7 @@ def test_decoder_instructions_reach_queries_in_mteb_and_fast_path(tmp_path):
     encoder = wrapped.model
     task = builtin_retrieval_subset(num_queries=8, num_docs=16)
     qids, dids = list(task.queries), list(task.corpus)
-    q = encoder.encode([task.queries[i] for i in qids], prompt=f"Instruct: {task.instruction}\nQuery: ", batch_size=8)
+    q = encoder.encode([task.queries[i] for i in qids], prompt=f"Instruct: {task.instruction}\nQuery:", batch_size=8)
     d = encoder.encode([task.corpus[i] for i in dids], batch_size=8)
     expected = metrics.retrieval_scores(q, d, qids, dids, task.qrels, k_values=(10,))["ndcg_at_10"]
     bare = encoder.encode([task.queries[i] for i in qids], batch_size=8)
@@ -129,10 +132,10 @@ def test_prompts_and_decoder_instructions(minilm_encoder):
     decoder_cfg = ModelConfig(arch="qwen3", num_key_value_heads=2, head_dim=32, pooling="lasttoken", padding_side="left")
     assert uses_instructions(decoder_cfg) and not uses_instructions(minilm_encoder.cfg)
     qwen = MtebEncoder(minilm_encoder, instructions=True)
-    instruct = f"Instruct: {RETRIEVAL.instruction}\nQuery: "
+    instruct = f"Instruct: {RETRIEVAL.instruction}\nQuery:"
     assert qwen.prompt_for(meta, PromptType.query) == instruct
     assert qwen.prompt_for(meta, PromptType.document) is None
-    assert qwen.prompt_for(pair_meta, None) == "Instruct: Retrieve duplicate questions\nQuery: "
+    assert qwen.prompt_for(pair_meta, None) == "Instruct: Retrieve duplicate questions\nQuery:"
     assert qwen.mteb_model_meta.use_instructions
 
     cfg = dataclasses.replace(minilm_encoder.cfg, prompts={"query": "query: ", "Retrieval-document": "passage: "})
@@ -179,7 +182,7 @@ def test_command_line_errors(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     cmd = [sys.executable, "-m", "boom_jax.evaluate", "--tasks=builtin", f"--out={tmp_path / 'o'}"]
     run = subprocess.run(cmd + [f"--model={tmp_path / 'missing'}"], capture_output=True, text=True, env=env)
-    assert run.returncode == 1 and "model path" in run.stderr and "does not exist" in run.stderr
+    assert run.returncode != 0 and "model path" in run.stderr and "does not exist" in run.stderr
     run = subprocess.run(cmd + [f"--model={tmp_path}", "--name=a", "--name=b"], capture_output=True, text=True, env=env)
     assert run.returncode != 0 and "--name given 2 time(s) for 1 --model(s)" in run.stderr
 
@@ -205,4 +208,125 @@ def test_command_line_compares_models_on_a_builtin_task(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| wordnet_webster_pairs | pair_classification | in | max_ap |" in printed
     assert (out / "chart.png").stat().st_size > 5000
-    assert sorted(os.listdir(out / "mteb")) == ["seed0", "seed1"]
+    assert sorted(os.listdir(out / "results")) == ["boom_jax__seed0", "boom_jax__seed1"]
+
+
+class CountingEncoder:
+    """An Encoder that records every text it embeds (to see which tasks a run recomputes)."""
+
+    def __init__(self, encoder):
+        self.inner, self.cfg, self.params, self.texts = encoder, encoder.cfg, encoder.params, []
+
+    def encode(self, texts, **kwargs):
+        self.texts += list(texts)
+        return self.inner.encode(texts, **kwargs)
+
+
+def _flaky(task: EvalTask, state: dict):
+    """`task` as an mteb task whose data loading fails while state["fail"] (a real exception mid-run)."""
+    from boom_jax.evaluation.tasks import to_mteb_task
+
+    mteb_task = to_mteb_task(task)
+    cls = type(mteb_task)  # a subclass of its own: no other task is affected
+    load = cls.load_data
+
+    def load_data(self, *args, **kwargs):
+        if state["fail"]:
+            raise RuntimeError("the disk went away")
+        return load(self, *args, **kwargs)
+
+    cls.load_data = load_data
+    return mteb_task
+
+
+def test_stopped_evaluation_resumes_with_only_the_missing_tasks(tmp_path):
+    encoder = Encoder.from_pretrained(make_tiny_bert_folder(tmp_path / "tiny"))
+    out = tmp_path / "eval"
+    state = {"fail": True}
+    tasks = [PAIRS, _flaky(CLUSTERING, state)]
+    counting = CountingEncoder(encoder)
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        evaluate_models({"m": counting}, tasks, out, batch_size=8, show_progress_bar=False)
+    folder = out / "results" / "boom_jax__m" / "local"
+    first = (folder / "TinyPairs.json").read_bytes()
+    assert sorted(os.listdir(folder)) == ["TinyPairs.json", "model_meta.json", "run_settings.jsonl"]
+    assert not (out / "results.json").exists() and set(PAIRS.texts1) <= set(counting.texts)
+
+    state["fail"] = False
+    counting.texts = []
+    resumed = evaluate_models({"m": counting}, tasks, out, batch_size=8, show_progress_bar=False)
+    assert (folder / "TinyPairs.json").read_bytes() == first  # read back, not recomputed
+    assert not set(PAIRS.texts1) & set(counting.texts) and set(CLUSTERING.texts) <= set(counting.texts)
+    fresh = evaluate_models({"m": encoder}, [PAIRS, CLUSTERING], None, batch_size=8, show_progress_bar=False)
+    for name in ("TinyPairs", "TinyClustering"):
+        assert resumed["m"][name]["main_score"] == fresh["m"][name]["main_score"], name
+    assert report.load_results(out) == json.loads(json.dumps(resumed))
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and run["ran"] == ["TinyPairs", "TinyClustering"] and run["skipped"] == {}
+    assert run["results"] == {"m": os.path.join("results", "boom_jax__m", "local")}
+    # the same folder for another evaluation is refused, and nothing in it changes
+    with pytest.raises(FileExistsError, match="holds results of another evaluation"):
+        evaluate_models({"m": encoder}, [PAIRS], out, show_progress_bar=False)
+    assert (folder / "TinyPairs.json").read_bytes() == first
+
+
+def test_model_meta_comes_from_the_model_and_its_provenance(tmp_path):
+    import torch
+
+    from boom_jax.hf import load_hf_model
+    from mteb.models.model_meta import ScoringFunction
+
+    src = make_tiny_bert_folder(tmp_path / "tiny")
+    cfg, params = load_hf_model(src)
+    provenance = {"kind": "trained", "name": "tiny", "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+                  "license": "apache-2.0", "language": ["en"],
+                  "training": {"datasets": [{"name": "web", "examples": 4}, {"name": "faq", "examples": 2}]}}
+    folder = export_sentence_transformers(params, cfg.replace(similarity="dot"), src, tmp_path / "export",
+                                          provenance=provenance)
+    n_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params))
+    for backend in ("sentence_transformers", "jax"):
+        wrapped = to_mteb_model(folder, "tiny", backend=backend, meta_overrides={"name": "org/tiny", "revision": "abc1"})
+        meta = wrapped.mteb_model_meta
+        assert (meta.name, meta.revision, meta.embed_dim, meta.max_tokens) == ("org/tiny", "abc1", 32, cfg.max_seq_length)
+        assert meta.similarity_fn_name == ScoringFunction.DOT_PRODUCT, backend  # a dot model is scored as dot
+        assert meta.n_parameters == n_params, backend
+        assert meta.memory_usage_mb == pytest.approx(meta.n_parameters * 4 / 2**20, abs=0.01)
+        assert (meta.license, meta.languages, meta.adapted_from) == (
+            "apache-2.0", ["eng-Latn"], "sentence-transformers/all-MiniLM-L6-v2")
+        assert meta.training_datasets == {"web", "faq"}
+        a, b = torch.randn(3, 32), torch.randn(2, 32)
+        np.testing.assert_allclose(np.asarray(wrapped.similarity(a, b)), (a @ b.T).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_tasks_that_cannot_run_offline_are_listed_as_skipped(tmp_path, capsys):
+    import mteb
+
+    from boom_jax.evaluation.runner import skip_reason
+
+    closed = next(t for t in mteb.get_benchmark("RTEB(beta)").tasks if t.metadata.is_public is False)
+    assert skip_reason(closed).startswith("closed dataset")
+    encoder = Encoder.from_pretrained(make_tiny_bert_folder(tmp_path / "tiny"))
+    out = tmp_path / "eval"
+    results = evaluate_models({"m": encoder}, [PAIRS], out, benchmark="RTEB(beta)", batch_size=8,
+                              show_progress_bar=False)
+    run = json.loads((out / "run.json").read_text())
+    num = len(mteb.get_benchmark("RTEB(beta)").tasks)
+    assert run["ran"] == ["TinyPairs"] and len(run["skipped"]) == num and list(results["m"]) == ["TinyPairs"]
+    assert run["skipped"][closed.metadata.name].startswith("closed dataset")
+    assert any("could not be loaded" in r and "Offline" in r for r in run["skipped"].values())
+    assert run["summary"].startswith(f"1 of {num + 1} tasks ran; {num} skipped: ")
+    assert run["summary"] in capsys.readouterr().out
+
+
+def test_decoder_template_is_mteb_qwen3_loaders():
+    from mteb.models.model_implementations.qwen3_models import instruction_template
+
+    from boom_jax.evaluation.mteb_encoder import MTEB_INSTRUCTION_TEMPLATE
+
+    # pinned against mteb's own Qwen3-Embedding loader (a change there shows here)
+    assert MTEB_INSTRUCTION_TEMPLATE.format(instruction="Find it") == instruction_template("Find it", PromptType.query)
+    assert instruction_template("Find it", PromptType.document) == ""
+    wrapped = MtebEncoder(Encoder.__new__(Encoder), instructions=True, instruction_template="Task: {instruction}\n")
+    assert wrapped.prompt_for(task_metadata(RETRIEVAL), PromptType.query) == f"Task: {RETRIEVAL.instruction}\n"
+    with pytest.raises(ValueError, match="must contain"):
+        MtebEncoder(Encoder.__new__(Encoder), instructions=True, instruction_template="Query: ")

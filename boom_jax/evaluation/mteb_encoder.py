@@ -1,12 +1,19 @@
 """The JAX `Encoder` as an mteb encoder: mteb runs any of its tasks on it with no export step.
 
 Prompts follow the paper's evaluation. Decoder models (instruction-tuned, last-token pooling) get
-"Instruct: {task instruction}\nQuery: " on queries and on the texts of symmetric tasks
-(classification, clustering, pair classification, STS), never on retrieval documents; the task
-instruction is the mteb task's prompt (for the built-in tasks, `EvalTask.instruction` or its
-description). Other models use the prompts from their own config, chosen exactly as mteb chooses a
+the instruction template on queries and on the texts of symmetric tasks (classification, clustering,
+pair classification, STS), never on retrieval documents; the task instruction is the mteb task's
+prompt (for the built-in tasks, `EvalTask.instruction` or its description). The default template is
+the one mteb's own loader uses for the Qwen3-Embedding family, "Instruct: {instruction}\nQuery:"
+(`MTEB_INSTRUCTION_TEMPLATE`, pinned by a test against mteb's model file); pass `instruction_template`
+to evaluate a model trained with another (the dev evaluations pass config.model.query_prompt_template).
+Other models use the prompts from their own config, chosen exactly as mteb chooses a
 sentence-transformers model's prompts (task name, task type, then "query" / "document"), so the
 wrapper and an exported sentence-transformers folder score alike.
+
+`model_meta(...)` fills mteb's ModelMeta from the model and the run (name, revision, parameters,
+memory, embedding size, max tokens, similarity, languages, license, base model, training datasets);
+mteb writes it as model_meta.json beside the task results, as the results repository expects.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+import jax
 import numpy as np
 from mteb.models.abs_encoder import AbsEncoder, get_prompt
 from mteb.models.model_meta import ModelMeta, ScoringFunction
@@ -24,8 +32,12 @@ if TYPE_CHECKING:
 
     from boom_jax.models.encoder import Encoder
 
-INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery: "
+# mteb 2.26 models/model_implementations/qwen3_models.py: instruction_template(...) returns this.
+MTEB_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery:"
 INSTRUCTION_ARCHS = ("qwen3",)
+# ISO 639-1 codes of model cards -> mteb's ISO 639-3 + script form.
+LANGUAGES = {"en": "eng-Latn", "de": "deu-Latn", "fr": "fra-Latn", "es": "spa-Latn", "zh": "zho-Hans",
+             "ja": "jpn-Jpan", "it": "ita-Latn", "pt": "por-Latn", "nl": "nld-Latn", "ru": "rus-Cyrl"}
 
 
 def uses_instructions(cfg) -> bool:
@@ -38,8 +50,37 @@ def mteb_model_name(label: str) -> str:
     return "boom_jax/" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model")
 
 
+def _languages(codes: Any) -> list[str] | None:
+    codes = [codes] if isinstance(codes, str) else list(codes or [])
+    out = [LANGUAGES.get(c, c) for c in codes if c]
+    return out or None
+
+
+def model_meta(label: str, cfg: Any = None, n_parameters: int | None = None, provenance: dict | None = None,
+               instructions: bool = False, framework: list[str] | None = None,
+               overrides: dict[str, Any] | None = None) -> ModelMeta:
+    """mteb's ModelMeta for a local model: `overrides` (e.g. name and revision from the command line) win
+    over what `cfg` (ModelConfig) and `provenance` (boom.json) say."""
+    provenance = provenance or {}
+    training = provenance.get("training") or {}
+    similarity = getattr(cfg, "similarity", "cosine")
+    license_ = provenance.get("license")
+    fields = dict(
+        name=mteb_model_name(label), revision="local",
+        similarity_fn_name=ScoringFunction.DOT_PRODUCT if similarity == "dot" else ScoringFunction.COSINE,
+        embed_dim=getattr(cfg, "embedding_dim", None), max_tokens=getattr(cfg, "max_seq_length", None),
+        n_parameters=n_parameters, memory_usage_mb=round(n_parameters * 4 / 2**20, 2) if n_parameters else None,
+        use_instructions=instructions, framework=framework or ["JAX"], open_weights=True,
+        languages=_languages(provenance.get("language")), license=license_ or None,
+        adapted_from=provenance.get("base_model") or None,
+        training_datasets={d["name"] for d in training.get("datasets", [])} or None,
+    )
+    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return ModelMeta.create_empty(overwrites=fields)
+
+
 class MtebEncoder(AbsEncoder):
-    """Adapts `Encoder.encode` to mteb's encoder protocol (cosine similarity, float32 numpy output)."""
+    """Adapts `Encoder.encode` to mteb's encoder protocol (the model's similarity, float32 numpy output)."""
 
     def __init__(
         self,
@@ -49,11 +90,15 @@ class MtebEncoder(AbsEncoder):
         instructions: bool | None = None,
         prompts: dict[str, str] | None = None,
         show_progress_bar: bool = False,
+        instruction_template: str | None = None,
+        meta: ModelMeta | None = None,
     ) -> None:
         """Wrap `encoder` (anything with `encode(texts, prompt=, batch_size=, show_progress_bar=)`).
 
         `instructions` and `prompts` default to what `encoder.cfg` says (see `uses_instructions`,
         `ModelConfig.prompts`); pass them for encoders without a `cfg` (e.g. a SentenceTransformer).
+        `instruction_template` (must hold "{instruction}"; None = `MTEB_INSTRUCTION_TEMPLATE`) applies when
+        `instructions`. `meta`: the ModelMeta to report (default: `model_meta(label, cfg, ...)`).
         """
         cfg = getattr(encoder, "cfg", None)
         self.model = encoder
@@ -62,24 +107,23 @@ class MtebEncoder(AbsEncoder):
         if instructions is None:
             instructions = uses_instructions(cfg)
         self.use_instructions = instructions
-        self.instruction_template = INSTRUCTION_TEMPLATE if instructions else None
+        template = instruction_template or MTEB_INSTRUCTION_TEMPLATE
+        if "{instruction}" not in template:
+            raise ValueError(f"instruction_template={template!r} must contain '{{instruction}}'")
+        self.instruction_template = template if instructions else None
         if prompts is None:
             prompts = dict(getattr(cfg, "prompts", None) or {})
         self.model_prompts = (
             AbsEncoder.validate_task_to_prompt_name(dict(prompts), raise_for_invalid_keys=False)[0] if prompts else None
         )
-        self.mteb_model_meta = ModelMeta.create_empty(
-            overwrites=dict(
-                name=mteb_model_name(label),
-                revision="local",
-                similarity_fn_name=ScoringFunction.COSINE,
-                embed_dim=getattr(cfg, "embedding_dim", None),
-                max_tokens=getattr(cfg, "max_seq_length", None),
-                use_instructions=instructions,
-                framework=["JAX"] if cfg is not None else ["Sentence Transformers", "PyTorch"],
-                open_weights=True,
-            )
-        )
+        if meta is None:
+            params = getattr(encoder, "params", None)
+            n_params = None
+            if params is not None:
+                n_params = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+            meta = model_meta(label, cfg, n_params, instructions=instructions,
+                              framework=["JAX"] if cfg is not None else ["Sentence Transformers", "PyTorch"])
+        self.mteb_model_meta = meta
 
     def prompt_for(self, task_metadata: "TaskMetadata", prompt_type: PromptType | None) -> str | None:
         """The text put before each input of this task and side (query / document / symmetric)."""
@@ -90,7 +134,7 @@ class MtebEncoder(AbsEncoder):
         instruction = self.get_instruction(task_metadata, prompt_type)
         if isinstance(instruction, dict):  # per-side prompts on a symmetric task: use the query one
             instruction = instruction.get(PromptType.query.value, "")
-        return INSTRUCTION_TEMPLATE.format(instruction=instruction) if instruction else None
+        return self.instruction_template.format(instruction=instruction) if instruction else None
 
     def encode(
         self,

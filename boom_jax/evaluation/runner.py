@@ -9,18 +9,20 @@ the training loop uses: nDCG@10 of the retrieval tasks, computed directly.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
+import logging
 import os
-import random
 import re
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
+from boom_jax.atomic_io import write_json
 from boom_jax.data.records import EvalTask
 from boom_jax.evaluation import metrics
 from boom_jax.evaluation.report import write_report
@@ -32,6 +34,8 @@ BUILTIN_SELECTORS = {"builtin": None, "builtin_in": "in", "builtin_out": "out"}
 OUT_OF_DOMAIN_BENCHMARK_PREFIXES = ("RTEB",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
 BACKENDS = ("auto", "jax", "sentence_transformers")
+RUN_FILE = "run.json"
+log = logging.getLogger("boom_jax.evaluate")
 
 
 class EvaluationError(ValueError):
@@ -72,15 +76,10 @@ def _mteb_task_by_name(name: str, builtin_names: Sequence[str]):
     try:
         task = mteb.get_task(name)
     except KeyError as e:
-        try:
-            from mteb.get_tasks import TASK_LIST
-
-            known = [t.metadata.name for t in TASK_LIST]
-        except Exception:  # the registry layout is mteb-internal; the suggestion below is a courtesy
-            known = []
+        mteb_says = str(e.args[0] if e.args else e).removeprefix("KeyError: ")  # mteb's own close-match hint
         raise EvaluationError(
             f"unknown task {name!r}: not a built-in task (close: {_close_matches(name, builtin_names)}) nor an mteb "
-            f"task (close: {_close_matches(name, known)}). Use --tasks=builtin to run every built-in task."
+            f"task (mteb: {mteb_says}). Use --tasks=builtin to run every built-in task."
         ) from e
     return _label_task(task, _mteb_type_name(task.metadata.type), "in")
 
@@ -188,11 +187,33 @@ def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, "modules.json"))
 
 
+def find_provenance(path: str) -> dict | None:
+    """boom.json of a model path: the folder's own, else its train / bag workdir's."""
+    from boom_jax.hf.model_card import read_provenance
+    from boom_jax.model_io import resolve_model_folder
+
+    candidates = [path]
+    try:
+        folder = resolve_model_folder(path)
+    except ValueError:
+        folder = None
+    if folder:
+        candidates += [folder, os.path.dirname(os.path.normpath(folder))]
+    for candidate in candidates:
+        found = read_provenance(candidate) if os.path.isdir(candidate) else None
+        if found:
+            return found
+    return None
+
+
 def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, show_progress_bar: bool,
-                                      max_seq_length: int = 0):
+                                      max_seq_length: int = 0, instruction_template: str | None = None,
+                                      meta_overrides: Mapping[str, Any] | None = None):
+    from types import SimpleNamespace
+
     from sentence_transformers import SentenceTransformer
 
-    from boom_jax.evaluation.mteb_encoder import INSTRUCTION_ARCHS, MtebEncoder
+    from boom_jax.evaluation.mteb_encoder import INSTRUCTION_ARCHS, MtebEncoder, model_meta
 
     if not _has_tokenizer(path):
         raise EvaluationError(f"{path}: no tokenizer files found (expected one of {', '.join(TOKENIZER_FILES)})")
@@ -200,19 +221,30 @@ def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, sh
     if max_seq_length:
         st.max_seq_length = int(max_seq_length)
     model_type = getattr(getattr(getattr(st[0], "auto_model", None), "config", None), "model_type", "")
-    return MtebEncoder(st, label, batch_size=batch_size, instructions=model_type in INSTRUCTION_ARCHS,
-                       prompts={k: v for k, v in (st.prompts or {}).items() if v}, show_progress_bar=show_progress_bar)
+    instructions = model_type in INSTRUCTION_ARCHS
+    dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension  # renamed in 6.x
+    head = SimpleNamespace(embedding_dim=dim(), max_seq_length=st.max_seq_length,
+                           similarity=st.similarity_fn_name or "cosine")
+    meta = model_meta(label, head, sum(p.numel() for p in st.parameters()), find_provenance(path), instructions,
+                      ["Sentence Transformers", "PyTorch"], dict(meta_overrides or {}))
+    return MtebEncoder(st, label, batch_size=batch_size, instructions=instructions,
+                       prompts={k: v for k, v in (st.prompts or {}).items() if v}, show_progress_bar=show_progress_bar,
+                       instruction_template=instruction_template, meta=meta)
 
 
 def to_mteb_model(model: Any, label: str, batch_size: int = 32, backend: str = "auto", show_progress_bar: bool = False,
-                  max_seq_length: int = 0):
+                  max_seq_length: int = 0, instruction_template: str | None = None,
+                  meta_overrides: Mapping[str, Any] | None = None):
     """An mteb encoder for an `Encoder`, a path, or an object mteb already understands.
 
     backend "auto": sentence-transformers folders run through sentence-transformers (PyTorch),
     everything else through the JAX encoder; "jax" forces the JAX encoder for every path.
     `max_seq_length` > 0 truncates inputs to that many tokens (for paths and `Encoder`s).
+    `instruction_template`: decoder models' query template (None = mteb's Qwen3 one).
+    `meta_overrides`: ModelMeta fields (name, revision, license, ...) over what the model and its
+    boom.json say (see mteb_encoder.model_meta).
     """
-    from boom_jax.evaluation.mteb_encoder import MtebEncoder
+    from boom_jax.evaluation.mteb_encoder import MtebEncoder, model_meta
 
     if backend not in BACKENDS:
         raise EvaluationError(f"backend={backend!r}; expected one of {BACKENDS}")
@@ -223,14 +255,24 @@ def to_mteb_model(model: Any, label: str, batch_size: int = 32, backend: str = "
         if backend == "sentence_transformers" or (backend == "auto" and is_sentence_transformers_folder(path)):
             if not is_sentence_transformers_folder(path):
                 raise EvaluationError(f"{path}: not a sentence-transformers folder (no modules.json)")
-            return _sentence_transformers_mteb_model(path, label, batch_size, show_progress_bar, max_seq_length)
+            return _sentence_transformers_mteb_model(path, label, batch_size, show_progress_bar, max_seq_length,
+                                                     instruction_template, meta_overrides)
+        provenance = find_provenance(path)
         model = load_encoder(path, max_seq_length)
+    else:
+        provenance = None
     if hasattr(model, "cfg") and hasattr(model, "encode") and not hasattr(model, "mteb_model_meta"):
         if max_seq_length and model.cfg.max_seq_length != max_seq_length:
             from boom_jax.models.encoder import Encoder
 
             model = Encoder(model.cfg.replace(max_seq_length=int(max_seq_length)), model.params, model.tokenizer)
-        return MtebEncoder(model, label, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        wrapped = MtebEncoder(model, label, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                              instruction_template=instruction_template)
+        if provenance or meta_overrides:
+            base = wrapped.mteb_model_meta
+            wrapped.mteb_model_meta = model_meta(label, model.cfg, base.n_parameters, provenance,
+                                                 wrapped.use_instructions, overrides=dict(meta_overrides or {}))
+        return wrapped
     return model
 
 
@@ -254,6 +296,53 @@ def _temp_sibling(path: str) -> str:
     return os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+def _is_local_task(task) -> bool:
+    return getattr(task, "eval_task", None) is not None
+
+
+def _task_revision(task) -> str | None:
+    dataset = getattr(task.metadata, "dataset", None) or {}
+    return dataset.get("revision") if isinstance(dataset, Mapping) else None
+
+
+def _fingerprint(models: Mapping[str, Any], tasks: Sequence, caps: TaskCaps | None, max_seq_length: int,
+                 instruction_template: str | None) -> dict:
+    """What a results folder was computed from; a resumed run must match it."""
+    return {
+        "tasks": {t.metadata.name: _task_revision(t) for t in tasks},
+        "models": {label: os.path.abspath(os.fspath(m)) if isinstance(m, (str, os.PathLike)) else "in-memory"
+                   for label, m in models.items()},
+        "caps": dataclasses.asdict(caps or TaskCaps()), "max_seq_length": int(max_seq_length),
+        "instruction_template": instruction_template,
+    }
+
+
+def skip_reason(task) -> str | None:
+    """Why an mteb registry task cannot run here (closed dataset, data not downloadable), else None.
+
+    Loads the task's data (mteb does so anyway before evaluating it); local tasks always run."""
+    if _is_local_task(task):
+        return None
+    if getattr(task.metadata, "is_public", True) is False:
+        return "closed dataset (not public; needs access granted on the hub)"
+    try:
+        task.load_data()
+    except Exception as e:  # whatever the loader raises (offline, gated, removed): the task is listed as skipped
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return f"data could not be loaded: {type(e).__name__}: {first}"
+    return None
+
+
+def _read_run_record(folder: str) -> dict | None:
+    path = os.path.join(folder, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def evaluate_models(
     models: Mapping[str, Any],
     tasks: Any,
@@ -266,63 +355,109 @@ def evaluate_models(
     show_progress_bar: bool = True,
     caps: TaskCaps | None = None,
     max_seq_length: int = 0,
+    instruction_template: str | None = None,
+    model_meta: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, dict]]:
     """Score every model on every task; returns {label: {task: {main_score, metric, type, domain, ...}}}.
 
     `models`: label -> `Encoder` or path (see `to_mteb_model`). `tasks`, `caps`: see `resolve_tasks`.
-    `max_seq_length` > 0 truncates every model's inputs to that many tokens.
-    With `out_dir`: writes out_dir/mteb/<label>/<task>.json (mteb's result files), results.json,
-    table.md and chart.png, all built in a temporary folder that replaces out_dir at the end.
+    `max_seq_length` > 0 truncates every model's inputs to that many tokens. `instruction_template`:
+    decoder models' query template (None = mteb's Qwen3 one). `model_meta`: label -> ModelMeta fields
+    (name, revision, ...; see `mteb_encoder.model_meta`).
+
+    With `out_dir`, results go through mteb's ResultCache in mteb's results-repository layout,
+    out_dir/results/<model name>/<revision>/<task>.json + model_meta.json, then results.json,
+    table.md, chart.png and run.json (what ran, what was skipped and why). A run that stopped
+    (killed, or a task failed) is resumed by running the same call again: finished tasks are read
+    back, only the missing ones run. An out_dir computed from other tasks, caps or models is refused
+    unless `overwrite`, which recomputes everything in a temporary folder swapped in at the end.
+    mteb registry tasks that cannot run here (closed, data not downloadable) are skipped with the
+    reason; mteb's own tasks need the network (or a filled datasets cache).
     """
     import mteb
 
     if not models:
         raise EvaluationError("no models to evaluate")
     mteb_tasks = resolve_tasks(tasks, benchmark, caps)
+    fingerprint = _fingerprint(models, mteb_tasks, caps, max_seq_length, instruction_template)
+    work = None
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
-        if os.path.exists(out_dir) and not overwrite:
-            raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
-        tmp = _temp_sibling(out_dir)
-        os.makedirs(tmp)
+        if overwrite or not os.path.exists(out_dir):
+            work = _temp_sibling(out_dir) if overwrite and os.path.exists(out_dir) else out_dir
+        else:
+            previous = _read_run_record(out_dir)
+            if previous is None or previous.get("fingerprint") != fingerprint:
+                raise FileExistsError(
+                    f"{out_dir} already exists and holds results of another evaluation (other tasks, caps, "
+                    "models or template); pass overwrite=True / --overwrite to replace it")
+            work = out_dir
+        os.makedirs(work, exist_ok=True)
+        write_json(os.path.join(work, RUN_FILE), {"fingerprint": fingerprint, "complete": False})
+    cache = mteb.ResultCache(work) if work is not None else None
     results: dict[str, dict[str, dict]] = {}
+    skipped: dict[str, str] = {}
+    meta_paths: dict[str, str] = {}
     try:
         for label, model in tqdm(models.items(), desc="models", disable=not show_progress_bar or len(models) < 2):
             mteb_model = to_mteb_model(model, label, batch_size=batch_size, backend=backend,
-                                       max_seq_length=max_seq_length)
-            for task in mteb_tasks:  # every model sees the same samples (clustering bootstraps, few-shot draws)
-                _reseed(task)
-            model_result = mteb.evaluate(
-                mteb_model,
-                mteb_tasks,
-                cache=None,
-                encode_kwargs={"batch_size": batch_size},
-                show_progress_bar=show_progress_bar,
-                overwrite_strategy="always",
-            )
-            by_name = {r.task_name: r for r in model_result.task_results}
+                                       max_seq_length=max_seq_length, instruction_template=instruction_template,
+                                       meta_overrides=(model_meta or {}).get(label))
+            meta = mteb_model.mteb_model_meta
+            if cache is not None:
+                meta_paths[label] = os.path.relpath(
+                    os.path.dirname(cache.get_task_result_path("x", meta.model_name_as_path(), meta.revision)), work)
             results[label] = {}
-            for task in mteb_tasks:
-                name = task.metadata.name
+            for pristine in mteb_tasks:
+                name = pristine.metadata.name
+                if name in skipped:
+                    continue
+                # a fresh copy per model: every model sees the same samples (clustering bootstraps,
+                # few-shot draws) without touching mteb's random state
+                task = copy.deepcopy(pristine)
+                reason = skip_reason(task)
+                if reason is not None:
+                    skipped[name] = reason
+                    log.warning("skipping %s: %s", name, reason)
+                    continue
+                model_result = mteb.evaluate(
+                    mteb_model, task, cache=cache, encode_kwargs={"batch_size": batch_size},
+                    show_progress_bar=show_progress_bar,
+                    overwrite_strategy="only-missing" if cache is not None else "always",
+                )
+                by_name = {r.task_name: r for r in model_result.task_results}
                 if name not in by_name:
                     raise RuntimeError(f"mteb returned no result for task {name!r} with model {label!r}")
                 results[label][name] = _task_entry(task, by_name[name])
-                if out_dir is not None:
-                    folder = os.path.join(tmp, "mteb", _safe_name(label))
-                    os.makedirs(folder, exist_ok=True)
-                    from pathlib import Path
-
-                    by_name[name].to_disk(Path(folder) / f"{_safe_name(name)}.json")
+                if hasattr(task, "unload_data"):
+                    task.unload_data()
             del mteb_model
-        if out_dir is not None:
-            write_report(results, tmp)
-            if os.path.exists(out_dir):
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
+        if work is not None:
+            write_report(results, work)
+            names = [t.metadata.name for t in mteb_tasks]
+            write_json(os.path.join(work, RUN_FILE), {
+                "fingerprint": fingerprint, "complete": True, "tasks": names,
+                "ran": [n for n in names if n not in skipped], "skipped": skipped, "results": meta_paths,
+                "summary": run_summary(len(names), skipped)})
+            if work != out_dir:
+                old = _temp_sibling(out_dir)
+                os.replace(out_dir, old)
+                os.replace(work, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
     finally:
-        if out_dir is not None and os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        if work is not None and work != out_dir and os.path.exists(work):
+            shutil.rmtree(work, ignore_errors=True)
+    if skipped:
+        print(run_summary(len(mteb_tasks), skipped))
     return results
+
+
+def run_summary(num_tasks: int, skipped: Mapping[str, str]) -> str:
+    """One line: how many tasks ran, and which were skipped with their reasons."""
+    line = f"{num_tasks - len(skipped)} of {num_tasks} tasks ran"
+    if skipped:
+        line += f"; {len(skipped)} skipped: " + "; ".join(f"{n} ({r})" for n, r in skipped.items())
+    return line
 
 
 def dev_caps(eval_config: Any) -> TaskCaps:
@@ -333,21 +468,12 @@ def dev_caps(eval_config: Any) -> TaskCaps:
 def evaluate_dev(config: Any, models: Mapping[str, Any], out_dir: str | os.PathLike | None,
                  tasks: Any = "builtin") -> dict[str, dict[str, dict]]:
     """`evaluate_models` with a training config's dev settings: config.eval.{batch_size, max_queries,
-    max_documents, max_texts, max_seq_length} and config.log.progress_bar; replaces out_dir."""
+    max_documents, max_texts, max_seq_length}, config.log.progress_bar and the training's query template
+    (config.model.query_prompt_template, when set, for decoder models); replaces out_dir."""
     return evaluate_models(models, tasks, out_dir, batch_size=int(config.eval.batch_size), overwrite=True,
                            show_progress_bar=bool(config.log.progress_bar), caps=dev_caps(config.eval),
-                           max_seq_length=int(config.eval.max_seq_length))
-
-
-def _reseed(mteb_task) -> None:
-    """Reset a task's random state to its seed, as a freshly built task has it."""
-    seed = getattr(mteb_task, "seed", None)
-    if seed is not None:
-        mteb_task.rng_state, mteb_task.np_rng = random.Random(seed), np.random.default_rng(seed)
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.,()=+-]+", "_", name)
+                           max_seq_length=int(config.eval.max_seq_length),
+                           instruction_template=config.model.query_prompt_template or None)
 
 
 def evaluate_builtin_retrieval(
@@ -355,6 +481,7 @@ def evaluate_builtin_retrieval(
     tasks: Sequence[EvalTask] | None = None,
     batch_size: int = 32,
     k: int = 10,
+    instruction_template: str | None = None,
 ) -> dict[str, float]:
     """Fast dev evaluation: {task: nDCG@k} for the retrieval tasks among `tasks` (others are skipped).
 
@@ -370,7 +497,7 @@ def evaluate_builtin_retrieval(
     retrieval = [t for t in tasks if t.type == "retrieval"]
     if not retrieval:
         raise EvaluationError(f"no retrieval task among {[t.name for t in tasks]}")
-    prompts = MtebEncoder(encoder)
+    prompts = MtebEncoder(encoder, instruction_template=instruction_template)
     out: dict[str, float] = {}
     for task in retrieval:
         meta = task_metadata(task)

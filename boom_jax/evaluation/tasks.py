@@ -7,6 +7,9 @@ else its description) becomes the mteb task prompt, which instruction-following 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from typing import Any
 
 from datasets import Dataset, DatasetDict
@@ -37,6 +40,13 @@ def task_instruction(task: EvalTask) -> str:
     return task.instruction or task.description or f"Given a query, retrieve relevant passages ({task.name})"
 
 
+def task_fingerprint(task: EvalTask) -> str:
+    """A short hash of everything a local task holds (its texts, labels, judgements, instruction): the
+    dataset revision mteb records, so results of a differently sampled task are never taken for these."""
+    data = json.dumps(dataclasses.asdict(task), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]
+
+
 def task_metadata(task: EvalTask) -> TaskMetadata:
     """mteb metadata for a local task: one English test split, no hub dataset behind it."""
     mteb_type, main_score = MTEB_TYPES[task.type]
@@ -44,7 +54,7 @@ def task_metadata(task: EvalTask) -> TaskMetadata:
         name=task.name,
         description=task.description or task.name,
         reference=None,
-        dataset={"path": f"boom_jax/builtin/{task.name}", "revision": "local"},
+        dataset={"path": f"boom_jax/builtin/{task.name}", "revision": task_fingerprint(task)},
         type=mteb_type,
         category="t2t",
         modalities=["text"],

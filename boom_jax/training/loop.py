@@ -298,6 +298,7 @@ class DevEvaluator:
         if not self.tasks:
             raise ConfigError(f"config.eval.tasks={config.eval.tasks!r} selects no retrieval task")
         self.batch_size = config.eval.batch_size
+        self.instruction_template = config.model.query_prompt_template or None  # decoders: as trained
         if config.eval.max_seq_length:
             cfg = cfg.replace(max_seq_length=int(config.eval.max_seq_length))
         self._encoder = Encoder(cfg, {}, tokenizer)
@@ -306,7 +307,8 @@ class DevEvaluator:
         from boom_jax.evaluation.runner import evaluate_builtin_retrieval
 
         self._encoder.params = params
-        return evaluate_builtin_retrieval(self._encoder, self.tasks, batch_size=self.batch_size)
+        return evaluate_builtin_retrieval(self._encoder, self.tasks, batch_size=self.batch_size,
+                                          instruction_template=self.instruction_template)
 
 
 # ---------------------------------------------------------------------------------------------------
