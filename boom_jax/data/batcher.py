@@ -57,24 +57,55 @@ def choose_passages(dataset: TrainDataset, position: int, num_negatives: int, rn
     Enough negatives: drawn without replacement. Fewer: all of them, shuffled and cycled. None: the
     first positives of other examples of the same dataset, drawn at random (random negatives).
     """
+    return choose_group(dataset, position, num_negatives, rng)[0]
+
+
+def choose_group(dataset: TrainDataset, position: int, num_negatives: int,
+                 rng: np.random.Generator) -> tuple[list[str], list[float]]:
+    """(texts, teacher scores) of the group :func:`choose_passages` draws (the same draws): each text's
+    pos_scores / neg_scores entry, NaN where the example has none (random negatives never have one)."""
     example = dataset.examples[position]
-    pos = example.pos[int(rng.integers(len(example.pos)))] if len(example.pos) > 1 else example.pos[0]
+    nan = float("nan")
+    pos_i = int(rng.integers(len(example.pos))) if len(example.pos) > 1 else 0
+    pos, pos_score = example.pos[pos_i], (example.pos_scores[pos_i] if example.pos_scores else nan)
     if num_negatives == 0:
-        return [pos]
+        return [pos], [pos_score]
     neg = example.neg
+    neg_score = (lambda i: example.neg_scores[i]) if example.neg_scores else (lambda i: nan)
     if len(neg) >= num_negatives:
-        picked = [neg[i] for i in rng.choice(len(neg), size=num_negatives, replace=False)]
+        chosen = [int(i) for i in rng.choice(len(neg), size=num_negatives, replace=False)]
     elif neg:
         order = rng.permutation(len(neg))
-        picked = [neg[order[i % len(neg)]] for i in range(num_negatives)]
+        chosen = [int(order[i % len(neg)]) for i in range(num_negatives)]
     else:
         if len(dataset) < 2:
             raise ValueError(f"dataset {dataset.name!r}: example {example.index} has no negatives and the dataset "
                              f"has no other example to draw random negatives from")
         others = rng.integers(len(dataset) - 1, size=num_negatives)
         others = others + (others >= position)  # skip the example itself
-        picked = [dataset.examples[int(j)].pos[0] for j in others]
-    return [pos, *picked]
+        return [pos, *(dataset.examples[int(j)].pos[0] for j in others)], [pos_score] + [nan] * num_negatives
+    return [pos, *(neg[i] for i in chosen)], [pos_score, *(neg_score(i) for i in chosen)]
+
+
+def duplicate_masks(positives: Sequence[Sequence[str]], queries: Sequence[str],
+                    passages: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(false_negatives [B, B * G], duplicate_queries [B, B]) of a global batch in group layout:
+    passage j's text is one of query i's positives (its own positive column excluded), and query j has
+    query i's text (j != i). The masks the loss applies with loss.mask_duplicates."""
+    ids: dict[str, int] = {}
+    passage_ids = np.asarray([ids.setdefault(t, len(ids)) for t in passages], np.int64)
+    b, n = len(queries), len(passages)
+    group = n // b
+    false_negatives = np.zeros((b, n), bool)
+    for i, pos in enumerate(positives):
+        known = [ids[t] for t in pos if t in ids]
+        if known:
+            false_negatives[i] = np.isin(passage_ids, known)
+    false_negatives[np.arange(b), np.arange(b) * group] = False
+    query_ids = np.unique(np.asarray(queries, dtype=object), return_inverse=True)[1].reshape(-1)
+    duplicate_queries = query_ids[:, None] == query_ids[None, :]
+    np.fill_diagonal(duplicate_queries, False)
+    return false_negatives, duplicate_queries
 
 
 def batch_tokens(batch: Mapping[str, Any]) -> tuple[int, int]:
@@ -134,6 +165,10 @@ class Batcher:
     most the texts of a shard), `pack_shards` the data-parallel shards of this host's slice (each packs its
     own texts), `pack_row_multiple` what row counts per shard are a multiple of (the gradient cache's
     chunk count), `pack_row_buckets` row-count buckets per doubling.
+    `teacher_scores`: batches carry "teacher_scores" float32 [b * G] (each passage's pos_scores / neg_scores
+    entry, NaN where there is none) for the distillation losses. `duplicate_masks`: batches carry
+    "false_negatives" bool [b, B * G] and "duplicate_queries" bool [b, B] (see :func:`duplicate_masks`;
+    rows are this host's queries, columns the global batch).
     """
 
     def __init__(
@@ -158,6 +193,8 @@ class Batcher:
         pack_shards: int = 1,
         pack_row_multiple: int = 1,
         pack_row_buckets: int = 4,
+        teacher_scores: bool = False,
+        duplicate_masks: bool = False,
     ):
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be an int >= 1 (1 positive + negatives), got {group_size!r}")
@@ -175,6 +212,8 @@ class Batcher:
                 raise ValueError(f"pack_row_multiple={pack_row_multiple} and pack_row_buckets={pack_row_buckets} "
                                  f"must be >= 1")
         self.pack_shards = int(pack_shards)
+        self.teacher_scores = bool(teacher_scores)
+        self.duplicate_masks = bool(duplicate_masks)
         self.pack_row_multiple = int(pack_row_multiple)
         self.pack_row_buckets = int(pack_row_buckets)
         self._pack_length = pack_length
@@ -288,11 +327,13 @@ class Batcher:
             raise ValueError(f"a batch mixes datasets with different group sizes {sorted(group_sizes)}; give the "
                              f"mixed datasets the same hard_negatives")
         group = group_sizes.pop()
-        queries, passages = [], []
+        queries, passages, scores = [], [], []
         for name, i in planned.items:
             dataset = self._by_name[name]
             queries.append(query_text(dataset.examples[i]))
-            passages.extend(choose_passages(dataset, i, group - 1, rng))
+            texts, group_scores = choose_group(dataset, i, group - 1, rng)
+            passages.extend(texts)
+            scores.extend(group_scores)
         query_ids, query_mask = self._tokenize(queries, self.query_tokenizer, self._query_store, self._query_cache)
         passage_ids, passage_mask = self._tokenize(passages, self.passage_tokenizer, self._passage_store,
                                                    self._passage_cache)
@@ -313,6 +354,12 @@ class Batcher:
                 "passage_ids": np.ascontiguousarray(passage_ids[p], dtype=np.int32),
                 "passage_mask": np.ascontiguousarray(passage_mask[p], dtype=np.int32),
             }
+        if self.teacher_scores:
+            out["teacher_scores"] = np.asarray(scores[p], np.float32)
+        if self.duplicate_masks:
+            positives = [self._by_name[name].examples[i].pos for name, i in planned.items]
+            false_negatives, duplicate_queries = duplicate_masks(positives, queries, passages)
+            out["false_negatives"], out["duplicate_queries"] = false_negatives[q], duplicate_queries[q]
         return {
             **out,
             "dataset_id": dataset_id,

@@ -476,6 +476,7 @@ def _train_locked(
     from boom_jax.data.token_store import default_token_cache_dir
     from boom_jax.models import build_model
     from boom_jax.tokenization import TextTokenizer, load_tokenizer
+    from boom_jax.training.loss import run_loss_spec
     from boom_jax.training.sharding import DEFAULT_RULES, make_mesh
     from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn, train_state_shardings
 
@@ -502,12 +503,17 @@ def _train_locked(
                               buckets=(query_len,) if fixed else None)
     passage_tok = TextTokenizer(tokenizer, passage_len, cfg.padding_side, cfg.append_eos,
                                 buckets=(passage_len,) if fixed else None)
+    try:  # the loss terms, checked against the model's width and the data (teacher scores)
+        loss_spec = run_loss_spec(config.loss, config.train.temperature, cfg.embedding_dim, train_sets)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     batcher = Batcher(train_sets, query_tok, passage_tok, config.train.batch_size,
                       group_size=config.data.train_group_size, schedule=config.data.schedule, seed=config.seed,
                       schedule_options=schedule_options(config, train_sets),
                       num_epochs=None if config.train.max_steps else config.train.epochs,
                       process_index=jax.process_index(), process_count=jax.process_count(),
                       token_cache_dir=config.data.token_cache_dir or default_token_cache_dir(workdir),
+                      teacher_scores=loss_spec.needs_teacher_scores, duplicate_masks=loss_spec.mask_duplicates,
                       show_progress=config.log.progress_bar and is_main)
     total_steps = config.train.max_steps or batcher.total_steps
 
@@ -532,7 +538,8 @@ def _train_locked(
         log.info("resumed from step %d", start_step)
     train_step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, config.train.temperature,
                                  mesh=mesh, state_shardings=shardings, dropout_rng=config.train.dropout_rng,
-                                 grad_cache_chunk=config.train.grad_cache_chunk or None, trainable=trainable)
+                                 grad_cache_chunk=config.train.grad_cache_chunk or None, trainable=trainable,
+                                 loss_spec=loss_spec)
     evaluator = None
     if config.eval.every_steps or config.eval.at_end:
         evaluator = DevEvaluator(config, cfg, tokenizer, eval_tasks)

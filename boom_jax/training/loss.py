@@ -389,3 +389,19 @@ def loss_spec_from_config(loss: Mapping[str, Any], temperature: float) -> LossSp
         passage_query=bool(loss["passage_query"]),
         mask_duplicates=bool(loss["mask_duplicates"]),
     )
+
+
+def run_loss_spec(loss: Mapping[str, Any], temperature: float, embedding_dim: int, datasets: Sequence[Any]) -> LossSpec:
+    """The LossSpec of a training run, checked against the model and the data before any step:
+    Matryoshka widths within the embedding width, teacher scores present when a distillation term is on.
+    Errors (ValueError) name the config key."""
+    spec = loss_spec_from_config(loss, temperature)
+    too_wide = [d for d in spec.matryoshka_dims if d > embedding_dim]
+    if too_wide:
+        raise ValueError(f"config.loss.matryoshka_dims={loss['matryoshka_dims']!r}: {too_wide} exceed the model's "
+                         f"embedding width {embedding_dim}")
+    if spec.needs_teacher_scores and not any(e.pos_scores for d in datasets for e in d.examples):
+        key = "kd_weight" if spec.kd_weight else "margin_mse_weight"
+        raise ValueError(f"config.loss.{key}={loss[key]} needs teacher scores, but no training example has "
+                         f"pos_scores / neg_scores (write them with python -m boom_jax.score)")
+    return spec

@@ -26,6 +26,7 @@ its own texts locally. The loss then runs on [B, D] and [B * G, D] exactly as fo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -36,7 +37,7 @@ import optax
 from jax.sharding import Mesh
 
 from boom_jax.training.grad_cache import EmbedFn, chunked_value_and_grad, grad_cache_value_and_grad
-from boom_jax.training.loss import info_nce
+from boom_jax.training.loss import LossInputs, LossSpec, combined_loss
 from boom_jax.training.sharding import (
     batch_axes,
     batch_sharding,
@@ -56,6 +57,9 @@ BATCH_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask", "in_batc
 PACKED_KEYS = ("query_ids", "query_segments", "query_lengths", "query_index",
                "passage_ids", "passage_segments", "passage_lengths", "passage_index")
 COUNTER_KEYS = ("step", "skipped", "consecutive_skipped")
+# Optional per-batch loss inputs (boom_jax.training.loss.LossInputs), passed through when present:
+# teacher scores [B * G] and the duplicate masks [B, B * G] / [B, B] of the batcher.
+LOSS_INPUT_KEYS = ("teacher_scores", "false_negatives", "duplicate_queries")
 
 
 def module_embed_fn(module: Any) -> EmbedFn:
@@ -158,6 +162,7 @@ def prepare_batch(batch: dict, shards: int | None = None) -> dict:
     if b == 0 or n % b:
         raise ValueError(f"train batch: {n} passages, not a multiple of the {b} queries")
     out = {k: batch[k] for k in keys}
+    out.update({k: batch[k] for k in LOSS_INPUT_KEYS if k in batch})
     flag = batch.get("in_batch_negatives", True)
     if isinstance(flag, jax.Array):
         out["in_batch_negatives"] = jnp.broadcast_to(flag.astype(bool), (b,))
@@ -170,6 +175,11 @@ def _tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def batch_loss_inputs(batch: dict) -> LossInputs:
+    """The loss inputs of a prepared batch besides the embeddings (absent keys = None)."""
+    return LossInputs(batch["in_batch_negatives"], *(batch.get(k) for k in LOSS_INPUT_KEYS))
+
+
 def make_update(
     embed_fn: EmbedFn,
     optimizer: optax.GradientTransformation,
@@ -177,6 +187,7 @@ def make_update(
     grad_cache_chunk: int | None = None,
     trainable: Callable[[str], bool] | None = None,
     batch_shards: int = 1,
+    loss_spec: LossSpec | None = None,
 ) -> Callable[..., tuple[dict, dict]]:
     """``update(state, batch, rng, lr_scale=None) -> (new_state, metrics)``: one optimizer update, not jitted.
 
@@ -189,10 +200,13 @@ def make_update(
     with the gradient cache their rows go in as many chunks as the queries would.
     """
 
+    spec = LossSpec(temperature=temperature) if loss_spec is None else dataclasses.replace(
+        loss_spec, temperature=temperature)
+
     def loss_and_grads(params, batch, rng):
         if is_packed(batch):
             return packed_loss_and_grads(params, batch, rng)
-        loss_fn = lambda q, p: info_nce(q, p, temperature, batch["in_batch_negatives"])  # noqa: E731
+        loss_fn = lambda q, p: combined_loss(q, p, spec, batch_loss_inputs(batch))  # noqa: E731
         args = (params, batch["query_ids"], batch["query_mask"], batch["passage_ids"], batch["passage_mask"], rng)
         if not grad_cache_chunk:
             return chunked_value_and_grad(embed_fn, loss_fn, *args)
@@ -206,7 +220,7 @@ def make_update(
         def loss_fn(q_rows, p_rows):
             q = gather_segments(q_rows, batch["query_index"], batch_shards)
             p = gather_segments(p_rows, batch["passage_index"], batch_shards)
-            return info_nce(q, p, temperature, batch["in_batch_negatives"])
+            return combined_loss(q, p, spec, batch_loss_inputs(batch))
 
         args = (params, batch["query_ids"], batch["query_segments"], batch["passage_ids"], batch["passage_segments"],
                 rng)
@@ -266,6 +280,7 @@ def make_train_step(
     trainable: Callable[[str], bool] | None = None,
     donate: bool = True,
     dropout_rng: str = "threefry",
+    loss_spec: LossSpec | None = None,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     """``train_step(state, batch) -> (new_state, metrics)``, jitted (state donated).
 
@@ -281,6 +296,9 @@ def make_train_step(
       pass the same predicate as the optimizer's.
     - ``dropout_rng``: the PRNG implementation of the dropout keys (see :data:`DROPOUT_RNG_IMPLS`,
       :func:`dropout_key`); config key ``train.dropout_rng``.
+    - ``loss_spec``: the loss terms (config section ``loss``, boom_jax.training.loss.LossSpec; its
+      temperature is replaced by ``temperature``); None = plain InfoNCE. Batches may carry the
+      optional :data:`LOSS_INPUT_KEYS` (teacher scores, duplicate masks) it uses.
     Metrics: loss, grad_norm (global norm of the gradients before clipping), lr, skipped (1 if this
     update was skipped for a non-finite loss or gradient), consecutive_skipped.
     """
@@ -288,7 +306,8 @@ def make_train_step(
         raise ValueError(f"make_train_step: dropout_rng={dropout_rng!r}, expected one of {DROPOUT_RNG_IMPLS}")
 
     shards = batch_shard_count(mesh)
-    update = make_update(embed_fn, optimizer, temperature, grad_cache_chunk, trainable, batch_shards=shards)
+    update = make_update(embed_fn, optimizer, temperature, grad_cache_chunk, trainable, batch_shards=shards,
+                         loss_spec=loss_spec)
 
     def step(state, batch):
         applied = state["step"] - state["skipped"]  # number of updates applied so far (optax count)
