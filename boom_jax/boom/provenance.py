@@ -73,9 +73,19 @@ def merged_provenance(config: ml_collections.ConfigDict, kind: str, datasets: Se
     return out
 
 
-def write_export_card(export_dir: str, provenance: Mapping[str, Any]) -> None:
-    """README.md + boom.json of an existing export folder, from `provenance`."""
+def write_export_card(export_dir: str, provenance: Mapping[str, Any], merged_dir: str | None = None) -> None:
+    """README.md + boom.json of an existing export folder, from `provenance`. The merge's own recipe
+    (`merged_dir`/recipe.yml, default the sibling DIR/merged) goes into the card as the YAML block that
+    reproduces the merge (`python -m boom_jax.merge --recipe=...`, mergekit's format)."""
     from boom_jax.hf.loader import config_from_folder
+    from boom_jax.merging.recipe import RECIPE_FILE
 
+    provenance = dict(provenance)
+    recipe = os.path.join(merged_dir or os.path.join(os.path.dirname(os.path.abspath(export_dir)), "merged"),
+                          RECIPE_FILE)
+    if provenance.get("merge") and os.path.isfile(recipe):
+        with open(recipe, encoding="utf-8") as f:
+            provenance["merge"] = {**provenance["merge"], "recipe": f.read(),
+                                   "recipe_file": os.path.relpath(recipe, os.path.dirname(os.path.abspath(export_dir)))}
     cfg = config_from_folder(export_dir)[0]
     write_card_files(export_dir, cfg, provenance)

@@ -260,10 +260,15 @@ def _merge_section(provenance: Mapping[str, Any]) -> list[str]:
                    f"{_fmt(weight) if weight is not None else 'equal'} | {_fmt(m.get('steps'))} | "
                    f"{_fmt(m.get('examples'))} | `{m.get('manifest_sha256') or '-'}` | {_fmt(m.get('dev_score'))} |")
     out.append(f"| **merged** | | | | | | | {_fmt(merged_score)} |")
-    out += ["", "Dev score: mean main score over the dev tasks (x1, higher is better).", "",
-            "The same merge as a mergekit-style recipe (paths relative to the run folder; a boom_jax model folder",
-            "becomes a Hugging Face folder with `python -m boom_jax.export --checkpoint=PATH --out=DIR`):", "",
-            "```yaml", mergekit_yaml(merge), "```", ""]
+    out += ["", "Dev score: mean main score over the dev tasks (x1, higher is better).", ""]
+    if merge.get("recipe"):  # the merge's own recipe.yml: reruns it bit for bit
+        out += [f"The merge's own recipe (`{merge.get('recipe_file', 'recipe.yml')}`, mergekit's format, paths relative "
+                "to its folder; `python -m boom_jax.merge --recipe=FILE --out=DIR` reruns it):", "",
+                "```yaml", str(merge["recipe"]).rstrip("\n"), "```", ""]
+    else:
+        out += ["The same merge as a mergekit-style recipe (paths relative to the run folder; a boom_jax model "
+                "folder becomes a Hugging Face folder with `python -m boom_jax.export --checkpoint=PATH --out=DIR`):",
+                "", "```yaml", mergekit_yaml(merge), "```", ""]
     return out
 
 
