@@ -1,7 +1,7 @@
 """Merge speed and memory: streaming vs in-memory merges beside a plain read of the checkpoints.
 
-    python benchmarks/merge.py [--ks=2,4,8] [--sizes=minilm,synthetic] [--method=multislerp]
-                               [--workdir=/tmp/boom_merge_bench]
+    python benchmarks/merge.py [--ks=2,5,10] [--sizes=minilm,synthetic] [--method=multislerp]
+                               [--modes=read,streaming,in_memory] [--workdir=/tmp/boom_merge_bench]
 
 For each model size (MiniLM: all-MiniLM-L6-v2's real weights plus per-member noise, 22.7M params;
 synthetic: a BERT-shaped random model of ~0.5 GB) it writes K member model folders once, then runs
@@ -10,7 +10,9 @@ each measurement in its own subprocess so that the peak RSS belongs to that meas
   in_memory  merge_models(..., streaming=False): load K models, merge, write the model folder
   streaming  merge_models(..., streaming=True): leaf groups of at most the largest tensor
 Reported: seconds of the operation (imports excluded), peak RSS growth (VmHWM) over the process's
-RSS just before the operation, and read_s / streaming_s (merge throughput relative to a plain read).
+RSS just before the operation, read_s / streaming_s (merge throughput relative to a plain read;
+target >= 0.5) and the streaming merge's peak growth per added member (the slope of its growth over K,
+in MB and in largest tensors; target <= 1 largest tensor).
 Results go to WORKDIR/results.json and a Markdown table on stdout.
 """
 
@@ -130,7 +132,8 @@ def _measure(mode: str, inputs: list[str], out: str, method: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ks", default="2,4,8")
+    parser.add_argument("--ks", default="2,5,10")
+    parser.add_argument("--modes", default="read,streaming,in_memory", help="in_memory needs K x model of RAM")
     parser.add_argument("--sizes", default="minilm,synthetic")
     parser.add_argument("--method", default="multislerp")
     parser.add_argument("--workdir", default="/tmp/boom_merge_bench")
@@ -151,22 +154,29 @@ def main() -> None:
         members = _members(size, max(ks), args.workdir)
         for k in tqdm(ks, desc=size):
             row = {"size": size, "k": k}
-            for mode in ("read", "in_memory", "streaming"):
+            for mode in args.modes.split(","):
                 m = _measure(mode, members[:k], os.path.join(args.workdir, "out"), args.method)
                 row.update({f"{mode}_s": m["seconds"], f"{mode}_growth_mb": m["peak_growth_mb"]})
                 row.update(model_mb=m["model_mb"], largest_tensor_mb=m["largest_tensor_mb"], rss_before_mb=m["rss_before_mb"])
             row["streaming_vs_read"] = round(row["read_s"] / row["streaming_s"], 2)
+            previous = next((r for r in reversed(results) if r["size"] == size), None)
+            if previous is not None:
+                slope = (row["streaming_growth_mb"] - previous["streaming_growth_mb"]) / (k - previous["k"])
+                row["growth_per_member_mb"] = round(slope, 1)
+                row["growth_per_member_in_largest"] = round(slope / row["largest_tensor_mb"], 2)
             results.append(row)
             print(json.dumps(row), file=sys.stderr)
     shutil.rmtree(os.path.join(args.workdir, "out"), ignore_errors=True)
     with open(os.path.join(args.workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     cols = ["size", "k", "model_mb", "largest_tensor_mb", "read_s", "in_memory_s", "streaming_s", "streaming_vs_read",
-            "read_growth_mb", "in_memory_growth_mb", "streaming_growth_mb"]
+            "read_growth_mb", "in_memory_growth_mb", "streaming_growth_mb", "growth_per_member_mb",
+            "growth_per_member_in_largest"]
+    cols = [c for c in cols if any(c in r for r in results)]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in results:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Arguments: `:smoke` (two MiniLM members on a tiny slice, two dev tasks; a few mi
 members of a tiny random model, for tests).
 Useful overrides: --config.bag.ratios="(0.8,1.0)" (the paper's cheap sweet spot),
 --config.bag.member=I (train member I only, for parallel launches; merge afterwards),
---config.bag.merge_method=linear, --config.bag.sampling=with_replacement.
+--config.merge.method=task_arithmetic --config.merge.base=base (any method of boom_jax.merging; its
+parameters go in config.merge.params, see configs/common.py's merge section),
+--config.merge.weights=auto:cocktail (weights learned on held-out examples), --config.bag.sampling=with_replacement.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ def bag_section() -> ml_collections.ConfigDict:
     bag.stacked = False
     bag.seed = 0  # sampling seed (each member draws with its own seed derived from it)
     bag.sampling = "without_replacement"  # | "with_replacement" (bootstrap) | "pooled"
-    bag.merge_method = "multislerp"
-    bag.merge_weights = ()  # () = equal weights
     bag.evaluate = True
     bag.eval_tasks = "builtin"  # builtin | builtin_in | builtin_out | comma-separated task names
     return bag

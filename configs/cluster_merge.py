@@ -30,7 +30,6 @@ def cluster_section() -> ml_collections.ConfigDict:
     c.num_clusters = 3  # at most this many clusters; 0 = cut the tree at `threshold` instead
     c.threshold = 0.0  # interaction at which the tree is cut (used when num_clusters = 0)
     c.linkage = "average"  # | "single" | "complete" | "weighted"
-    c.merge_method = "multislerp"
     c.evaluate = True  # dev scores of base, cluster models and merged model (config.eval caps)
     c.eval_tasks = "builtin"
     return c

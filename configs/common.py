@@ -134,6 +134,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.export.license = ""  # "" = the base model card's license
     c.export.language = ""  # comma-separated codes; "" = the base model card's, else "en"
 
+    # How the workflows (bag, incremental, clusters, experiments) merge their models; checked by
+    # boom_jax/boom/merge_config.py before any training. Method names mean what mergekit's mean.
+    c.merge = ml_collections.ConfigDict()
+    c.merge.method = "multislerp"
+    # "" = equal; "0.2,0.8" = one per model; bag only: "auto:cocktail" (LM-Cocktail, softmax(-loss / T)
+    # of each member's held-out loss) | "auto:greedy" (greedy soup: a member joins if the held-out loss drops)
+    c.merge.weights = ""
+    c.merge.params = ml_collections.ConfigDict()  # the method's parameters, e.g. density, lambda_, t
+    c.merge.base = ""  # task-vector origin: "" = none, "base" = the training base model, or a folder
+    c.merge.heldout_examples = 8  # learned weights: examples per dataset held out of training
+    c.merge.temperature = 5.0  # auto:cocktail: T
+
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True
     c.log.progress_bar = True

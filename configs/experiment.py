@@ -20,15 +20,19 @@ from configs import bag, incremental
 
 def experiment_section() -> ml_collections.ConfigDict:
     e = ml_collections.ConfigDict()
-    e.strategies = ("bls,dataset_sequential,task_sequential,two_stage,dataset_merging,task_merging,boom,"
-                    "incremental")
+    e.strategies = ("bls,dataset_sequential,task_sequential,two_stage,dataset_merging,task_merging,"
+                    "task_operators,boom,boom_learned,incremental")
+    # task_operators: task-level merging with each of these (mergekit defaults; task-vector operators
+    # around the base model); SLERP only where there are exactly 2 task types
+    e.operators = "slerp,multislerp,karcher,task_arithmetic,ties,sce,model_stock"
     e.boom_ratio_sets = "20,40,60,80,100;40,60,80,100;80,100"  # percent; sets separated by ';'
     e.bag_workdir = ""  # "" = train the bag in DIR/boom; else reuse (and complete) this bag workdir
     e.bls_from_bag = True  # the bag's 100% member is BLS on all data: report it as the BLS row
     e.dataset_order = ""  # dataset-level sequential order; "" = as loaded
     e.task_order = ""  # task-level sequential order of task types; "" = retrieval first
     e.two_stage_first = "retrieval"  # stage 1: dataset names and/or task types; stage 2: the rest
-    e.merge_method = "multislerp"  # for dataset-level, task-level and BOOM merges (equal weights)
+    # dataset-level, task-level and BOOM merges use config.merge (default Multi-SLERP, equal weights);
+    # boom_learned merges the largest ratio set with weights learned on held-out examples (config.merge)
     e.include_base = True  # report the pretrained model too
     e.evaluate = True
     e.eval_tasks = "builtin"  # builtin | builtin_in | builtin_out | comma-separated task names

@@ -24,8 +24,7 @@ def incremental_section() -> ml_collections.ConfigDict:
     inc.history_ratio = 0.4
     inc.history_seed = 0
     inc.init_from = "base"  # "base" (the paper's choice) | "existing"
-    inc.merge_method = "multislerp"
-    inc.merge_weights = (0.5, 0.5)  # (existing, update)
+    # the merge of (existing, update) is config.merge (default Multi-SLERP, equal weights: 0.5 / 0.5)
     inc.compare_full_retrain = True
     inc.evaluate = True
     inc.eval_tasks = "builtin"

@@ -30,7 +30,9 @@ def plan():
 def test_default_plan_has_every_strategy_of_the_paper(plan):
     assert [r.label for r in plan.rows] == [
         "base", "bls", "dataset_sequential", "task_sequential", "two_stage", "dataset_merging", "task_merging",
-        "boom_20_40_60_80_100", "boom_40_60_80_100", "boom_80_100", "incremental"]
+        "task_multislerp", "task_karcher", "task_task_arithmetic", "task_ties", "task_sce", "task_model_stock",
+        "boom_20_40_60_80_100", "boom_40_60_80_100", "boom_80_100", "boom_20_40_60_80_100_cocktail",
+        "boom_20_40_60_80_100_greedy", "incremental"]
     assert plan.incremental
 
 

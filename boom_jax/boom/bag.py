@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import ml_collections
 
 from boom_jax.atomic_io import write_json
+from boom_jax.boom.merge_config import merge, merge_spec
+from boom_jax.boom.merge_weights import heldout_split, learn_weights
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import SubsetManifest, member_seed, sample_subsets
 
@@ -140,19 +142,27 @@ def train_members_stacked(config: ml_collections.ConfigDict, workdir: str, membe
     return [done[m.name] for m in members]
 
 
-def merge_members(config: ml_collections.ConfigDict, workdir: str, records: Sequence[dict]) -> str:
-    """Merges the finished members into DIR/merged (model folder) and DIR/export (sentence-transformers)."""
-    from boom_jax.merging.streaming import merge_models
-
-    weights = [float(w) for w in config.bag.merge_weights] or None
-    if weights is not None and len(weights) != len(records):
-        raise BagConfigError(
-            f"config.bag.merge_weights has {len(weights)} weights for {len(records)} members")
-    out = os.path.join(workdir, "merged")
-    merge_models([r["model"] for r in records], out, config.bag.merge_method, weights=weights,
-                 streaming=True, export=False, overwrite=True, progress=config.log.progress_bar)
-    _export(out, os.path.join(workdir, "export"))
-    return out
+def merge_members(config: ml_collections.ConfigDict, workdir: str, records: Sequence[dict],
+                  heldout: Sequence[TrainDataset] | None = None) -> dict:
+    """Merges the finished members as config.merge says into DIR/merged (model folder, recipe.yml) and
+    DIR/export (sentence-transformers); learned weights (merge.weights="auto:...") are scored on
+    `heldout`. Returns the merge record (method, weights used, learned weights' losses, wall time)."""
+    spec = merge_spec(config, len(records), allow_auto=True)
+    start = time.time()
+    learned = None
+    if spec.auto:
+        if heldout is None:
+            raise BagConfigError("learned merge weights need the held-out examples (run the whole bag)")
+        learned = learn_weights(config, spec, [r["model"] for r in records], heldout, workdir)
+        print(f"[bag] learned merge weights ({spec.auto}): "
+              + ", ".join(f"{r['name']} {w:.3f}" for r, w in zip(records, learned["weights"])))
+    record = merge(config, spec, [r["model"] for r in records], os.path.join(workdir, "merged"), workdir,
+                   weights=None if learned is None else learned["weights"])
+    _export(os.path.join(workdir, "merged"), os.path.join(workdir, "export"))
+    record["wall_time_s"] = round(time.time() - start, 2)
+    if learned is not None:
+        record["learned"] = learned
+    return record
 
 
 def _export(model_folder: str, out: str) -> None:
@@ -171,8 +181,7 @@ def write_bag_card(config: ml_collections.ConfigDict, workdir: str, records: Seq
     from boom_jax.training.loop import resolve_model_path
 
     members = [member_entry(r, os.path.join(workdir, "members", r["name"]), workdir, results) for r in records]
-    params = {"method": merge["method"], "weights": merge["weights"],
-              "params": dict(config.bag.get("merge_params", None) or {}), "base": config.bag.get("merge_base", "")}
+    params = {"method": merge["method"], "weights": merge["weights"], "params": merge["params"], "base": merge["base"]}
     provenance = merged_provenance(config, "merged", datasets, members, params,
                                    model_dir=resolve_model_path(config.model.path), results=results,
                                    wall_time_s=sum(r["wall_time_s"] for r in records) + merge["wall_time_s"])
@@ -235,13 +244,17 @@ def run_bag(config: ml_collections.ConfigDict, workdir: str,
 
     workdir = os.path.abspath(workdir)
     members = bag_members(config.bag)
+    spec = merge_spec(config, len(members), allow_auto=True)  # before any training
     os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, "bag.json"), {
         "members": [dataclasses.asdict(m) for m in members], "sampling": config.bag.sampling,
-        "seed": config.bag.seed, "merge_method": config.bag.merge_method,
-        "merge_weights": list(config.bag.merge_weights), "base_model": config.model.path})
+        "seed": config.bag.seed, "merge": spec.record(), "base_model": config.model.path})
     if datasets is None:
         datasets = load_train_datasets(config)
+    heldout = None
+    if spec.auto:  # learned weights: held-out examples that no member trains on
+        datasets, heldout = heldout_split(datasets, spec.heldout_examples, config.bag.seed,
+                                          min_train=int(config.train.batch_size))
     if config.bag.member >= 0:
         train_member(config, workdir, members[config.bag.member], datasets)
         return None
@@ -250,10 +263,7 @@ def run_bag(config: ml_collections.ConfigDict, workdir: str,
     else:
         records = [train_member(config, workdir, m, datasets) for m in members]
 
-    start = time.time()
-    merge_members(config, workdir, records)
-    merge = {"method": config.bag.merge_method, "weights": list(config.bag.merge_weights),
-             "wall_time_s": round(time.time() - start, 2)}
+    merge = merge_members(config, workdir, records, heldout)
 
     results = None
     if config.bag.evaluate:

@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from boom_jax.atomic_io import write_json
+from boom_jax.boom.merge_config import merge, merge_spec
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import SubsetManifest, dataset_rng
 
@@ -275,8 +276,6 @@ class ClusterSettings:
 
 def cluster_settings(config: ml_collections.ConfigDict) -> ClusterSettings:
     """The checked cluster section; ClusterConfigError names the offending config.cluster key."""
-    from boom_jax.merging.methods import MERGE_METHODS
-
     if "cluster" not in config:
         raise ClusterConfigError("the config has no `cluster` section (see configs/cluster_merge.py)")
     c = config.cluster
@@ -292,15 +291,13 @@ def cluster_settings(config: ml_collections.ConfigDict) -> ClusterSettings:
         raise ClusterConfigError(f"config.cluster.num_clusters={c.num_clusters} must be >= 1 (or 0 = use threshold)")
     if c.linkage not in LINKAGE_METHODS:
         raise ClusterConfigError(f"config.cluster.linkage={c.linkage!r}: expected one of {LINKAGE_METHODS}")
-    if c.merge_method not in MERGE_METHODS:
-        raise ClusterConfigError(f"config.cluster.merge_method={c.merge_method!r}: expected one of "
-                                 f"{sorted(MERGE_METHODS)}")
+    merge_spec(config)  # config.merge: method, parameters, base (the count once the clusters are known)
     return ClusterSettings(
         probe_steps=int(c.probe_steps), pair_steps=int(c.pair_steps or 2 * c.probe_steps),
         dev_examples=int(c.dev_examples), dev_batch_size=int(batch), seed=int(c.seed),
         num_clusters=int(c.num_clusters) if c.num_clusters > 0 else None,
         threshold=None if c.num_clusters > 0 else float(c.threshold), linkage=str(c.linkage),
-        merge_method=str(c.merge_method), evaluate=bool(c.evaluate), eval_tasks=str(c.eval_tasks))
+        merge_method=str(config.merge.method), evaluate=bool(c.evaluate), eval_tasks=str(c.eval_tasks))
 
 
 def run_config(config: ml_collections.ConfigDict, name: str, max_steps: int | None = None) -> ml_collections.ConfigDict:
@@ -449,7 +446,7 @@ def _write_card(config: ml_collections.ConfigDict, workdir: str, records: Sequen
         entry["datasets"] = list(group)
         members.append(entry)
     provenance = merged_provenance(
-        config, "cluster", datasets, members, {"method": config.cluster.merge_method}, results=results,
+        config, "cluster", datasets, members, {"method": config.merge.method}, results=results,
         model_dir=resolve_model_path(config.model.path),
         wall_time_s=sum(float(r.get("wall_time_s", 0.0)) for r in records) + merge_time)
     write_export_card(os.path.join(workdir, "export"), provenance)
@@ -460,7 +457,6 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
     """Probes, interactions, clusters, one model per cluster, merged and exported; returns the report
     written to DIR/clusters.json. Re-running skips finished probes and cluster models."""
     from boom_jax.boom.bag import _export
-    from boom_jax.merging.streaming import merge_models
     from boom_jax.training.loop import load_model_for_training, load_train_datasets, resolve_model_path
 
     import jax
@@ -493,8 +489,7 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
     start = time.time()
     merged = os.path.join(workdir, "merged")
     print(f"[cluster] merging {len(records)} cluster models ({settings.merge_method})")
-    merge_models([r["model"] for r in records], merged, settings.merge_method, streaming=True, export=False,
-                 overwrite=True, progress=config.log.progress_bar)
+    merge(config, merge_spec(config, len(records)), [r["model"] for r in records], merged, workdir)
     _export(merged, os.path.join(workdir, "export"))
     merge_time = round(time.time() - start, 2)
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from boom_jax.atomic_io import write_json
+from boom_jax.boom.merge_config import merge, merge_spec
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import SubsetManifest, combine_incremental
 
@@ -103,10 +104,10 @@ def run_incremental(config: ml_collections.ConfigDict, workdir: str,
     from boom_jax.boom.bag import _export
     from boom_jax.evaluation.runner import evaluate_dev
     from boom_jax.evaluation.report import summarize
-    from boom_jax.merging.streaming import merge_models
     from boom_jax.training.loop import load_train_datasets, resolve_model_path
 
     inc = config.incremental
+    spec = merge_spec(config, 2)  # (existing, update), checked before any training
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if datasets is None:
@@ -129,11 +130,10 @@ def run_incremental(config: ml_collections.ConfigDict, workdir: str,
           f"{inc.history_ratio:.0%} history ({sum(len(d) for d in update_data)} examples)")
     costs["update"] = _train(_run_config(config, "update", start_from), os.path.join(workdir, "update"), update_data)
 
-    weights = [float(w) for w in inc.merge_weights]
     start = time.time()
     merged = os.path.join(workdir, "merged")
-    merge_models([existing, costs["update"]["model"]], merged, inc.merge_method, weights=weights or None,
-                 streaming=True, overwrite=True, progress=config.log.progress_bar)
+    merge_record = merge(config, spec, [existing, costs["update"]["model"]], merged, workdir)
+    weights = merge_record["weights"] or [0.5, 0.5]  # equal
     _export(merged, os.path.join(workdir, "export"))
     merge_cost = round(time.time() - start, 2)
 
@@ -155,8 +155,7 @@ def run_incremental(config: ml_collections.ConfigDict, workdir: str,
         results = evaluate_dev(config, models, os.path.join(workdir, "eval"), inc.eval_tasks)
     _write_card(config, workdir, existing, costs, weights, results, list(old) + list(new), merge_cost)
     means = summarize(results) if results else {}
-    summary = {"costs": costs, "merge": {"method": inc.merge_method, "weights": weights,
-                                         "wall_time_s": merge_cost},
+    summary = {"costs": costs, "merge": dict(merge_record, weights=weights, wall_time_s=merge_cost),
                "scores": results or {}, "means": means,
                "old_datasets": [d.name for d in old], "new_datasets": [d.name for d in new]}
     write_json(os.path.join(workdir, "summary.json"), summary)
@@ -183,7 +182,7 @@ def _write_card(config: ml_collections.ConfigDict, workdir: str, existing: str, 
 
         members[1].update(manifest=HISTORY_FILE, manifest_sha256=file_sha256(history))
     provenance = merged_provenance(
-        config, "incremental", datasets, members, {"method": config.incremental.merge_method, "weights": weights},
+        config, "incremental", datasets, members, {"method": config.merge.method, "weights": weights},
         model_dir=resolve_model_path(config.model.path), results=results, label="incremental",
         wall_time_s=float(update.get("wall_time_s", 0.0)) + merge_cost)
     write_export_card(os.path.join(workdir, "export"), provenance)

@@ -16,7 +16,11 @@ from boom_jax.boom.bag import member_name
 from boom_jax.data.sampling import subset_size
 
 STRATEGIES = ("bls", "dataset_sequential", "task_sequential", "two_stage", "dataset_merging", "task_merging",
-              "boom", "incremental")
+              "task_operators", "boom", "boom_learned", "incremental")
+# The paper's operator study on task-level merging (config.experiment.operators); the task-vector
+# operators merge around the training base model.
+OPERATORS = ("slerp", "multislerp", "karcher", "task_arithmetic", "ties", "sce", "model_stock")
+LEARNED_WEIGHTS = ("cocktail", "greedy")  # boom_learned rows: config.merge.weights="auto:<mode>"
 
 
 class ExperimentConfigError(ValueError):
@@ -54,6 +58,8 @@ class MergeRun:
 
     name: str
     inputs: tuple[str, ...]
+    method: str = ""  # "" = config.merge.method (with config.merge.params); else this operator's defaults
+    weights: str = ""  # "" = config.merge.weights; "auto:cocktail" | "auto:greedy" = learned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +84,12 @@ class Plan:
     incremental: bool
     batch_size: int
     incremental_steps: tuple[int, int] = (0, 0)  # (existing model, update model)
+    skipped: tuple[str, ...] = ()  # rows that cannot be built here, with the reason
+
+    @property
+    def learned(self) -> bool:
+        """Whether a merge learns its weights (the runs then hold out examples for it)."""
+        return any(m.weights.startswith("auto:") for m in self.merges)
 
     def planned_examples(self) -> dict[str, int]:
         """Examples each trained unit (member or run) will see: steps x global batch."""
@@ -203,7 +215,8 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
         by_content[key] = name
         return name
 
-    ratio_sets = parse_ratio_sets(experiment["boom_ratio_sets"]) if "boom" in strategies else []
+    boom_sets = "boom" in strategies or "boom_learned" in strategies
+    ratio_sets = parse_ratio_sets(experiment["boom_ratio_sets"]) if boom_sets else []
     needed = sorted({r for s in ratio_sets for r in s})
     use_bag_for_bls = "bls" in strategies and bool(experiment["bls_from_bag"])
     if use_bag_for_bls and 1.0 not in needed:
@@ -219,6 +232,7 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
 
     rows: list[Row] = [Row("base", "pretrained model (no training)", "base")] if include_base else []
     merges: list[MergeRun] = []
+    skipped: list[str] = []
     all_names = [d.name for d in ordered]
     for strategy in STRATEGIES:
         if strategy not in strategies:
@@ -243,6 +257,25 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
             inputs = tuple(add_run(f"task_{t}", "bls", [d.name for d in ordered if d.task_type == t]) for t in types)
             merges.append(MergeRun(strategy, inputs))
             rows.append(Row(strategy, "task-level merging", strategy))
+        elif strategy == "task_operators":
+            inputs = tuple(add_run(f"task_{t}", "bls", [d.name for d in ordered if d.task_type == t]) for t in types)
+            operators = _names(experiment.get("operators", ",".join(OPERATORS)))
+            unknown = [o for o in operators if o not in OPERATORS]
+            if unknown or not operators:
+                raise ExperimentConfigError(f"config.experiment.operators: unknown {unknown}; choose from {list(OPERATORS)}")
+            for op in operators:
+                if op == "slerp" and len(inputs) != 2:
+                    skipped.append(f"task_{op}: SLERP merges exactly 2 models, the data has {len(inputs)} task types")
+                    continue
+                merges.append(MergeRun(f"task_{op}", inputs, method=op))
+                rows.append(Row(f"task_{op}", f"task-level merging, {op}", f"task_{op}"))
+        elif strategy == "boom_learned":
+            ratios = max(ratio_sets, key=len)
+            for mode in LEARNED_WEIGHTS:
+                label = f"{boom_label(ratios)}_{mode}"
+                merges.append(MergeRun(label, tuple(member_name(r) for r in ratios), weights=f"auto:{mode}"))
+                pct = ",".join(str(int(round(r * 100))) for r in ratios)
+                rows.append(Row(label, f"BOOM {{{pct}}}, weights learned ({mode})", label))
         elif strategy == "boom":
             for ratios in ratio_sets:
                 label = boom_label(ratios)
@@ -255,7 +288,7 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
     if "incremental" in strategies and incremental is not None:
         inc_steps = incremental_steps(datasets, incremental, batch_size, epochs)
     return Plan(members, tuple(needed), member_steps, tuple(runs.values()), tuple(merges), tuple(rows),
-                "incremental" in strategies, batch_size, inc_steps)
+                "incremental" in strategies, batch_size, inc_steps, tuple(skipped))
 
 
 def format_plan(plan: Plan, bag_dir: str) -> str:
@@ -275,7 +308,10 @@ def format_plan(plan: Plan, bag_dir: str) -> str:
         lines.append(f"  run incremental/existing     {old:>6} steps {old * b:>8} examples  bls on the old datasets")
         lines.append(f"  run incremental/update       {upd:>6} steps {upd * b:>8} examples  bls on new data + history")
     for m in plan.merges:
-        lines.append(f"  merge {m.name:<22} from {', '.join(m.inputs)}")
+        how = ", ".join(x for x in (m.method, m.weights) if x)
+        lines.append(f"  merge {m.name:<22} from {', '.join(m.inputs)}" + (f" ({how})" if how else ""))
+    for s in plan.skipped:
+        lines.append(f"  skipped {s}")
     total = sum(plan.planned_examples().values()) + sum(plan.incremental_steps) * plan.batch_size
     lines.append(f"  total planned training examples: {total}")
     return "\n".join(lines)

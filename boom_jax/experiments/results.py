@@ -142,7 +142,7 @@ def config_summary(config, datasets: Sequence[Any], bag_dir: str) -> dict:
         "optimizer": f"lr {config.train.learning_rate}, warmup {config.train.warmup_ratio}, "
                      f"{config.train.epochs} epoch(s), temperature {config.train.temperature}, seed {config.seed}",
         "BOOM": f"ratio sets {e.boom_ratio_sets} (percent), one bag in {bag_dir}, sampling {config.bag.sampling}, "
-                f"merge {e.merge_method} with equal weights",
+                f"merge {config.merge.method}, weights {config.merge.weights or 'equal'}",
         "orders": f"dataset order {e.dataset_order or 'as loaded'}; task order {e.task_order or 'retrieval first'}; "
                   f"two-stage stage 1 = {e.two_stage_first}",
         "evaluation": (f"{e.eval_tasks} dev tasks; caps (0 = none): {_caps(config.eval)}" if e.evaluate
@@ -161,6 +161,19 @@ def result_notes(config, rows: Sequence[dict], records: dict) -> list[str]:
         if rec:
             notes.append(f"`{name}` merges {', '.join(rec['inputs'])} ({rec['method']}, equal weights); its cost "
                          "is their sum plus the merge. A task type with one dataset reuses that dataset's model.")
+    operators = [records[r["label"]] for r in rows if r["label"].startswith("task_") and r["label"] in records]
+    if operators:
+        notes.append("Operator study (`task_<operator>`): the task-level models of `task_merging` merged with each "
+                     "operator at mergekit's defaults, equal weights; task_arithmetic, ties, sce and model_stock work "
+                     "on task vectors around the base model. " + "; ".join(
+                         f"`{r['name']}` = {r['method']}" for r in operators))
+    learned = [records[r["label"]] for r in rows if r["label"] in records and (records[r["label"]].get("learned") or {})]
+    for rec in learned:
+        info = rec["learned"]
+        shown = ", ".join(f"{m} {w:.3f}" for m, w in zip(rec["inputs"], info["weights"]))
+        notes.append(f"`{rec['name']}`: weights learned ({info['mode']}) on {info['heldout_examples']} held-out "
+                     f"examples per dataset (held out of every run): {shown}; member held-out losses "
+                     + ", ".join(f"{loss:.4f}" for loss in info["losses"]) + ".")
     boom = [r["label"] for r in rows if r["label"].startswith("boom_")]
     if boom:
         notes.append(f"{', '.join('`' + b + '`' for b in boom)} merge members of one bag; each row's cost is the "

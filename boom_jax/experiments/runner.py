@@ -24,9 +24,13 @@ from typing import Any
 import ml_collections
 
 from boom_jax.atomic_io import write_json
+from boom_jax.boom.merge_config import BASE_MODEL, MergeSpec, merge_spec
+from boom_jax.boom.merge_config import merge as merge_with
+from boom_jax.boom.merge_weights import heldout_split, learn_weights
 from boom_jax.data.records import TrainDataset
 from boom_jax.experiments.plan import (DatasetInfo, ExperimentConfigError, MergeRun, Plan, TrainRun, format_plan,
                                        make_plan)
+from boom_jax.merging.methods import MERGE_METHODS
 
 RUN_RECORD = "run.json"
 WORKFLOW_SECTIONS = ("experiment", "bag", "incremental", "cluster")
@@ -144,6 +148,7 @@ def ensure_bag(config: ml_collections.ConfigDict, bag_dir: str, plan: Plan,
             bag_config.bag = copy.deepcopy(config.bag)
             bag_config.bag.ratios = tuple(plan.bag_ratios)
             bag_config.bag.evaluate = False  # the experiment evaluates every model together
+            bag_config.merge.weights = ""  # the experiment merges (and learns weights) itself
         print(f"[experiment] training the BOOM bag in {bag_dir}: members {', '.join(plan.bag_members)}")
         # One member per call (config.bag.member): run_bag trains or skips it and does not merge, since
         # the experiment merges each ratio set itself.
@@ -186,10 +191,25 @@ def ensure_incremental(config: ml_collections.ConfigDict, workdir: str, datasets
     return record
 
 
-def ensure_merge(config: ml_collections.ConfigDict, workdir: str, merge: MergeRun, records: dict[str, dict]) -> dict:
-    """Merges the inputs' models (equal weights) into DIR/runs/<name>/model unless already done."""
-    from boom_jax.merging.streaming import merge_models
+def merge_run_spec(config: ml_collections.ConfigDict, merge: MergeRun, num_models: int | None = None) -> MergeSpec:
+    """config.merge as one planned merge applies it: an operator of the study (its mergekit defaults,
+    the training base model for the task-vector operators) and/or learned weights."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        if merge.method:
+            c.merge.method = merge.method
+            c.merge.params = ml_collections.ConfigDict()
+            c.merge.weights = ""
+            c.merge.base = BASE_MODEL if MERGE_METHODS[merge.method].needs_base else ""
+        if merge.weights:
+            c.merge.weights = merge.weights
+    return merge_spec(c, num_models, allow_auto=True)
 
+
+def ensure_merge(config: ml_collections.ConfigDict, workdir: str, merge: MergeRun, records: dict[str, dict],
+                 heldout: Sequence[TrainDataset] | None = None) -> dict:
+    """Merges the inputs' models into DIR/runs/<name>/model unless already done (config.merge, or the
+    merge's operator; learned weights are scored on `heldout`)."""
     run_dir = os.path.join(workdir, "runs", merge.name)
     record = read_json(os.path.join(run_dir, RUN_RECORD))
     if record is not None:
@@ -197,12 +217,17 @@ def ensure_merge(config: ml_collections.ConfigDict, workdir: str, merge: MergeRu
         return record
     inputs = [records[n] for n in merge.inputs]
     os.makedirs(run_dir, exist_ok=True)
-    print(f"[experiment] merging {merge.name} ({config.experiment.merge_method}) from {', '.join(merge.inputs)}")
+    spec = merge_run_spec(config, merge, len(inputs))
+    print(f"[experiment] merging {merge.name} ({spec.method}) from {', '.join(merge.inputs)}")
     start = time.time()
-    merge_models([r["model"] for r in inputs], os.path.join(run_dir, "model"), config.experiment.merge_method,
-                 streaming=True, overwrite=True, progress=config.log.progress_bar)
+    learned = None
+    if spec.auto:
+        learned = learn_weights(config, spec, [r["model"] for r in inputs], heldout, workdir)
+    done = merge_with(config, spec, [r["model"] for r in inputs], os.path.join(run_dir, "model"), workdir,
+                      weights=None if learned is None else learned["weights"])
     merge_time = round(time.time() - start, 2)
-    record = {"name": merge.name, "inputs": list(merge.inputs), "method": config.experiment.merge_method,
+    record = {"name": merge.name, "inputs": list(merge.inputs), "method": spec.method, "weights": done["weights"],
+              "params": spec.params, "base": spec.base, "learned": learned,
               "steps": sum(r["steps"] for r in inputs), "examples": sum(r["examples"] for r in inputs),
               "merge_wall_time_s": merge_time,
               "wall_time_s": round(sum(r["wall_time_s"] for r in inputs) + merge_time, 2),
@@ -257,6 +282,13 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str
     if datasets is None:
         datasets = load_train_datasets(training_config(config, "data"))
     plan = experiment_plan(config, datasets)
+    heldout = None
+    if plan.learned:  # learned merge weights: every run trains without the held-out examples
+        datasets, heldout = heldout_split(datasets, int(config.merge.heldout_examples), int(config.seed),
+                                          min_train=int(config.train.batch_size))
+        plan = experiment_plan(config, datasets)
+    for merge in plan.merges:  # every merge's method, weights and parameters, before any training
+        merge_run_spec(config, merge, len(merge.inputs))
     bag_dir = os.path.abspath(config.experiment.bag_workdir or os.path.join(workdir, "boom"))
     print(format_plan(plan, bag_dir), flush=True)
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
@@ -274,7 +306,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str
     if plan.incremental:
         records["incremental"] = ensure_incremental(config, workdir, datasets)
     for merge in plan.merges:
-        records[merge.name] = ensure_merge(config, workdir, merge, records)
+        records[merge.name] = ensure_merge(config, workdir, merge, records, heldout)
     if any(r.label == "base" for r in plan.rows):
         records["base"] = {"steps": 0, "examples": 0, "wall_time_s": 0.0,
                            "model": resolve_model_path(config.model.path)}

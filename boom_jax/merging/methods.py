@@ -710,11 +710,12 @@ def _check_weight_values(m: MergeMethod, w: np.ndarray, where: str) -> None:
                          "(negative weights: task_arithmetic, dare_linear, breadcrumbs, della_linear)")
 
 
-def check_settings(method: str | MergeMethod, k: int, weights: PatternValue = None, **params: Any) -> MergeMethod:
-    """Every weight and parameter value of a merge of `k` models checked against its range, before
-    any tensor is read; returns the method. Errors name the parameter and the value."""
+def check_settings(method: str | MergeMethod, k: int | None, weights: PatternValue = None, **params: Any) -> MergeMethod:
+    """Every weight and parameter value of a merge of `k` models (None: not known yet, counts are not
+    checked) checked against its range, before any tensor is read; returns the method. Errors name
+    the parameter and the value."""
     m = method if isinstance(method, MergeMethod) else get_method(method)
-    if k < 1:
+    if k is not None and k < 1:
         raise MergeError(f"{m.name}: nothing to merge (no input models)")
     unknown = sorted(set(params) - set(m.params))
     if unknown:
@@ -725,13 +726,13 @@ def check_settings(method: str | MergeMethod, k: int, weights: PatternValue = No
         if value is None:
             continue
         w = np.asarray(value, dtype=np.float64).reshape(-1)
-        if w.size != k:
+        if k is not None and w.size != k:
             raise MergeError(f"{m.name}: weights: expected {k} values (one per model), got {w.size}: {list(w)}")
         _check_weight_values(m, w, "")
     for name, value in params.items():
         try:
             PARAM_CHECKS.get(name, lambda n, v: None)(name, value)
-            if name in ("density", "gamma", "epsilon"):
+            if name in ("density", "gamma", "epsilon") and k is not None:
                 for v in pattern_values(value):
                     per_model(v, k, name)
         except MergeError as e:

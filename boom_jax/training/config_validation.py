@@ -46,6 +46,9 @@ SCHEMA: dict[str, Any] = {
     "export.model_name": _STR, "export.repo_id": _STR, "export.base_model": _STR, "export.license": _STR,
     "export.language": _STR,
     "log.tensorboard": _BOOL, "log.progress_bar": _BOOL,
+    # checked in full (method, weights, parameter ranges, base) by boom_jax/boom/merge_config.py
+    "merge.method": _STR, "merge.weights": _STR, "merge.params": _DICT, "merge.base": _STR,
+    "merge.heldout_examples": _INT, "merge.temperature": _FLOAT,
 }
 
 # Top-level sections that other parts of the project add and validate themselves (e.g. a BOOM bag).
