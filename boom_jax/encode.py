@@ -29,6 +29,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.", flag_values=flag_values)
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.", flag_values=flag_values)
     flags.DEFINE_boolean("overwrite", False, "Replace an existing output file.", flag_values=flag_values)
+    flags.DEFINE_integer("truncate_dim", 0, "Keep the first N coordinates, re-normalized (a Matryoshka width; "
+                         "0 = all).", flag_values=flag_values)
 
 
 def read_texts(path: str) -> list[str]:
@@ -68,8 +70,10 @@ def load_encoder(path: str, **overrides):
 
 
 def encode_file(model: str, input_path: str, output: str, prompt_name: str | None = None,
-                prompt: str | None = None, batch_size: int = 32, overwrite: bool = False, **overrides) -> str:
-    """Encode `input_path` with `model` into `output` (.npy); returns the output path."""
+                prompt: str | None = None, batch_size: int = 32, overwrite: bool = False, truncate_dim: int = 0,
+                **overrides) -> str:
+    """Encode `input_path` with `model` into `output` (.npy); returns the output path. `truncate_dim` > 0
+    keeps the first that many coordinates, re-normalized when the model normalizes."""
     import numpy as np
 
     from boom_jax.model_io import resolve_model_folder
@@ -81,6 +85,10 @@ def encode_file(model: str, input_path: str, output: str, prompt_name: str | Non
     resolve_model_folder(model)  # a missing or unrecognized model fails before the texts are read
     texts = read_texts(input_path)
     encoder = load_encoder(model, **overrides)
+    if truncate_dim:
+        from boom_jax.models.truncation import TruncatedEncoder
+
+        encoder = TruncatedEncoder(encoder, truncate_dim)
     embeddings = encoder.encode(texts, prompt=prompt, prompt_name=prompt_name, batch_size=batch_size,
                                 show_progress_bar=True)
     parent = os.path.dirname(os.path.abspath(output))
@@ -104,7 +112,8 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
         if not getattr(f, name):
             raise app.UsageError(f"--{name} is required")
     overrides = {"dtype": f.dtype} if f.dtype else {}
-    out = encode_file(f.model, f.input, f.output, f.prompt_name, f.prompt, f.batch_size, f.overwrite, **overrides)
+    out = encode_file(f.model, f.input, f.output, f.prompt_name, f.prompt, f.batch_size, f.overwrite,
+                      truncate_dim=f.truncate_dim, **overrides)
     print(f"wrote {out}")
 
 

@@ -48,6 +48,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                          "kept queries' relevant ones always included (0 = all).", flag_values=flag_values)
     flags.DEFINE_integer("max_texts", 0, "Built-in classification / clustering / pair tasks: this many items per "
                          "split, stratified by label (0 = all).", flag_values=flag_values)
+    flags.DEFINE_integer("truncate_dim", 0, "Score each model's first N embedding coordinates, re-normalized (a "
+                         "Matryoshka width; runs every model through the JAX encoder; 0 = all).", flag_values=flag_values)
     flags.DEFINE_integer("max_seq_length", 0, "Truncate every input to this many tokens (0 = the model's own "
                          "maximum).", flag_values=flag_values)
     flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder (without it, re-running the same "
@@ -93,6 +95,16 @@ def is_resumable(out: str) -> bool:
     return os.path.isfile(os.path.join(out, RUN_FILE))
 
 
+def truncated_models(models: dict[str, str], dim: int, max_seq_length: int = 0) -> dict:
+    """label -> the path's JAX encoder returning its first ``dim`` coordinates, re-normalized."""
+    from boom_jax.evaluation.runner import load_encoder
+    from boom_jax.models.truncation import TruncatedEncoder
+
+    if dim < 0:
+        raise app.UsageError(f"--truncate_dim={dim} must be >= 0")
+    return {label: TruncatedEncoder(load_encoder(path, max_seq_length), dim) for label, path in models.items()}
+
+
 def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """Runs the evaluation the parsed flags describe; prints the table (stdout). Bad input raises (one line
     and exit code 2 through boom_jax.cli)."""
@@ -122,6 +134,8 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
     from boom_jax.evaluation.runner import evaluate_models
     from boom_jax.evaluation.subsample import TaskCaps
 
+    if flag_values.truncate_dim:
+        models = truncated_models(models, flag_values.truncate_dim, flag_values.max_seq_length)
     evaluate_models(
         models,
         flag_values.tasks,

@@ -19,6 +19,8 @@ import os
 
 from absl import app, flags
 
+from boom_jax import cli
+
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Declares the command-line flags (only when run as a program)."""
@@ -111,4 +113,4 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -13,6 +13,8 @@ import os
 
 from absl import app, flags
 
+from boom_jax import cli
+
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     f = dict(flag_values=flag_values)
@@ -58,4 +60,4 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)
