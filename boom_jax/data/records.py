@@ -40,6 +40,8 @@ class TrainDataset:
     in_batch_negatives: bool = True
     instruction: str = ""
     hard_negatives: int | None = None  # negatives per group for this dataset; None = the batcher's default
+    # text put before every passage (positives and negatives), e.g. E5's "passage: "; "" = none
+    passage_prompt: str = ""
 
     def __len__(self) -> int:
         return len(self.examples)

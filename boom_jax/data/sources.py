@@ -11,6 +11,7 @@ import dataclasses
 import glob
 import gzip
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,12 @@ class DatasetSpec:
     instruction: the query instruction, prepended to every query whose record has no "prompt".
     limit: keep at most this many examples (the first ones); None or 0 = all.
     on_error: "raise" | "skip" for this dataset's bad records; None = the caller's (config.data.on_error).
+    columns: which columns hold the standard fields, {"query": COL, "pos": COL | [COL, ...],
+      "neg": COL | [COL, ...], "prompt": COL, "type": COL}; None = the standard names, or
+      sentence-transformers' layout (anchor / positive / negative, negative_1 ... negative_N) when a
+      record has no "pos" (see `map_columns`).
+    passage_prompt: text put before every passage of this dataset (E5-style "passage: "); "" = the
+      model's own document prompt, if it has one.
     """
 
     path: str
@@ -59,6 +66,8 @@ class DatasetSpec:
     instruction: str = ""
     limit: int | None = None
     on_error: str | None = None
+    columns: Mapping[str, Any] | None = None
+    passage_prompt: str = ""
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any], where: str = "dataset") -> "DatasetSpec":
@@ -74,6 +83,8 @@ class DatasetSpec:
             raise ValueError(f"{where}: unknown setting(s) {unknown}; expected some of {sorted(known)}")
         if "path" not in settings:
             raise ValueError(f"{where}: missing setting 'path' (a JSONL file/folder/glob or a dataset)")
+        if hasattr(settings.get("columns"), "to_dict"):  # a ConfigDict from the training config
+            settings["columns"] = settings["columns"].to_dict()
         spec = cls(**settings)
         spec.check(where)
         return spec
@@ -89,6 +100,67 @@ class DatasetSpec:
             raise ValueError(f"{where}.limit: expected an int >= 0 (0 = all), got {self.limit!r}")
         if self.on_error is not None and self.on_error not in ON_ERROR_MODES:
             raise ValueError(f"{where}.on_error: expected one of {ON_ERROR_MODES}, got {self.on_error!r}")
+        if self.columns is not None:
+            check_columns(self.columns, f"{where}.columns")
+        if not isinstance(self.passage_prompt, str):
+            raise ValueError(f"{where}.passage_prompt: expected a string, got {self.passage_prompt!r}")
+
+
+COLUMN_FIELDS = ("query", "pos", "neg", "prompt", "type")
+LIST_FIELDS = ("pos", "neg")
+ST_NEGATIVE = re.compile(r"^negative(?:_(\d+))?$")  # sentence-transformers' negative, negative_1, ...
+
+
+def check_columns(columns: Any, where: str) -> None:
+    """A `columns` setting: standard field -> column name (a list of names for pos / neg)."""
+    if not isinstance(columns, Mapping):
+        raise ValueError(f"{where}: expected a mapping field -> column, got {columns!r}")
+    for field, value in columns.items():
+        if field not in COLUMN_FIELDS:
+            raise ValueError(f"{where}.{field}: unknown field; expected some of {COLUMN_FIELDS}")
+        names = list(value) if isinstance(value, (list, tuple)) and field in LIST_FIELDS else [value]
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"{where}.{field}: expected a column name" + (" or a list of names" if field in LIST_FIELDS
+                             else "") + f", got {value!r}")
+
+
+def _texts(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def map_columns(record: Any, columns: Mapping[str, Any] | None, location: str) -> Any:
+    """`record` with the standard fields (query, pos, neg, prompt, type) taken from its columns.
+
+    With `columns`, each field comes from the named column(s) (pos / neg: one column or several, each a
+    text or a list of texts); a missing column is a DataError naming it. Without, a record that has no
+    "pos" but sentence-transformers' columns is read as anchor (or query) -> query, positive -> pos and
+    negative, negative_1 ... negative_N (in that order) -> neg. Other records are returned as they are.
+    """
+    if not isinstance(record, dict):
+        return record
+    if columns:
+        out = dict(record)
+        for field, value in columns.items():
+            names = list(value) if isinstance(value, (list, tuple)) else [value]
+            missing = [n for n in names if n not in record]
+            if missing:
+                raise DataError(location, f"column {missing[0]!r} (the dataset's columns.{field}) is missing; the "
+                                f"record has {sorted(record)}", f"column {missing[0]!r}", field)
+            if field in LIST_FIELDS:
+                out[field] = [t for n in names for t in _texts(record[n])]
+            else:
+                out[field] = record[names[0]]
+        return out
+    if "pos" in record or "positive" not in record or not ("anchor" in record or "query" in record):
+        return record
+    out = {k: v for k, v in record.items() if k not in ("anchor", "positive") and not ST_NEGATIVE.match(k)}
+    out["query"] = record["anchor"] if "anchor" in record else record["query"]
+    out["pos"] = _texts(record["positive"])
+    negatives = sorted((int(m.group(1) or 0), k) for k in record if (m := ST_NEGATIVE.match(k)))
+    out["neg"] = [t for _, k in negatives for t in _texts(record[k])]
+    return out
 
 
 def parse_dataset_specs(config: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]]) -> list[DatasetSpec]:
@@ -182,7 +254,7 @@ class _RecordReader:
 
     def add(self, location: str, decode) -> None:
         try:
-            record = validate_record(decode(), location)
+            record = validate_record(map_columns(decode(), self.spec.columns, location), location)
         except DataError as error:
             if self.on_error == "raise":
                 raise
@@ -221,6 +293,7 @@ class _RecordReader:
             in_batch_negatives=default_in_batch_negatives(task_type) if in_batch is None else bool(in_batch),
             instruction=self.spec.instruction,
             hard_negatives=self.spec.hard_negatives,
+            passage_prompt=self.spec.passage_prompt,
         )
 
 

@@ -228,6 +228,29 @@ def apply_query_template(datasets: Sequence[TrainDataset], template: str) -> lis
     return out
 
 
+DOCUMENT_PROMPT_NAMES = ("document", "passage")  # sentence-transformers' prompt names for the document side
+
+
+def document_prompt(cfg) -> str:
+    """The model's own document prompt (its "document", else "passage" prompt), as evaluation puts it
+    on documents; "" when it has none."""
+    prompts = getattr(cfg, "prompts", None) or {}
+    return next((prompts[n] for n in DOCUMENT_PROMPT_NAMES if prompts.get(n)), "")
+
+
+def apply_passage_prompts(datasets: Sequence[TrainDataset], default: str = "") -> list[TrainDataset]:
+    """Every positive and negative prefixed with its dataset's passage_prompt, else `default` (the
+    model's document prompt), so training sees passages as evaluation does; "" leaves them as they are."""
+    out = []
+    for d in datasets:
+        prompt = d.passage_prompt or default
+        if prompt:
+            d = dataclasses.replace(d, examples=[dataclasses.replace(
+                e, pos=[prompt + t for t in e.pos], neg=[prompt + t for t in e.neg]) for e in d.examples])
+        out.append(d)
+    return out
+
+
 def load_train_datasets(config: ml_collections.ConfigDict, report: LoadReport | None = None) -> list[TrainDataset]:
     """The datasets named by config.data (the built-in corpus or files / HF datasets). `report` receives
     what config.data.on_error="skip" (or a dataset's own on_error) dropped, by reason, and the duplicates."""
@@ -495,6 +518,7 @@ def _train_locked(
     # Data.
     data_report = LoadReport() if datasets is None and config.data.source == "files" else None
     train_sets = prepare_datasets(config, workdir, datasets, subset, data_report)
+    train_sets = apply_passage_prompts(train_sets, document_prompt(cfg))
     tokenizer = load_tokenizer(tokenizer_dir)
     max_len = cfg.max_position_embeddings if cfg.arch == "bert" else 1 << 30
     query_len, passage_len = min(config.data.query_max_len, max_len), min(config.data.passage_max_len, max_len)
