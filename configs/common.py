@@ -61,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Folder of the token stores (every distinct text tokenized once, reused by later runs);
     # "" = WORKDIR/token_cache. Point several runs at one folder to share stores between them.
     c.data.token_cache_dir = ""
+    # Refill the plan's batches so that no query or positive text appears twice in a batch
+    # (sentence-transformers' NoDuplicatesBatchSampler; an epoch may lose a few batches)
+    c.data.no_duplicates = False
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global number of queries per step

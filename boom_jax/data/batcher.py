@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from boom_jax.packing import default_max_segments, pack_padded
+from boom_jax.data.no_duplicates import item_texts, no_duplicates_plan
 from boom_jax.data.records import Example, TrainDataset
 from boom_jax.data.sampling import dataset_rng
 from boom_jax.data.schedules import PlannedBatch, make_plan
@@ -168,7 +169,8 @@ class Batcher:
     `teacher_scores`: batches carry "teacher_scores" float32 [b * G] (each passage's pos_scores / neg_scores
     entry, NaN where there is none) for the distillation losses. `duplicate_masks`: batches carry
     "false_negatives" bool [b, B * G] and "duplicate_queries" bool [b, B] (see :func:`duplicate_masks`;
-    rows are this host's queries, columns the global batch).
+    rows are this host's queries, columns the global batch). `no_duplicates`: every batch of the plan
+    refilled so that no query or positive text appears twice in it (boom_jax/data/no_duplicates.py).
     """
 
     def __init__(
@@ -195,6 +197,7 @@ class Batcher:
         pack_row_buckets: int = 4,
         teacher_scores: bool = False,
         duplicate_masks: bool = False,
+        no_duplicates: bool = False,
     ):
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be an int >= 1 (1 positive + negatives), got {group_size!r}")
@@ -214,6 +217,7 @@ class Batcher:
         self.pack_shards = int(pack_shards)
         self.teacher_scores = bool(teacher_scores)
         self.duplicate_masks = bool(duplicate_masks)
+        self.no_duplicates = bool(no_duplicates)
         self.pack_row_multiple = int(pack_row_multiple)
         self.pack_row_buckets = int(pack_row_buckets)
         self._pack_length = pack_length
@@ -271,6 +275,8 @@ class Batcher:
         if self._plan_epoch != epoch:
             self._plan = make_plan(self.schedule, self.datasets, self.batch_size, self.seed, epoch,
                                    **self.schedule_options)
+            if self.no_duplicates:
+                self._plan = no_duplicates_plan(self._plan, item_texts(self._by_name, query_text), self.batch_size)
             self._plan_epoch = epoch
         return self._plan
 

@@ -29,6 +29,7 @@ SCHEMA: dict[str, Any] = {
     "data.source": _STR, "data.names": _STR, "data.limit": _INT, "data.on_error": _STR, "data.datasets": _DICT,
     "data.train_group_size": _INT, "data.query_max_len": _INT, "data.passage_max_len": _INT, "data.fixed_length": _BOOL,
     "data.schedule": _STR, "data.two_stage_first": _STR, "data.subset_ratio": _FLOAT, "data.subset_seed": _INT, "data.token_cache_dir": _STR,
+    "data.no_duplicates": _BOOL,
     "train.batch_size": _INT, "train.grad_cache_chunk": _INT, "train.learning_rate": _FLOAT,
     "train.warmup_ratio": _FLOAT, "train.lr_schedule": _STR, "train.weight_decay": _FLOAT,
     "train.max_grad_norm": _FLOAT, "train.epochs": _INT, "train.max_steps": _INT,

@@ -538,6 +538,7 @@ def _train_locked(
                       process_index=jax.process_index(), process_count=jax.process_count(),
                       token_cache_dir=config.data.token_cache_dir or default_token_cache_dir(workdir),
                       teacher_scores=loss_spec.needs_teacher_scores, duplicate_masks=loss_spec.mask_duplicates,
+                      no_duplicates=config.data.no_duplicates,
                       show_progress=config.log.progress_bar and is_main)
     total_steps = config.train.max_steps or batcher.total_steps
 
