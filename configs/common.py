@@ -64,6 +64,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Refill the plan's batches so that no query or positive text appears twice in a batch
     # (sentence-transformers' NoDuplicatesBatchSampler; an epoch may lose a few batches)
     c.data.no_duplicates = False
+    # Sequence packing: the texts of a step (queries and passages apart) go end to end into rows of
+    # pack_length tokens with segment ids, instead of one padded row each (boom_jax/packing.py).
+    c.data.packing = True
+    c.data.pack_length = 0  # row budget in tokens; 0 = each side's max length (query_max_len / passage_max_len)
+    c.data.pack_segments = 0  # texts per row at most (fixed per run); 0 = one per 8 tokens of the row
+    c.data.pack_row_buckets = 4  # row-count buckets per doubling (fewer: fewer compiled shapes, more empty rows)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global number of queries per step

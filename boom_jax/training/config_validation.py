@@ -30,6 +30,7 @@ SCHEMA: dict[str, Any] = {
     "data.train_group_size": _INT, "data.query_max_len": _INT, "data.passage_max_len": _INT, "data.fixed_length": _BOOL,
     "data.schedule": _STR, "data.two_stage_first": _STR, "data.subset_ratio": _FLOAT, "data.subset_seed": _INT, "data.token_cache_dir": _STR,
     "data.no_duplicates": _BOOL,
+    "data.packing": _BOOL, "data.pack_length": _INT, "data.pack_segments": _INT, "data.pack_row_buckets": _INT,
     "train.batch_size": _INT, "train.grad_cache_chunk": _INT, "train.learning_rate": _FLOAT,
     "train.warmup_ratio": _FLOAT, "train.lr_schedule": _STR, "train.weight_decay": _FLOAT,
     "train.max_grad_norm": _FLOAT, "train.epochs": _INT, "train.max_steps": _INT,
@@ -143,12 +144,20 @@ def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = D
         if config[section][name] < 1:
             _fail(f"config.{key}={config[section][name]} must be >= 1")
     non_negative = ["train.grad_cache_chunk", "train.max_steps", "data.limit", "model.lora_rank",
+                    "data.pack_length", "data.pack_segments",
                     "eval.every_steps", "eval.max_queries", "eval.max_documents", "eval.max_texts",
                     "eval.max_seq_length", "train.weight_decay", "train.max_grad_norm"]
     for key in non_negative:
         section, name = key.split(".")
         if config[section][name] < 0:
             _fail(f"config.{key}={config[section][name]} must be >= 0")
+    longest = max(config.data.query_max_len, config.data.passage_max_len)
+    if config.data.packing and config.data.pack_length and config.data.pack_length < longest:
+        _fail(f"config.data.pack_length={config.data.pack_length} is below the longest text "
+              f"(data.query_max_len / data.passage_max_len = {longest}): a text must fit in one row; 0 = each "
+              f"side's max length")
+    if config.data.packing and config.data.pack_row_buckets < 1:
+        _fail(f"config.data.pack_row_buckets={config.data.pack_row_buckets} must be >= 1")
     for key in ("train.learning_rate", "train.temperature"):
         section, name = key.split(".")
         value = config[section][name]

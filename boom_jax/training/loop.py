@@ -415,6 +415,18 @@ def apply_resume_changes(config: ml_collections.ConfigDict, workdir: str, step: 
     return state, schedule
 
 
+def packing_options(config: ml_collections.ConfigDict, host_batch_shards: int) -> dict[str, Any]:
+    """The Batcher's packing arguments from config.data (packing, pack_length, pack_segments,
+    pack_row_buckets): rows laid out for this host's batch shards, row counts a multiple of the
+    gradient cache's chunk count."""
+    if not config.data.packing:
+        return {}
+    chunks = config.train.batch_size // config.train.grad_cache_chunk if config.train.grad_cache_chunk else 1
+    return {"packing": True, "pack_length": config.data.pack_length or None,
+            "pack_segments": config.data.pack_segments or None, "pack_shards": host_batch_shards,
+            "pack_row_multiple": chunks, "pack_row_buckets": config.data.pack_row_buckets}
+
+
 def schedule_options(config: ml_collections.ConfigDict, train_sets: Sequence[TrainDataset]) -> dict[str, Any]:
     """The batch schedule's options from the config: data.two_stage_first -> the two_stage stages
     (checked against the datasets here, so a bad entry is an error naming the key before any work)."""
@@ -494,14 +506,16 @@ def _train_locked(
     `datasets` replaces the datasets config.data would load; `subset` (a SubsetManifest) restricts
     them to one bag member's examples; `eval_tasks` replaces the built-in dev retrieval tasks.
     """
-    from boom_jax.data.batcher import Batcher
+    from boom_jax.data.batcher import Batcher, batch_tokens
     from boom_jax.data.schedules import SCHEDULES
     from boom_jax.data.token_store import default_token_cache_dir
     from boom_jax.models import build_model
     from boom_jax.tokenization import TextTokenizer, load_tokenizer
     from boom_jax.training.loss import run_loss_spec
     from boom_jax.training.sharding import DEFAULT_RULES, make_mesh
-    from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn, train_state_shardings
+    from boom_jax.training.step import (
+        batch_shard_count, init_train_state, make_train_step, module_embed_fn, train_state_shardings,
+    )
 
     validate_config(config, jax.device_count(), schedules=SCHEDULES)
     run_start = time.time()
@@ -527,6 +541,7 @@ def _train_locked(
                               buckets=(query_len,) if fixed else None)
     passage_tok = TextTokenizer(tokenizer, passage_len, cfg.padding_side, cfg.append_eos,
                                 buckets=(passage_len,) if fixed else None)
+    mesh = make_mesh(_mesh_spec(config), key="config.mesh")
     try:  # the loss terms, checked against the model's width and the data (teacher scores)
         loss_spec = run_loss_spec(config.loss, config.train.temperature, cfg.embedding_dim, train_sets)
     except ValueError as e:
@@ -539,11 +554,11 @@ def _train_locked(
                       token_cache_dir=config.data.token_cache_dir or default_token_cache_dir(workdir),
                       teacher_scores=loss_spec.needs_teacher_scores, duplicate_masks=loss_spec.mask_duplicates,
                       no_duplicates=config.data.no_duplicates,
-                      show_progress=config.log.progress_bar and is_main)
+                      show_progress=config.log.progress_bar and is_main,
+                      **packing_options(config, batch_shard_count(mesh) // jax.process_count()))
     total_steps = config.train.max_steps or batcher.total_steps
 
     # Mesh, optimizer, state.
-    mesh = make_mesh(_mesh_spec(config), key="config.mesh")
     rules = DEFAULT_RULES[cfg.arch]
     optimizer, schedule, trainable = build_optimizer(config, cfg, total_steps)
     shardings = train_state_shardings(params, optimizer, rng, mesh, rules)
@@ -608,8 +623,9 @@ def _train_locked(
                 loss = float(metrics["loss"])
                 window["loss"].append(loss)
                 window["skipped"].append(int(metrics["skipped"]))
-                window["tokens"].append(int(batch["query_mask"].sum() + batch["passage_mask"].sum()))
-                window["padded"].append(int(batch["query_mask"].size + batch["passage_mask"].size))
+                real_tokens, computed_tokens = batch_tokens(batch)
+                window["tokens"].append(real_tokens)
+                window["padded"].append(computed_tokens)
                 window["examples"].append(int(batch["query_ids"].shape[0]))
                 if batch["dataset_id"] >= 0 and np.isfinite(loss):
                     per_dataset.setdefault(dataset_names[batch["dataset_id"]], []).append(loss)

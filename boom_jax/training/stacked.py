@@ -38,7 +38,8 @@ from boom_jax.atomic_io import write_json
 from boom_jax.data.records import TrainDataset
 from boom_jax.training.grad_cache import EmbedFn
 from boom_jax.training.sharding import batch_axes
-from boom_jax.training.step import make_update, prepare_batch
+from boom_jax.packing import pad_packed_rows
+from boom_jax.training.step import LOSS_INPUT_KEYS, PACKED_KEYS, batch_shard_count, is_packed, make_update, prepare_batch
 
 MEMBER_AXIS = "member"
 STEP_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask", "in_batch_negatives")
@@ -124,7 +125,8 @@ def make_stacked_train_step(
     (boom_jax.training.step.make_train_step).
     """
 
-    update = make_update(embed_fn, optimizer, temperature, grad_cache_chunk, trainable)
+    update = make_update(embed_fn, optimizer, temperature, grad_cache_chunk, trainable,
+                         batch_shards=batch_shard_count(mesh))
 
     def member_step(state, batch, active, lr):
         # threefry: the same bits under vmap as unbatched (rbg is not), so a stacked member draws what it
@@ -140,13 +142,15 @@ def make_stacked_train_step(
     member_sh = NamedSharding(mesh, P(MEMBER_AXIS))
     jitted = jax.jit(
         jax.vmap(member_step),
-        in_shardings=(state_shardings, {k: batch_sh for k in STEP_KEYS}, member_sh, member_sh),
+        in_shardings=(state_shardings, batch_sh, member_sh, member_sh),
         out_shardings=(state_shardings, member_sh),
         donate_argnums=(0,),
     )
 
     def step(state: dict, batch: dict, active: Any, lr: Any) -> tuple[dict, dict]:
-        return jitted(state, {k: batch[k] for k in STEP_KEYS}, np.asarray(active, bool),
+        keys = (*PACKED_KEYS, "in_batch_negatives") if is_packed(batch) else STEP_KEYS
+        keys += tuple(k for k in LOSS_INPUT_KEYS if k in batch)
+        return jitted(state, {k: batch[k] for k in keys}, np.asarray(active, bool),
                       np.asarray(lr, np.float32))
 
     step.jitted = jitted
@@ -167,6 +171,8 @@ def _pad_to(x: np.ndarray, length: int, left: bool) -> np.ndarray:
 def stack_batches(batches: Sequence[dict], names: Sequence[str], padding_side: str = "right") -> dict:
     """One [M, ...] batch from M members' batches (prepare_batch'ed). Token axes are padded to the
     longest member's (right padding only); other shape differences are an error naming the members."""
+    if all(is_packed(b) for b in batches):
+        return _stack_packed(batches, names)
     batches = [prepare_batch(b) for b in batches]
     out = {}
     for key in STEP_KEYS:
@@ -186,6 +192,29 @@ def stack_batches(batches: Sequence[dict], names: Sequence[str], padding_side: s
                 arrays = [_pad_to(a, longest, left=False) for a in arrays]
         out[key] = np.stack(arrays)
     return out
+
+
+def _stack_packed(batches: Sequence[dict], names: Sequence[str]) -> dict:
+    """Packed members' batches stacked: each side grown to the most rows per shard of any member (empty
+    rows at the end of every shard's block), so all members run in one program."""
+    shards = {int(b["pack_shards"]) for b in batches}
+    if len(shards) > 1:
+        raise ValueError(f"stacked members' batches are packed for different shard counts {sorted(shards)}")
+    (shards,) = shards
+    grown = [dict(b) for b in batches]
+    for side in ("query", "passage"):
+        fields = ("ids", "segments", "lengths", "index")
+        packed = [{f: np.asarray(b[f"{side}_{f}"]) for f in fields} for b in batches]
+        widths = {(p["ids"].shape[1], p["lengths"].shape[1], p["index"].shape[0]) for p in packed}
+        if len(widths) > 1:
+            raise ValueError(f"stacked members' packed {side} rows differ in (row length, segments, texts) "
+                             f"{dict(zip(names, ((p['ids'].shape[1], p['lengths'].shape[1], p['index'].shape[0]) for p in packed)))}: "
+                             f"all members need the same batch size, group size and data.pack_* settings")
+        rows = max(p["ids"].shape[0] for p in packed) // shards
+        for g, p in zip(grown, packed):
+            g.update({f"{side}_{f}": v for f, v in pad_packed_rows(p, shards, rows).items()})
+    prepared = [prepare_batch(b) for b in grown]
+    return {key: np.stack([np.asarray(b[key]) for b in prepared]) for key in prepared[0]}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,6 +242,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
         config_to_dict,
         load_model_for_training,
         load_train_datasets,
+        packing_options,
         prepare_datasets,
         schedule_options,
         write_outputs,
@@ -260,7 +290,8 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
                           group_size=mc.data.train_group_size, schedule=mc.data.schedule, seed=mc.seed,
                           schedule_options=schedule_options(mc, train_sets), num_epochs=None if mc.train.max_steps else mc.train.epochs,
                           process_index=jax.process_index(), process_count=jax.process_count(),
-                          token_cache_dir=mc.data.token_cache_dir or default_token_cache_dir(member_dir))
+                          token_cache_dir=mc.data.token_cache_dir or default_token_cache_dir(member_dir),
+                          **packing_options(mc, batch_shard_count(stacked_mesh(m, config.mesh))))
         total = mc.train.max_steps or batcher.total_steps
         schedules.append(build_optimizer(mc, cfg, total)[1])
         batchers.append(batcher)
