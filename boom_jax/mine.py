@@ -5,7 +5,7 @@
       [--absolute_margin=M] [--relative_margin=R] [--max_score=S] [--min_score=S] [--output_scores]
 
 DIR: any model path the project loads (HF / sentence-transformers folder, model folder, train
-workdir). DATA: the project's JSONL (file, folder or glob) or a `datasets` folder. The corpus is every
+workdir, or builtin:minilm). DATA: the project's JSONL (file, folder or glob) or a `datasets` folder. The corpus is every
 positive and negative of DATA, or the texts of --corpus (.txt one per line, .jsonl with "text"),
 plus the positives. OUT gets the standard JSONL with the mined negatives as "neg" (and, with
 --output_scores, the model's cosines as pos_scores / neg_scores), written atomically.
@@ -44,6 +44,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("query_prompt", None, "Text put before every query (after its own prompt field).", **f)
     flags.DEFINE_string("query_prompt_name", None, "Name of a model prompt put before every query.", **f)
     flags.DEFINE_integer("batch_size", 64, "Texts per forward pass.", **f)
+    flags.DEFINE_integer("limit", 0, "Only the first N examples of --input (0 = all).", **f)
     flags.DEFINE_integer("max_seq_length", 0, "Tokens per text (0 = the model's maximum).", **f)
     flags.DEFINE_integer("query_chunk", 1024, "Queries per search block (memory: query_chunk x (k + corpus_chunk)).", **f)
     flags.DEFINE_integer("corpus_chunk", 65536, "Corpus rows per search block.", **f)
@@ -51,11 +52,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_boolean("overwrite", False, "Replace an existing output file.", **f)
 
 
-def load_examples(path: str) -> list:
-    """The examples of a JSONL file / folder / glob or a datasets folder, as one dataset."""
+def load_examples(path: str, limit: int = 0) -> list:
+    """The (first ``limit``) examples of a JSONL file / folder / glob or a datasets folder, as one dataset."""
     from boom_jax.data.sources import load_datasets
 
-    (dataset,) = load_datasets([{"path": path, "name": "input"}])
+    (dataset,) = load_datasets([{"path": path, "name": "input", "limit": limit or None}])
     return dataset.examples
 
 
@@ -66,21 +67,23 @@ def write_records(path: str, records: list[dict]) -> None:
 
 
 def encoder_for(model: str, max_seq_length: int = 0):
-    """The model's Encoder, its inputs cut to ``max_seq_length`` tokens when > 0."""
+    """The model's Encoder ("builtin:minilm" = the packaged all-MiniLM-L6-v2), its inputs cut to
+    ``max_seq_length`` tokens when > 0."""
     from boom_jax.encode import load_encoder
+    from boom_jax.training.loop import resolve_model_path
 
-    return load_encoder(model, **({"max_seq_length": max_seq_length} if max_seq_length else {}))
+    return load_encoder(resolve_model_path(model), **({"max_seq_length": max_seq_length} if max_seq_length else {}))
 
 
 def mine_file(model: str, input_path: str, output: str, options, corpus_path: str | None = None,
-              overwrite: bool = False, max_seq_length: int = 0, **kwargs) -> "object":
+              overwrite: bool = False, max_seq_length: int = 0, limit: int = 0, **kwargs) -> "object":
     """Mine ``input_path`` with ``model`` into ``output``; returns the MiningStats."""
     from boom_jax.encode import read_texts
     from boom_jax.mining import MiningStats, mine_hard_negatives
 
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"output {output!r} already exists (pass --overwrite to replace it)")
-    examples = load_examples(input_path)
+    examples = load_examples(input_path, limit)
     corpus = read_texts(corpus_path) if corpus_path else None
     encoder = encoder_for(model, max_seq_length)
     stats = MiningStats()
@@ -103,7 +106,7 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
                             absolute_margin=f.absolute_margin, relative_margin=f.relative_margin,
                             max_score=f.max_score, min_score=f.min_score, sampling_strategy=f.sampling_strategy,
                             seed=f.seed, output_scores=f.output_scores)
-    stats = mine_file(f.model, f.input, f.output, options, f.corpus, f.overwrite, f.max_seq_length,
+    stats = mine_file(f.model, f.input, f.output, options, f.corpus, f.overwrite, f.max_seq_length, f.limit,
                       batch_size=f.batch_size,
                       query_chunk=f.query_chunk, corpus_chunk=f.corpus_chunk, query_prompt=f.query_prompt,
                       query_prompt_name=f.query_prompt_name)
