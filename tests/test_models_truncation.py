@@ -34,3 +34,21 @@ def test_encode_command_truncates(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "cut.npy"), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="truncate_dim=64 must be between 1 and the model's embedding width 32"):
         TruncatedEncoder(encode.load_encoder(folder), 64)
+
+
+def test_model_card_lists_matryoshka_widths_and_loss():
+    from boom_jax.hf.model_card import render_model_card
+    from boom_jax.models import ModelConfig
+    from configs.common import base_config
+
+    loss = base_config().loss.to_dict()
+    loss.update(matryoshka_dims="384,128,32", kd_weight=1.0, fake_negative_mask=True)
+    cfg = ModelConfig(arch="bert", vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=32)
+    card = render_model_card(cfg, {"kind": "trained", "training": {"loss": loss, "batch_size": 8}})
+    assert "truncate_dim=32" in card and "widths 384, 128, 32" in card
+    assert "| Loss | InfoNCE x 1 + distillation (kl_div) x 1 |" in card
+    assert "| InfoNCE options | fake-negative mask |" in card
+    plain = render_model_card(cfg, {"kind": "trained", "training": {"loss": base_config().loss.to_dict(),
+                                                                    "batch_size": 8}})
+    assert "truncate_dim" not in plain and "| Loss |" not in plain

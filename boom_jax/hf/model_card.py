@@ -201,8 +201,25 @@ def _training_section(training: Mapping[str, Any]) -> list[str]:
     if subset:
         rows.append(("Subset", f"ratio {_fmt(subset.get('ratio'))}, seed {subset.get('seed')}, manifest sha256 "
                                f"`{subset.get('manifest_sha256')}`"))
+    loss = training.get("loss") or {}
+    terms = [f"{name} x {_fmt(loss[key])}" for name, key in (("InfoNCE", "info_nce_weight"), (
+        "distillation (kl_div)", "kd_weight"), ("MarginMSE", "margin_mse_weight")) if loss.get(key)]
+    if len(terms) > 1 or loss.get("info_nce_weight", 1.0) != 1.0:
+        rows.append(("Loss", " + ".join(terms)))
+    extras = [name for name, key in (("fake-negative mask", "fake_negative_mask"), ("query-query negatives",
+              "query_query"), ("passage-passage negatives", "passage_passage"), ("passage-query negatives",
+              "passage_query")) if loss.get(key)]
+    if extras:
+        rows.append(("InfoNCE options", ", ".join(extras)))
     out = ["## Training", "", "Contrastive (InfoNCE) training with boom_jax.", "", "| setting | value |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows]
+    dims = [d.strip() for d in str(loss.get("matryoshka_dims") or "").split(",") if d.strip()]
+    if dims:
+        out += ["", f"Matryoshka training at widths {', '.join(dims)}: the first N coordinates of an embedding "
+                f"are an embedding of their own. Load a truncated model with "
+                f"`SentenceTransformer(model_id, truncate_dim={dims[-1]})` (cosine similarity re-normalizes), or "
+                f"`python -m boom_jax.encode --truncate_dim={dims[-1]}` / `python -m boom_jax.evaluate "
+                f"--truncate_dim={dims[-1]}`."]
     datasets = training.get("datasets") or []
     if datasets:
         out += ["", "| dataset | task type | examples |", "|---|---|---:|"]

@@ -96,6 +96,7 @@ def training_provenance(config: ml_collections.ConfigDict, datasets: Sequence[Tr
         "epochs": int(train.epochs), "steps": int(steps), "examples": int(steps) * int(train.batch_size),
         "seed": int(config.seed), "wall_time_s": round(float(wall_time_s), 2), "hardware": hardware(),
         "query_prompt_template": config.model.query_prompt_template, "subset": subset,
+        "loss": config.loss.to_dict() if "loss" in config else {},
     }
     out = {"format": PROVENANCE_FORMAT, "kind": "trained", "base_model": base_model_id(config, model_dir),
            **card_defaults(config, model_dir), "training": training}
