@@ -15,7 +15,9 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from boom_jax.data.records import TrainDataset
+from boom_jax.hf.loader import config_from_folder
 from boom_jax.hf.model_card import write_card_files
+from boom_jax.merging.recipe import RECIPE_FILE
 from boom_jax.training.provenance import SUBSET_MANIFEST, file_sha256, training_provenance
 
 
@@ -77,9 +79,6 @@ def write_export_card(export_dir: str, provenance: Mapping[str, Any], merged_dir
     """README.md + boom.json of an existing export folder, from `provenance`. The merge's own recipe
     (`merged_dir`/recipe.yml, default the sibling DIR/merged) goes into the card as the YAML block that
     reproduces the merge (`python -m boom_jax.merge --recipe=...`, mergekit's format)."""
-    from boom_jax.hf.loader import config_from_folder
-    from boom_jax.merging.recipe import RECIPE_FILE
-
     provenance = dict(provenance)
     recipe = os.path.join(merged_dir or os.path.join(os.path.dirname(os.path.abspath(export_dir)), "merged"),
                           RECIPE_FILE)
