@@ -1,0 +1,240 @@
+"""Analytic memory and FLOPs of one train step on one device, for targets that cannot be compiled here.
+
+A GPU has no ahead-of-time compile target on a CPU-only host, and XLA:CPU's buffer assignment is not
+the GPU's (it does not honour remat of an unrolled loop and keeps float32 copies of bfloat16
+tensors), so the dry run prints this count beside XLA's figure. The terms, per device:
+
+- params, optimizer state, batch: exact shard sizes (given by the caller from the shardings);
+- gradients: float32, shaped and sharded like the trainable params;
+- compute-dtype copies: the embedding table and one layer's weights cast to ``cfg.dtype``;
+- saved activations: what the forward keeps for the backward. With ``remat`` each layer keeps its
+  input only (``tokens x hidden``, compute dtype); without it every layer keeps its full working set
+  (:func:`layer_saved_bytes`). Queries and passages are embedded by separate calls and both are kept;
+  with the gradient cache only one chunk's are (the chunk is re-embedded under the gradient);
+- the largest transient: one layer's backward (its recomputed working set plus the attention
+  scores' gradient, for the larger side or chunk), or the loss over the global batch.
+
+The peak is persistent state + gradients + copies + saved activations + the largest transient; the
+per-token counts assume the XLA attention path (the [B, heads, T, T] scores in float32 are
+materialized). FLOPs count matmuls: forward, the remat recompute, the backward (activation gradients
+always, weight gradients for trainable weights only) and the gradient cache's extra forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from boom_jax.models.config import ModelConfig
+
+F32 = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShapes:
+    """Per-device sequences and lengths of one train step (the batch is split over the devices).
+
+    ``chunk_queries``: queries per gradient-cache chunk on this device (0 = no gradient cache);
+    ``global_queries`` / ``global_passages``: the contrastive batch the loss sees (all devices)."""
+
+    queries: int
+    query_len: int
+    passages: int
+    passage_len: int
+    global_queries: int
+    global_passages: int
+    chunk_queries: int = 0
+
+    @property
+    def group(self) -> int:
+        return self.passages // max(self.queries, 1)
+
+    def sides(self) -> list[tuple[int, int]]:
+        """(sequences, length) of each embedding call whose activations coexist in the backward:
+        queries and passages, or one gradient-cache chunk of each."""
+        if self.chunk_queries:
+            return [(self.chunk_queries, self.query_len), (self.chunk_queries * self.group, self.passage_len)]
+        return [(self.queries, self.query_len), (self.passages, self.passage_len)]
+
+    @property
+    def tokens(self) -> int:
+        return self.queries * self.query_len + self.passages * self.passage_len
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One line of the memory count: ``key`` (stable name), ``label``, ``bytes`` and how to lower it."""
+
+    key: str
+    label: str
+    bytes: int
+    lower_with: str = ""
+
+
+def compute_bytes(cfg: ModelConfig) -> int:
+    return 2 if cfg.dtype == "bfloat16" else 4
+
+
+def _dims(cfg: ModelConfig) -> tuple[int, int, int, int, int]:
+    """(hidden, intermediate, heads, query width heads*head_dim, key/value width)."""
+    heads = cfg.num_attention_heads
+    if cfg.arch == "qwen3":
+        head_dim = cfg.head_dim or cfg.hidden_size // heads
+        kv = cfg.num_key_value_heads or heads
+        return cfg.hidden_size, cfg.intermediate_size, heads, heads * head_dim, kv * head_dim
+    return cfg.hidden_size, cfg.intermediate_size, heads, cfg.hidden_size, cfg.hidden_size
+
+
+def _per_token_saved(cfg: ModelConfig) -> int:
+    """Elements per token (besides the attention probabilities) one layer keeps for its backward."""
+    h, i, _, qw, kvw = _dims(cfg)
+    if cfg.arch == "qwen3":
+        # x, norm1(x), x + attn, norm2; q before/after norm+rope, context; k before/after, v;
+        # gate, up, silu(gate) * up.
+        return 4 * h + 3 * qw + 3 * kvw + 3 * i
+    # BERT: x, q, k, v, context, attention output, LayerNorm in/out, MLP output and LayerNorm in;
+    # pre- and post-GELU intermediate.
+    return 6 * h + qw + 2 * kvw + 2 * i
+
+
+def _per_token_dots(cfg: ModelConfig) -> int:
+    """Elements per token of one layer's projection outputs (matmuls without batch dimensions)."""
+    h, i, _, qw, kvw = _dims(cfg)
+    return qw + 2 * kvw + h + (2 * i + h if cfg.arch == "qwen3" else i + h)
+
+
+def layer_saved_bytes(cfg: ModelConfig, sequences: int, length: int, flash: bool = False) -> int:
+    """Bytes one layer keeps for its backward without remat: per-token tensors in the compute dtype,
+    plus the attention probabilities [sequences, heads, length, length] in float32 and compute dtype
+    (a flash kernel keeps two float32 softmax statistics per head and token instead)."""
+    heads = _dims(cfg)[2]
+    dt = compute_bytes(cfg)
+    tokens = sequences * length
+    probs = tokens * heads * 2 * F32 if flash else sequences * heads * length * length * (F32 + dt)
+    return tokens * _per_token_saved(cfg) * dt + probs
+
+
+def remat_saved_bytes(cfg: ModelConfig, sequences: int, length: int, flash: bool = False) -> int:
+    """Bytes one layer keeps under remat with cfg.remat_policy: its input, plus the projection outputs
+    ("dots_with_no_batch_dims_saveable"), plus the attention matmuls' outputs ("dots_saveable")."""
+    _, _, heads, qw, _ = _dims(cfg)
+    dt = compute_bytes(cfg)
+    tokens = sequences * length
+    saved = tokens * cfg.hidden_size * dt
+    policy = getattr(cfg, "remat_policy", "nothing_saveable")
+    if policy in ("dots_with_no_batch_dims_saveable", "dots_saveable"):
+        saved += tokens * _per_token_dots(cfg) * dt
+    if policy == "dots_saveable" and not flash:
+        saved += sequences * heads * length * length * F32 + tokens * qw * dt
+    return saved
+
+
+def layer_backward_bytes(cfg: ModelConfig, sequences: int, length: int, flash: bool = False) -> int:
+    """Bytes live while one layer's backward runs besides what the forward saved: with remat the
+    layer's recomputed working set; the gradients of its per-token tensors; with materialized
+    attention the gradients of the probabilities (compute dtype) and of the scores (float32)."""
+    heads = _dims(cfg)[2]
+    dt = compute_bytes(cfg)
+    tokens = sequences * length
+    recomputed = layer_saved_bytes(cfg, sequences, length, flash) if cfg.remat else 0
+    grads = tokens * _per_token_saved(cfg) * dt
+    scores = 0 if flash else sequences * heads * length * length * (F32 + dt)
+    return recomputed + grads + scores
+
+
+def step_memory(
+    cfg: ModelConfig,
+    shapes: StepShapes,
+    *,
+    param_bytes: int,
+    opt_state_bytes: int,
+    grad_bytes: int,
+    batch_bytes: int,
+    embedding_bytes: int,
+    flash_attention: bool = False,
+) -> list[Term]:
+    """The memory terms of one step on one device (see the module docstring); the last is the peak.
+
+    ``param_bytes`` / ``opt_state_bytes`` / ``batch_bytes``: this device's shards; ``grad_bytes``: its
+    float32 trainable params; ``embedding_bytes``: its float32 shard of the embedding table;
+    ``flash_attention``: the target's attention never writes the [B, heads, T, T] scores (cuDNN)."""
+    dt = compute_bytes(cfg)
+    h = cfg.hidden_size
+    layers = max(cfg.num_hidden_layers, 1)
+    sides = shapes.sides()
+    flash = flash_attention
+    if cfg.remat:
+        saved = sum(layers * remat_saved_bytes(cfg, n, t, flash) for n, t in sides)
+    else:
+        saved = sum(layers * layer_saved_bytes(cfg, n, t, flash) for n, t in sides)
+    # Masks [n, T, T] (bool; an additive bias in the compute dtype for a flash kernel) and the final
+    # states before pooling, per side.
+    saved += sum(n * t * t * (1 + (dt if flash else 0)) + n * t * h * dt for n, t in sides)
+    if shapes.chunk_queries:  # the cached embeddings of the whole batch and their gradients
+        saved += 2 * (shapes.queries + shapes.passages) * h * F32
+    layer_params = (param_bytes - embedding_bytes) // layers
+    # The compute-dtype casts of the embedding table and of the layer being run.
+    copies = (embedding_bytes + layer_params) * dt // F32 if dt != F32 else 0
+    if getattr(cfg, "scan_layers", False):
+        # The layers' params stacked for the scan, and their gradients before they are unstacked.
+        copies += (param_bytes - embedding_bytes) + grad_bytes * (param_bytes - embedding_bytes) // max(param_bytes, 1)
+    backward = max(layer_backward_bytes(cfg, n, t, flash) for n, t in sides)
+    loss = 3 * shapes.global_queries * shapes.global_passages * F32
+    remat_key = "train.grad_cache_chunk" if cfg.remat else "model.remat=True"
+    chunk_hint = "train.grad_cache_chunk (fewer sequences per chunk)"
+    stack = bool(getattr(cfg, "scan_layers", False))
+    terms = [
+        Term("params", "params (float32)", param_bytes, "mesh.fsdp"),
+        Term("opt_state", "optimizer state", opt_state_bytes, "mesh.fsdp"),
+        Term("batch", "batch", batch_bytes, "train.batch_size"),
+        Term("gradients", "gradients (float32)", grad_bytes, "mesh.fsdp"),
+        Term("copies", "weight copies (" + ", ".join(
+            ([f"{cfg.dtype} casts"] if dt != F32 else []) + (["scan stacking"] if stack else [])) + ")"
+             if (dt != F32 or stack) else "weight copies", copies, "mesh.fsdp"),
+        Term("activations", "saved activations" + (f" (remat {getattr(cfg, 'remat_policy', 'nothing_saveable')})"
+                                                   if cfg.remat else " (no remat)"), saved, remat_key),
+        Term("transient", "largest transient: one layer's backward" if backward >= loss
+             else "largest transient: the loss", max(backward, loss),
+             chunk_hint if backward >= loss else "train.batch_size"),
+    ]
+    terms.append(Term("peak", "peak (analytic)", sum(t.bytes for t in terms)))
+    return terms
+
+
+def dominant(terms: Sequence[Term]) -> Term:
+    """The largest term other than the peak."""
+    return max((t for t in terms if t.key != "peak"), key=lambda t: t.bytes)
+
+
+def layer_matmul_flops(cfg: ModelConfig, sequences: int, length: int) -> tuple[float, float, float]:
+    """(weight, attention, last-projection) matmul FLOPs of one layer's forward over sequences x length.
+
+    The last projection (Qwen3's down_proj, whose output only feeds the residual add) is not
+    recomputed under remat: nothing in the backward needs its output."""
+    h, i, _, qw, kvw = _dims(cfg)
+    mlp = (3 if cfg.arch == "qwen3" else 2) * h * i
+    tokens = sequences * length
+    weights = 2.0 * tokens * (h * qw + 2 * h * kvw + qw * h + mlp)
+    attention = 2.0 * 2 * sequences * length * length * qw  # scores and context, all T x T computed
+    last = 2.0 * tokens * i * h if cfg.arch == "qwen3" else 0.0
+    return weights, attention, last
+
+
+def step_flops(cfg: ModelConfig, queries: int, query_len: int, passages: int, passage_len: int,
+               trainable_weights: bool = True, grad_cache: bool = False) -> float:
+    """Matmul FLOPs of one train step over these (global) sequences: forward, remat recompute,
+    backward (weight gradients only when ``trainable_weights``; LoRA trains adapters only, whose
+    matmuls are not counted), the gradient cache's extra no-gradient forward, and the loss."""
+    total = 0.0
+    for n, t in ((queries, query_len), (passages, passage_len)):
+        w, a, last = layer_matmul_flops(cfg, n, t)
+        forward = cfg.num_hidden_layers * (w + a)
+        recompute = cfg.num_hidden_layers * (w + a - last) if cfg.remat else 0.0
+        backward = cfg.num_hidden_layers * ((2 * w if trainable_weights else w) + 2 * a)
+        total += forward * (1 + int(grad_cache)) + recompute + backward
+    loss = 2.0 * queries * passages * cfg.hidden_size * 3
+    return total + loss
+
+
+__all__ = ["StepShapes", "Term", "dominant", "layer_backward_bytes", "layer_matmul_flops", "layer_saved_bytes",
+           "remat_saved_bytes", "step_flops", "step_memory"]
