@@ -31,6 +31,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.normalize = True
     c.model.dtype = "float32"  # compute dtype; params stay float32
     c.model.remat = False
+    # What remat keeps per layer: "nothing_saveable" | "dots_with_no_batch_dims_saveable" | "dots_saveable".
+    c.model.remat_policy = "nothing_saveable"
+    # Layers under one lax.scan (one compiled layer body; remat holds on every backend). Params stay per layer.
+    c.model.scan_layers = True
+    # "auto" (cuDNN flash attention on GPU with bf16, else jax.nn.dot_product_attention's XLA path),
+    # "reference" (explicit einsum/softmax), "dot_product", "cudnn". Attention dropout always uses "reference".
+    c.model.attention_impl = "auto"
     c.model.dropout = 0.0
     c.model.lora_rank = 0  # 0 = full fine-tune
     c.model.lora_alpha = 32.0

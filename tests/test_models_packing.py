@@ -1,5 +1,7 @@
 """Packed sequences: several texts per row with segment ids give the same embeddings (and gradients)
-as one text per padded row, and no segment sees another (tiny BERT, tiny Qwen3, real MiniLM)."""
+as one text per padded row, and no segment sees another (tiny BERT, tiny Qwen3, real MiniLM). Also
+the paths they run through: the fused attention against the explicit reference, the layer scan
+against the unrolled loop (dropout and remat included)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 from boom_jax.models import ModelConfig, build_model, init_params
+from boom_jax.models.attention import attention, reference_attention
 from boom_jax.models.pooling import pool
 from boom_jax.models.segments import segment_attention_mask, segment_positions
 
@@ -198,3 +201,101 @@ def test_minilm_packed_equals_unpacked(minilm_path):
     packed, unpacked = map(np.asarray, run(params))
     assert ids.shape[0] < len(texts)  # several texts share a row
     np.testing.assert_allclose(packed, unpacked, atol=1e-5, rtol=0)
+
+
+def _packed_qkv(dtype=jnp.float32, heads=4, kv_heads=2):
+    rng = np.random.default_rng(7)
+    _, seg, _ = pack(random_texts(6))
+    b, t = seg.shape
+    q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, 16)), dtype) for n in (heads, kv_heads, kv_heads))
+    return q, k, v, segment_attention_mask(seg)
+
+
+def test_dot_product_attention_equals_reference():
+    q, k, v, allowed = _packed_qkv()
+    weights = jnp.asarray(np.random.default_rng(8).normal(size=q.shape), jnp.float32)
+
+    def paths(q, k, v, causal):
+        return (reference_attention(q, k, v, allowed, causal, 0.25),
+                attention(q, k, v, allowed, causal=causal, impl="dot_product"))
+
+    @jax.jit
+    def run(q, k, v):
+        out = {}
+        for causal in (False, True):
+            losses = [lambda *a, i=i: jnp.sum(paths(*a, causal)[i] * weights) for i in range(2)]
+            out[causal] = dict(
+                outputs=paths(q, k, v, causal),
+                grads=[jax.grad(f, argnums=(0, 1, 2))(q, k, v) for f in losses],
+                bf16=paths(*(x.astype(jnp.bfloat16) for x in (q, k, v)), causal),
+            )
+        return out
+
+    for causal, out in jax.tree_util.tree_map(np.asarray, run(q, k, v)).items():
+        ref, fused = out["outputs"]
+        np.testing.assert_allclose(fused, ref, atol=1e-5, rtol=0, err_msg=f"causal={causal}")
+        for g, r in zip(*out["grads"]):
+            np.testing.assert_allclose(g, r, atol=1e-5, rtol=0, err_msg=f"causal={causal}")
+        # bf16 inputs: both paths stay near the float32 result
+        for low in out["bf16"]:
+            np.testing.assert_allclose(low.astype(np.float32), ref, atol=3e-2, rtol=0)
+    with pytest.raises(ValueError, match="attention_impl='flash'"):
+        attention(q, k, v, allowed, causal=False, impl="flash")
+
+
+@pytest.mark.parametrize("cfg_name", ["bert", "qwen3"])
+def test_models_agree_across_attention_paths(cfg_name, bert_params, qwen3_params):
+    cfg, params = (TINY_BERT, bert_params) if cfg_name == "bert" else (TINY_QWEN3, qwen3_params)
+    ids, seg, _ = pack(random_texts(9))
+    modules = [build_model(cfg.replace(attention_impl=impl)) for impl in ("reference", "dot_product")]
+
+    @jax.jit
+    def run(p):
+        return [(m.apply({"params": p}, ids, seg, num_segments=SLOTS),
+                 m.apply({"params": p}, ids, seg, return_token_states=True)) for m in modules]
+
+    (ref_emb, ref_states), (emb, states) = jax.tree_util.tree_map(np.asarray, run(params))
+    np.testing.assert_allclose(emb, ref_emb, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(states[seg > 0], ref_states[seg > 0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cfg_name", ["bert", "qwen3"])
+def test_scan_loop_and_remat_give_the_same_dropout_outputs_and_gradients(cfg_name, bert_params, qwen3_params):
+    cfg, params = (TINY_BERT, bert_params) if cfg_name == "bert" else (TINY_QWEN3, qwen3_params)
+    # BERT: attention dropout too (the reference path); Qwen3: hidden dropout on the fused path.
+    cfg = cfg.replace(dropout=0.2, attention_dropout=0.2 if cfg_name == "bert" else 0.0)
+    ids, seg, _ = pack(random_texts(10))
+    weights = jnp.asarray(np.random.default_rng(11).normal(size=(ids.shape[0], SLOTS, cfg.hidden_size)), jnp.float32)
+    scan_remat, loop_plain = "scan+remat", "loop"
+    variants = {scan_remat: build_model(cfg.replace(scan_layers=True, remat=True)),
+                loop_plain: build_model(cfg.replace(scan_layers=False, remat=False))}
+
+    def loss(p, module, key):
+        out = module.apply({"params": p}, ids, seg, deterministic=False, rngs={"dropout": key},
+                           num_segments=SLOTS)
+        return jnp.sum(out * weights), out
+
+    keys = jax.random.split(jax.random.key(3), 2)
+
+    @jax.jit
+    def run(p):
+        out = {name: jax.grad(loss, has_aux=True)(p, m, keys[0]) for name, m in variants.items()}
+        # stacked bag members: vmap over dropout keys equals each key alone
+        out["vmapped"] = jax.vmap(lambda k: loss(p, variants[scan_remat], k)[1])(keys)
+        out["second"] = loss(p, variants[scan_remat], keys[1])[1]
+        out["eval"] = variants[scan_remat].apply({"params": p}, ids, seg, num_segments=SLOTS)
+        return out
+
+    out = jax.tree_util.tree_map(np.asarray, run(params))
+    ref_grads, ref_out = out[loop_plain]
+    for name in variants:
+        grads, emb = out[name]
+        np.testing.assert_allclose(emb, ref_out, atol=1e-6, rtol=0, err_msg=str(name))
+        for g, r in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
+            np.testing.assert_allclose(g, r, atol=1e-5, rtol=0, err_msg=str(name))
+    np.testing.assert_allclose(out["vmapped"][0], ref_out, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out["vmapped"][1], out["second"], atol=1e-6, rtol=0)
+    assert np.abs(ref_out - out["eval"]).max() > 1e-3 and np.abs(out["second"] - ref_out).max() > 1e-3
+    jaxpr = str(jax.make_jaxpr(lambda p: loss(p, variants[scan_remat], keys[0]))(params))
+    assert "scan" in jaxpr and "remat" in jaxpr
+

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from boom_jax.errors import ConfigError  # the project's one ConfigError (re-exported here)
+from boom_jax.models.config import ATTENTION_IMPLS, REMAT_POLICY_NAMES
 
 
 _STR, _INT, _FLOAT, _BOOL, _DICT = str, int, (int, float), bool, "dict"
@@ -24,6 +25,7 @@ SCHEMA: dict[str, Any] = {
     "name": _STR, "seed": _INT,
     "model.path": _STR, "model.random_init": _BOOL, "model.sizes": _DICT, "model.pooling": _STR,
     "model.normalize": _BOOL, "model.dtype": _STR, "model.remat": _BOOL, "model.dropout": _FLOAT,
+    "model.remat_policy": _STR, "model.scan_layers": _BOOL, "model.attention_impl": _STR,
     "model.lora_rank": _INT, "model.lora_alpha": _FLOAT, "model.lora_dropout": _FLOAT,
     "model.lora_targets": _STR, "model.query_prompt_template": _STR,
     "data.source": _STR, "data.names": _STR, "data.limit": _INT, "data.on_error": _STR, "data.datasets": _DICT,
@@ -59,6 +61,8 @@ EXTENSION_SECTIONS = ("bag", "incremental", "cluster", "experiment")
 CHOICES = {
     "model.pooling": ("", "mean", "cls", "lasttoken"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.remat_policy": REMAT_POLICY_NAMES,
+    "model.attention_impl": ATTENTION_IMPLS,
     "data.source": ("builtin", "files"),
     "data.on_error": ("raise", "skip"),
     "train.lr_schedule": ("linear", "cosine", "constant"),
