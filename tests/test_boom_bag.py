@@ -166,3 +166,12 @@ def test_merged_export_carries_the_card_and_provenance(killed_then_resumed_bag):
     assert card.data.library_name == "sentence-transformers" and "merge" in card.data.tags
     assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.data.license == "apache-2.0"
     assert members["r050"]["manifest_sha256"] in card.text and "merge_method: multislerp" in card.text
+
+    import warnings
+
+    from sentence_transformers import SentenceTransformer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SentenceTransformer(str(export), device="cpu")
+    assert not caught, [str(w.message) for w in caught]  # the merged export loads without any warning
