@@ -151,15 +151,25 @@ def test_cli_recipe_and_non_finite_refusal(folders, tmp_path, capsys):
         want = MERGE_METHODS["task_arithmetic"]([_params(0), _params(1)], base=_params(3), lambda_=0.5)
         _bitwise(model_io.load_model(tmp_path / "ok")[1], want)
         capsys.readouterr()
-        flags.FLAGS.unparse_flags()
-        argv = flags.FLAGS(["merge", "--method=task_arithmetic", "--param=lambda_=nan", f"--base={base}",
-                            f"--out={tmp_path / 'nan'}", a, b])
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main(argv)
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and re.search(r"lambda_=nan must be a finite number", err[0])
-        assert not (tmp_path / "nan").exists()
+        for extra in ([], ["--streaming"]):
+            flags.FLAGS.unparse_flags()
+            argv = flags.FLAGS(["merge", "--method=task_arithmetic", "--param=lambda_=nan", f"--base={base}",
+                                f"--out={tmp_path / 'nan'}", *extra, a, b])
+            with pytest.raises(SystemExit) as exit_info:
+                cli.main(argv)
+            assert exit_info.value.code == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and re.search(r"lambda_=nan must be a finite number", err[0])
+            assert not (tmp_path / "nan").exists()
+        # A result that overflows is refused after the merge, before anything is published.
+        import jax
+
+        huge = model_io.save_model_folder(root / "huge", TINY, jax.tree_util.tree_map(lambda x: np.full_like(x, 1e38), _params(0)), None)
+        for streaming in (True, False):
+            with pytest.raises(MergeError, match=r"non-finite value"):
+                merge_models([huge, huge], tmp_path / "inf", "task_arithmetic", weights=[1.0, 1.0],
+                             base=a, streaming=streaming, progress=False, lambda_=1e9)
+            assert not (tmp_path / "inf").exists()
     finally:
         flags.FLAGS.unparse_flags()
 
