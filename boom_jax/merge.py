@@ -22,6 +22,7 @@ from absl import app, flags, logging
 
 from boom_jax import cli
 from boom_jax.merging.methods import MERGE_METHODS
+from boom_jax.merging.recipe import read_recipe
 from boom_jax.preflight import check_out_not_inside
 
 _METHOD_HELP = "Merge method. One of:\n" + "\n".join(
@@ -82,8 +83,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("no INPUT models given")
     if not FLAGS.out:
         raise app.UsageError("--out is required")
+    read = [("INPUT", p) for p in inputs] + ([("--base", FLAGS.base)] if FLAGS.base else [])
+    if FLAGS.recipe:
+        recipe = read_recipe(FLAGS.recipe)
+        read = [(f"{FLAGS.recipe}: model", p) for p in recipe.members] + (
+            [(f"{FLAGS.recipe}: base_model", recipe.base)] if recipe.base else [])
     # the output replaces a folder: never one being read (not even with --overwrite)
-    check_out_not_inside(FLAGS.out, [("INPUT", p) for p in inputs] + ([("--base", FLAGS.base)] if FLAGS.base else []))
+    check_out_not_inside(FLAGS.out, read)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the way
     from boom_jax.merging.streaming import merge_models, merge_recipe

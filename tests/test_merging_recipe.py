@@ -150,6 +150,9 @@ def test_cli_recipe_and_non_finite_refusal(folders, tmp_path, capsys):
         cli.main(flags.FLAGS(["merge", f"--recipe={recipe}", f"--out={tmp_path / 'ok'}", "--noexport"]))
         want = MERGE_METHODS["task_arithmetic"]([_params(0), _params(1)], base=_params(3), lambda_=0.5)
         _bitwise(model_io.load_model(tmp_path / "ok")[1], want)
+        flags.FLAGS.unparse_flags()
+        with pytest.raises(ValueError, match=r"--out=.*is inside the input .*ta.yml: model="):
+            cli.main(flags.FLAGS(["merge", f"--recipe={recipe}", f"--out={os.path.join(a, 'sub')}", "--overwrite"]))
         capsys.readouterr()
         for extra in ([], ["--streaming"]):
             flags.FLAGS.unparse_flags()
