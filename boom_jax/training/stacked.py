@@ -39,6 +39,7 @@ from boom_jax.data.records import TrainDataset
 from boom_jax.training.grad_cache import EmbedFn
 from boom_jax.training.sharding import batch_axes
 from boom_jax.packing import pad_packed_rows
+from boom_jax.training.loss import LossSpec
 from boom_jax.training.step import LOSS_INPUT_KEYS, PACKED_KEYS, batch_shard_count, is_packed, make_update, prepare_batch
 
 MEMBER_AXIS = "member"
@@ -114,6 +115,7 @@ def make_stacked_train_step(
     state_shardings: dict,
     grad_cache_chunk: int | None = None,
     trainable: Callable[[str], bool] | None = None,
+    loss_spec: LossSpec | None = None,
 ) -> Callable[[dict, dict, Any, Any], tuple[dict, dict]]:
     """``step(state, batch, active, lr) -> (new_state, metrics)`` over M stacked members, jitted.
 
@@ -126,7 +128,7 @@ def make_stacked_train_step(
     """
 
     update = make_update(embed_fn, optimizer, temperature, grad_cache_chunk, trainable,
-                         batch_shards=batch_shard_count(mesh))
+                         batch_shards=batch_shard_count(mesh), loss_spec=loss_spec)
 
     def member_step(state, batch, active, lr):
         # threefry: the same bits under vmap as unbatched (rbg is not), so a stacked member draws what it
@@ -191,6 +193,9 @@ def stack_batches(batches: Sequence[dict], names: Sequence[str], padding_side: s
                                      f"left; set config.data.fixed_length=True")
                 arrays = [_pad_to(a, longest, left=False) for a in arrays]
         out[key] = np.stack(arrays)
+    for key in LOSS_INPUT_KEYS:  # teacher scores, duplicate masks: same shapes in every member
+        if all(key in b for b in batches):
+            out[key] = np.stack([np.asarray(b[key]) for b in batches])
     return out
 
 
@@ -250,6 +255,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
     from boom_jax.training.metrics import MetricsWriter
     from boom_jax.training.optim import make_optimizer
     from boom_jax.training.sharding import DEFAULT_RULES
+    from boom_jax.training.loss import run_loss_spec
     from boom_jax.training.step import module_embed_fn
 
     if not members:
@@ -278,6 +284,10 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
     passage_tok = TextTokenizer(tokenizer, passage_len, cfg.padding_side, cfg.append_eos,
                                 buckets=(passage_len,) if fixed else None)
 
+    try:  # the members share the loss (as the sequential loop builds it)
+        loss_spec = run_loss_spec(config.loss, config.train.temperature, cfg.embedding_dim, datasets)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     batchers, schedules, totals, dirs, writers = [], [], [], [], []
     for member in members:
         member_dir = os.path.join(workdir, "members", member.name)
@@ -291,6 +301,8 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
                           schedule_options=schedule_options(mc, train_sets), num_epochs=None if mc.train.max_steps else mc.train.epochs,
                           process_index=jax.process_index(), process_count=jax.process_count(),
                           token_cache_dir=mc.data.token_cache_dir or default_token_cache_dir(member_dir),
+                          teacher_scores=loss_spec.needs_teacher_scores, duplicate_masks=loss_spec.mask_duplicates,
+                          no_duplicates=mc.data.no_duplicates,
                           **packing_options(mc, batch_shard_count(stacked_mesh(m, config.mesh))))
         total = mc.train.max_steps or batcher.total_steps
         schedules.append(build_optimizer(mc, cfg, total)[1])
@@ -312,7 +324,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
     del params
     step_fn = make_stacked_train_step(module_embed_fn(build_model(cfg)), optimizer, config.train.temperature, mesh,
                                       shardings, grad_cache_chunk=config.train.grad_cache_chunk or None,
-                                      trainable=trainable)
+                                      trainable=trainable, loss_spec=loss_spec)
 
     applied = [0] * m
     last_batches: list[dict | None] = [None] * m
