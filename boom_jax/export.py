@@ -23,9 +23,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def export_checkpoint(checkpoint: str, out: str, overwrite: bool = False) -> str:
-    """Load `checkpoint` and write its HF + sentence-transformers folder to `out`; returns `out`."""
+    """Load `checkpoint` and write its HF + sentence-transformers folder (with the model card and the
+    boom.json of the run that made it, when there is one) to `out`; returns `out`."""
     from boom_jax.hf.export import export_sentence_transformers
     from boom_jax.model_io import ModelFolderError, load_model, resolve_model_folder, tokenizer_dir_of
+    from boom_jax.training.provenance import find_provenance
 
     out = os.path.abspath(out)
     check_out_not_inside(out, {"--checkpoint": checkpoint})
@@ -37,7 +39,8 @@ def export_checkpoint(checkpoint: str, out: str, overwrite: bool = False) -> str
         raise ModelFolderError(f"{checkpoint}: the model has no tokenizer files to export (looked for "
                                f"tokenizer.json / tokenizer_config.json in {folder or checkpoint} and its tokenizer/)")
     cfg, params, tokenizer_dir = load_model(checkpoint)
-    return export_sentence_transformers(params, cfg, tokenizer_dir, out, overwrite=overwrite)
+    provenance = find_provenance(checkpoint)  # a train / bag workdir's boom.json: the card says how it was made
+    return export_sentence_transformers(params, cfg, tokenizer_dir, out, overwrite=overwrite, provenance=provenance)
 
 
 def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:

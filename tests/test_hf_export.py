@@ -316,3 +316,19 @@ def test_remote_code_keys_are_not_copied(tiny_folder, tmp_path):
     exported = json.loads((out / "config.json").read_text())
     assert "auto_map" not in exported and "trust_remote_code" not in exported
     assert exported["architectures"] == ["BertModel"]
+
+
+def test_exporting_a_workdir_carries_its_runs_provenance(tiny_folder, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from boom_jax.export import export_checkpoint
+    from boom_jax.hf import load_hf_model
+    from boom_jax.model_io import save_model_folder
+
+    cfg, params = load_hf_model(tiny_folder)
+    workdir = tmp_path / "run"
+    save_model_folder(str(workdir / "model"), cfg, params, tiny_folder)
+    (workdir / "boom.json").write_text(json.dumps({**PROVENANCE, "kind": "trained", "name": "my-run"}))
+    out = export_checkpoint(str(workdir), str(tmp_path / "out"))
+    assert ModelCard.load(os.path.join(out, "README.md")).data.model_name == "my-run"
+    assert json.loads((tmp_path / "out" / "boom.json").read_text())["kind"] == "trained"

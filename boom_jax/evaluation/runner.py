@@ -187,25 +187,6 @@ def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, "modules.json"))
 
 
-def find_provenance(path: str) -> dict | None:
-    """boom.json of a model path: the folder's own, else its train / bag workdir's."""
-    from boom_jax.hf.model_card import read_provenance
-    from boom_jax.model_io import resolve_model_folder
-
-    candidates = [path]
-    try:
-        folder = resolve_model_folder(path)
-    except ValueError:
-        folder = None
-    if folder:
-        candidates += [folder, os.path.dirname(os.path.normpath(folder))]
-    for candidate in candidates:
-        found = read_provenance(candidate) if os.path.isdir(candidate) else None
-        if found:
-            return found
-    return None
-
-
 def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, show_progress_bar: bool,
                                       max_seq_length: int = 0, instruction_template: str | None = None,
                                       meta_overrides: Mapping[str, Any] | None = None):
@@ -225,6 +206,8 @@ def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, sh
     dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension  # renamed in 6.x
     head = SimpleNamespace(embedding_dim=dim(), max_seq_length=st.max_seq_length,
                            similarity=st.similarity_fn_name or "cosine")
+    from boom_jax.training.provenance import find_provenance
+
     meta = model_meta(label, head, sum(p.numel() for p in st.parameters()), find_provenance(path), instructions,
                       ["Sentence Transformers", "PyTorch"], dict(meta_overrides or {}))
     return MtebEncoder(st, label, batch_size=batch_size, instructions=instructions,
@@ -257,6 +240,8 @@ def to_mteb_model(model: Any, label: str, batch_size: int = 32, backend: str = "
                 raise EvaluationError(f"{path}: not a sentence-transformers folder (no modules.json)")
             return _sentence_transformers_mteb_model(path, label, batch_size, show_progress_bar, max_seq_length,
                                                      instruction_template, meta_overrides)
+        from boom_jax.training.provenance import find_provenance
+
         provenance = find_provenance(path)
         model = load_encoder(path, max_seq_length)
     else:

@@ -48,6 +48,26 @@ def base_model_id(config: ml_collections.ConfigDict, model_dir: str | None = Non
     return path
 
 
+def find_provenance(path: str | os.PathLike) -> dict[str, Any] | None:
+    """boom.json of a model path: the folder's own, else its train / bag workdir's (WORKDIR/model ->
+    WORKDIR/boom.json); None when there is none."""
+    from boom_jax.model_io import resolve_model_folder
+
+    path = os.fspath(path)
+    candidates = [path]
+    try:
+        folder = resolve_model_folder(path)
+    except ValueError:  # not a model folder: only the path's own boom.json counts
+        folder = None
+    if folder:
+        candidates += [folder, os.path.dirname(os.path.normpath(folder))]
+    for candidate in candidates:
+        found = read_provenance(candidate) if os.path.isdir(candidate) else None
+        if found:
+            return found
+    return None
+
+
 def hardware() -> dict[str, Any]:
     """The devices this process trains on."""
     device = jax.devices()[0]
