@@ -102,7 +102,7 @@ def global_batch(batch: dict, mesh: Mesh, sharding: NamedSharding | None = None)
     from boom_jax.training.sharding import batch_sharding
 
     sharding = sharding or batch_sharding(mesh)
-    local = np.shape(batch["query_ids"])[0]
+    local = np.shape(batch["query_index" if "query_index" in batch else "query_ids"])[0]  # queries (packed or not)
     out = {}
     for key, value in batch.items():
         if key == "in_batch_negatives":  # a per-batch flag: one entry per query, like the step wants
