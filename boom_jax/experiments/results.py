@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from boom_jax.atomic_io import atomic_write, write_text
+from boom_jax.experiments.plan import OPERATORS
 
 RESULTS_MD = "RESULTS.md"
 SUMMARY_JSON = "results.json"
@@ -161,7 +162,8 @@ def result_notes(config, rows: Sequence[dict], records: dict) -> list[str]:
         if rec:
             notes.append(f"`{name}` merges {', '.join(rec['inputs'])} ({rec['method']}, equal weights); its cost "
                          "is their sum plus the merge. A task type with one dataset reuses that dataset's model.")
-    operators = [records[r["label"]] for r in rows if r["label"].startswith("task_") and r["label"] in records]
+    operator_rows = {f"task_{op}" for op in OPERATORS}
+    operators = [records[r["label"]] for r in rows if r["label"] in operator_rows and r["label"] in records]
     if operators:
         notes.append("Operator study (`task_<operator>`): the task-level models of `task_merging` merged with each "
                      "operator at mergekit's defaults, equal weights; task_arithmetic, ties, sce and model_stock work "
