@@ -236,6 +236,10 @@ CASES = [
     ("merge-bad-weights", ["merge", "--method=linear", "--weights=a,b", "--out={root}/m", "{model}", "{hf}"], "--weights=a,b"),
     ("merge-no-inputs", ["merge", "--method=linear", "--out={root}/m"], "no INPUT models given"),
     ("merge-missing-input", ["merge", "--method=linear", "--out={root}/m", "{model}", "{root}/nomodel"], "nomodel"),
+    ("merge-nan-lambda", ["merge", "--method=task_arithmetic", "--base={hf}", "--param=lambda_=nan", "--out={root}/m",
+                          "{model}"], "lambda_"),
+    ("merge-density-range", ["merge", "--method=ties", "--base={hf}", "--param=density=1.5", "--out={root}/m",
+                             "{model}"], "density"),
     # --- experiments
     ("experiments-unknown-key", ["experiments", "--config=configs/experiment.py:tiny", "--config.experiment.nokey=1",
                                  "--workdir={root}/ex"], "nokey"),
@@ -285,9 +289,9 @@ def test_table_of_bad_inputs(files, capsys):
 def test_real_commands_print_one_line_without_traceback(files, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop(cli.TRACEBACK_ENV, None)
-    runs = [
-        [sys.executable, "-m", "boom_jax.train", "--config=configs/tiny.py", "--workdir=" + str(tmp_path / "w"),
-         "--config.train.batch_size=0"],
+    runs = [  # dry_run's flags live on absl's global FLAGS: it runs here only
+        [sys.executable, "-m", "boom_jax.training.dry_run", "--config=configs/tiny.py", "--config.train.batch_size=0",
+         "--json=" + str(tmp_path / "w" / "report.json")],
         [sys.executable, "-m", "boom_jax.export", "--checkpoint=" + files["model"], "--out=" + files["model"] + "/x"],
     ]
     for argv in runs:
@@ -301,6 +305,18 @@ def test_real_commands_print_one_line_without_traceback(files, tmp_path):
     proc = subprocess.run(runs[1], cwd=ROOT, env=dict(env, **{cli.TRACEBACK_ENV: "1"}), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" in proc.stderr and "is inside the input" in proc.stderr
+
+
+def test_os_errors_read_as_one_line_with_a_hint():
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/run/model")
+    assert cli.is_bad_input(full)
+    assert cli.describe(full) == ("/data/run/model: No space left on device; the disk is full; free space or "
+                                  "choose another folder (nothing was published)")
+    read_only = OSError(errno.EROFS, "Read-only file system", "/mnt/ro/out")
+    assert cli.describe(read_only).startswith("/mnt/ro/out: Read-only file system; the file system is read-only")
+    assert cli.one_line("a\n  b\n\nc") == "a; b; c"
 
 
 def test_bugs_keep_their_traceback():

@@ -218,3 +218,28 @@ def test_tokenizer_less_folder_refused_naming_the_files(tmp_path):
     with pytest.raises(TokenizerError) as err:
         load_tokenizer(tmp_path)
     assert str(tmp_path) in str(err.value) and all(f in str(err.value) for f in TOKENIZER_VOCAB_FILES)
+
+
+def test_missing_hard_negatives_are_reported_with_counts(caplog):
+    from boom_jax.data.records import Example, TrainDataset
+    from boom_jax.training.data_checks import check_train_datasets
+
+    c = tiny_files_config("qa.jsonl")
+    c.data.train_group_size = 4  # 3 hard negatives per group
+    examples = [Example(dataset="qa", index=i, query=f"q{i}", pos=(f"p{i}",), neg=tuple(f"n{j}" for j in range(i % 4)),
+                        task_type="retrieval") for i in range(8)]
+    with caplog.at_level(logging.WARNING, logger="boom_jax.train"):
+        check_train_datasets(c, [TrainDataset(name="qa", task_type="retrieval", examples=examples)])
+    assert ("dataset 'qa': 6 of 8 examples have fewer than the 3 hard negatives a group takes "
+            "(config.data.train_group_size=4; fewest: 0)") in caplog.text
+
+
+def test_keys_the_project_added_or_dropped_are_not_changes_of_the_run():
+    from boom_jax.training.resume_rules import check_resume_config
+
+    new = {"train": {"batch_size": 8, "max_steps": 4}, "data": {"on_error": "raise", "datasets": {"a": {"path": "x"}}}}
+    saved = {"train": {"batch_size": 8, "max_steps": 4, "retired_key": True}, "data": {"datasets": {"a": {"path": "x"}}}}
+    assert [d[0] for d in check_resume_config(saved, new, "w", 2)] == ["data.on_error", "train.retired_key"]
+    saved["data"]["datasets"]["b"] = {"path": "y"}  # the run's own data changed: refused
+    with pytest.raises(ConfigError, match=r"config\.data\.datasets\.b\.path: 'y' in the checkpoint, '<absent>' now"):
+        check_resume_config(saved, new, "w", 2)

@@ -53,11 +53,21 @@ def changeable(key: str) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in CHANGEABLE_ON_RESUME)
 
 
+FREE_FORM = tuple(f"{k}." for k, t in SCHEMA.items() if t == "dict")  # model.sizes., data.datasets.
+
+
+def project_change(key: str, old: Any, new: Any) -> bool:
+    """A difference that comes from the project, not the run: a schema key added since the checkpoint
+    was written, or one the project no longer has (the run's own free-form entries do not count)."""
+    if old == "<absent>":
+        return key in SCHEMA
+    return new == "<absent>" and key not in SCHEMA and not key.startswith(FREE_FORM)
+
+
 def check_resume_config(saved: dict, new: dict, workdir: str, step: int) -> list[tuple[str, Any, Any]]:
     """The allowed differences; ConfigError listing the others when any key that fixes the run changed."""
     diffs = config_differences(saved, new)
-    # a schema key the checkpoint predates (added to the project since) is not a change of this run
-    frozen = [d for d in diffs if not changeable(d[0]) and not (d[1] == "<absent>" and d[0] in SCHEMA)]
+    frozen = [d for d in diffs if not changeable(d[0]) and not project_change(*d)]
     if frozen:
         listed = "; ".join(f"config.{k}: {old!r} in the checkpoint, {now!r} now" for k, old, now in frozen[:10])
         more = f"; ... and {len(frozen) - 10} more" if len(frozen) > 10 else ""
