@@ -243,3 +243,19 @@ def test_keys_the_project_added_or_dropped_are_not_changes_of_the_run():
     saved["data"]["datasets"]["b"] = {"path": "y"}  # the run's own data changed: refused
     with pytest.raises(ConfigError, match=r"config\.data\.datasets\.b\.path: 'y' in the checkpoint, '<absent>' now"):
         check_resume_config(saved, new, "w", 2)
+
+
+def test_workflows_on_a_busy_workdir_are_refused_at_once(tmp_path):
+    from boom_jax.boom.clusters import run_cluster_merge
+    from boom_jax.boom.incremental import run_incremental
+    from boom_jax.experiments.runner import run_experiment
+    from boom_jax.training.stacked import train_stacked
+
+    c = tiny_files_config("qa.jsonl")
+    with WorkdirLock(str(tmp_path)):
+        for workflow in (run_incremental, run_cluster_merge, run_experiment):
+            with pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()}"):
+                workflow(c, str(tmp_path))
+        with pytest.raises(WorkdirLockedError):
+            train_stacked(c, str(tmp_path), [])
+    assert os.listdir(tmp_path) == [".lock"]

@@ -38,6 +38,7 @@ import numpy as np
 from boom_jax.atomic_io import write_json
 from boom_jax.boom.merge_config import merge, merge_spec
 from boom_jax.data.records import TrainDataset
+from boom_jax.training.workdir_lock import holds_workdir_lock
 from boom_jax.data.sampling import SubsetManifest, dataset_rng
 
 PROBE_RECORD = "probe.json"
@@ -452,6 +453,7 @@ def _write_card(config: ml_collections.ConfigDict, workdir: str, records: Sequen
     write_export_card(os.path.join(workdir, "export"), provenance)
 
 
+@holds_workdir_lock  # one run of this workflow per workdir
 def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
                       datasets: Sequence[TrainDataset] | None = None) -> dict:
     """Probes, interactions, clusters, one model per cluster, merged and exported; returns the report

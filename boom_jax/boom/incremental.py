@@ -27,6 +27,7 @@ import ml_collections
 from boom_jax.atomic_io import write_json
 from boom_jax.boom.merge_config import merge, merge_spec
 from boom_jax.data.records import TrainDataset
+from boom_jax.training.workdir_lock import holds_workdir_lock
 from boom_jax.data.sampling import SubsetManifest, combine_incremental
 
 HISTORY_FILE = "history.json"
@@ -98,6 +99,7 @@ def load_or_sample_history(workdir: str, old: Sequence[TrainDataset], ratio: flo
     return manifest
 
 
+@holds_workdir_lock  # one run of this workflow per workdir
 def run_incremental(config: ml_collections.ConfigDict, workdir: str,
                     datasets: Sequence[TrainDataset] | None = None) -> dict:
     """Runs the whole update (existing model, update model, merge, optional full retrain, evaluation)."""

@@ -28,6 +28,7 @@ from boom_jax.boom.merge_config import BASE_MODEL, MergeSpec, merge_spec
 from boom_jax.boom.merge_config import merge as merge_with
 from boom_jax.boom.merge_weights import heldout_split, learn_weights
 from boom_jax.data.records import TrainDataset
+from boom_jax.training.workdir_lock import holds_workdir_lock
 from boom_jax.experiments.plan import (DatasetInfo, ExperimentConfigError, MergeRun, Plan, TrainRun, format_plan,
                                        make_plan)
 from boom_jax.merging.methods import MERGE_METHODS
@@ -270,6 +271,7 @@ def row_records(plan: Plan, records: dict[str, dict]) -> list[dict]:
     return rows
 
 
+@holds_workdir_lock  # one run of this workflow per workdir
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str | None = None,
                    datasets: Sequence[TrainDataset] | None = None) -> dict:
     """Runs (or resumes) the whole comparison and writes DIR/RESULTS.md; returns the results summary."""

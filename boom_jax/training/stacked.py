@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from boom_jax.atomic_io import write_json
 from boom_jax.data.records import TrainDataset
+from boom_jax.training.workdir_lock import holds_workdir_lock
 from boom_jax.training.grad_cache import EmbedFn
 from boom_jax.training.sharding import batch_axes
 from boom_jax.packing import pad_packed_rows
@@ -226,6 +227,7 @@ def _stack_packed(batches: Sequence[dict], names: Sequence[str]) -> dict:
 # The driver
 
 
+@holds_workdir_lock  # one run of this workflow per workdir
 def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequence[StackedMember],
                   datasets: Sequence[TrainDataset] | None = None) -> list[dict]:
     """Trains every member of a bag at once on a ("member", M) x data-parallel mesh.

@@ -89,3 +89,20 @@ def remove_stale_temp(workdir: str) -> list[str]:
                 pass
         removed.append(name)
     return removed
+
+
+def holds_workdir_lock(fn):
+    """Decorator for a workflow `fn(config, workdir, ...)`: holds WORKDIR's lock while it runs, so a
+    second run of the same workflow on the same folder is refused at once (WorkdirLockedError)."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        workdir = signature.bind(*args, **kwargs).arguments["workdir"]
+        with WorkdirLock(workdir):
+            return fn(*args, **kwargs)
+
+    return wrapped
