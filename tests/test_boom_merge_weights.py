@@ -166,3 +166,23 @@ def test_bad_merge_sections_fail_before_training(tmp_path, merge, message):
     with pytest.raises(ConfigError, match=message):
         run_bag(config, str(tmp_path / "bag"))
     assert not os.path.exists(tmp_path / "bag" / "members")
+
+
+@pytest.mark.parametrize("workflow", ["incremental", "clusters", "experiment"])
+def test_other_workflows_check_config_merge_before_training(tmp_path, workflow):
+    from configs import cluster_merge, experiment, incremental
+
+    if workflow == "incremental":
+        from boom_jax.boom.incremental import run_incremental as run
+        config = incremental.get_config("smoke")
+    elif workflow == "clusters":
+        from boom_jax.boom.clusters import run_cluster_merge as run
+        config = cluster_merge.get_config("tiny")
+    else:
+        from boom_jax.experiments.runner import run_experiment as run
+        config = experiment.get_config("tiny")
+    with config.unlocked():
+        config.merge.method = "model_stock"  # needs a base: none given
+    with pytest.raises(ConfigError, match=r"config.merge.base is empty but config.merge.method='model_stock'"):
+        run(config, str(tmp_path / "w"))
+    assert not any((tmp_path / "w").glob("*/*/checkpoints")) and not (tmp_path / "w" / "runs").exists()
