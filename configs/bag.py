@@ -9,8 +9,8 @@ Arguments: `:smoke` (two MiniLM members on a tiny slice, two dev tasks; a few mi
 members of a tiny random model, for tests).
 Useful overrides: --config.bag.ratios="(0.8,1.0)" (the paper's cheap sweet spot),
 --config.bag.member=I (train member I only, for parallel launches; merge afterwards),
---config.merge.method=task_arithmetic --config.merge.base=base (any method of boom_jax.merging; its
-parameters go in config.merge.params, see configs/common.py's merge section),
+--config.merge.method=ties --config.merge.base=base --config.merge.params="{'density': 0.5}" (any
+method of boom_jax.merging, see configs/common.py's merge section),
 --config.merge.weights=auto:cocktail (weights learned on held-out examples), --config.bag.sampling=with_replacement.
 """
 
