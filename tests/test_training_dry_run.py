@@ -94,13 +94,12 @@ def test_param_and_optimizer_bytes_match_a_hand_count(config, report):
 
 def test_flops_equal_the_analytic_count_and_count_each_grad_cache_chunk(qwen3_folder):
     """8 gradient-cache chunks cost the plain step plus one more forward of all 8 chunks, as the
-    analytic count says; XLA's cost analysis sees one chunk and one layer only."""
+    analytic count says; counting each loop body once (XLA's cost analysis) sees one chunk and one layer."""
     devices = target_devices(1)
     plain = build_step(qwen3_config(qwen3_folder), devices)
     cached = build_step(qwen3_config(qwen3_folder, chunk=1), devices)  # 8 queries: 8 chunks of 1 (+ 4 passages)
     plain_flops = traced_flops(plain.jitted.trace(plain.state, plain.batch))
-    traced = cached.jitted.trace(cached.state, cached.batch)
-    cached_flops = traced_flops(traced)
+    cached_flops = traced_flops(cached.jitted.trace(cached.state, cached.batch))
     cfg = plain.cfg
     assert plain_flops.flops == pytest.approx(memory_model.step_flops(cfg, 8, 64, 32, 64), rel=1e-9)
     assert cached_flops.flops == pytest.approx(memory_model.step_flops(cfg, 8, 64, 32, 64, grad_cache=True), rel=1e-9)
@@ -108,35 +107,38 @@ def test_flops_equal_the_analytic_count_and_count_each_grad_cache_chunk(qwen3_fo
     w_p, a_p, _ = memory_model.layer_matmul_flops(cfg, 4, 64)
     one_chunk_forward = cfg.num_hidden_layers * (w_q + a_q + w_p + a_p)
     assert cached_flops.flops - plain_flops.flops == pytest.approx(8 * one_chunk_forward, rel=1e-9)
-    # Counting loop bodies once (XLA's way) loses the chunks and the layers.
     assert cached_flops.flops_loops_once < cached_flops.flops / 8
-    xla = traced.lower().compile().cost_analysis()["flops"]
-    assert xla < cached_flops.flops / 4
 
 
-def test_flops_match_xla_cost_analysis_without_loops(qwen3_folder):
+@pytest.fixture(scope="module")
+def one_layer_report(qwen3_folder):
+    return dry_run(qwen3_config(qwen3_folder, length=128, layers=1), num_devices=1, stand_in_for="cpu")
+
+
+def test_flops_match_xla_cost_analysis_without_loops(one_layer_report):
     """One layer, no gradient cache: no loop runs more than once, so XLA's count (matmuls plus
     elementwise work) is the reference; ours counts the matmuls."""
-    setup = build_step(qwen3_config(qwen3_folder, layers=1, length=128), target_devices(1))
-    traced = setup.jitted.trace(setup.state, setup.batch)
-    ours = traced_flops(traced).flops
-    xla = traced.lower().compile().cost_analysis()["flops"]
+    ours, xla = one_layer_report["flops_per_step"], one_layer_report["xla_flops_per_step"]
+    assert ours == pytest.approx(one_layer_report["analytic_flops_per_step"], rel=1e-9)
     assert ours <= xla <= 1.25 * ours
 
 
-@pytest.mark.parametrize("length,remat", [(64, True), (128, True), (128, False)])
-def test_analytic_memory_within_25_percent_of_xla_cpu(qwen3_folder, length, remat):
-    """float32 compute (XLA:CPU then keeps no extra copies), layers under the scan: XLA:CPU's
-    temporaries are the gradients, the scan's copies, the saved activations and one layer's backward."""
-    report = dry_run(qwen3_config(qwen3_folder, length=length, remat=remat, layers=4), num_devices=1,
-                     stand_in_for="cpu")
+def _analytic_temporaries(report):
     a = report["analytic"]
-    analytic_temps = a["gradients"] + a["copies"] + a["activations"] + a["transient"]
-    assert analytic_temps == pytest.approx(report["temp_size_in_bytes"], rel=0.25)
+    return a["gradients"] + a["copies"] + a["activations"] + a["transient"]
+
+
+def test_analytic_memory_within_25_percent_of_xla_cpu(qwen3_folder, one_layer_report):
+    """float32 compute (XLA:CPU then keeps no extra copies), layers under the scan with remat: XLA:CPU's
+    temporaries are the gradients, the scan's copies, the saved layer inputs and one layer's backward.
+    One layer at 128 tokens (the backward dominates) and four at 64 (more of it is saved inputs)."""
+    deep = dry_run(qwen3_config(qwen3_folder, length=64, layers=4), num_devices=1, stand_in_for="cpu")
+    for report in (one_layer_report, deep):
+        assert _analytic_temporaries(report) == pytest.approx(report["temp_size_in_bytes"], rel=0.25)
 
 
 def test_a_cpu_figure_alone_never_says_does_not_fit(qwen3_folder):
-    report = dry_run(qwen3_config(qwen3_folder, dtype="bfloat16"), num_devices=8)
+    report = dry_run(qwen3_config(qwen3_folder, dtype="bfloat16"), num_devices=1)
     analytic, cpu = report["analytic_peak_bytes_per_device"], report["xla_peak_bytes_per_device"]
     assert analytic < cpu  # XLA:CPU keeps float32 copies of the bfloat16 tensors
     between = apply_memory_limit(report, (analytic + cpu) // 2)

@@ -426,8 +426,8 @@ def format_report(report: dict[str, Any]) -> str:
     gib = _size
     xla_name = "XLA:TPU" if report["platform"] == "tpu" else f"XLA:{report['platform'].upper()}"
     lines = [f"dry run of {report['config']} ({report['arch']}, {report['num_layers']} layers, "
-             f"remat {'on' if report['remat'] else 'off'}) for {report['target']} ({report['device_kind']}), "
-             f"mesh {report['mesh']}",
+             f"remat {'on' if report['remat'] else 'off'}) for {report['target']}"
+             + (f" ({report['device_kind']})" if report["platform"] == "tpu" else "") + f", mesh {report['mesh']}",
              f"  params            {report['param_count']:,} ({report['trainable_param_count']:,} trainable)",
              f"  {'per device':<44} {'analytic':>13} {xla_name:>13}"]
     labels = report["analytic_labels"]
@@ -503,6 +503,9 @@ def run() -> None:
     from ml_collections import config_flags
 
     reexec_with_devices(sys.argv)
+    if any(a.startswith("--topology") for a in sys.argv[1:]):
+        # Compile-only: the host's own backend is the CPU (libtpu then only serves the topology).
+        jax.config.update("jax_platforms", "cpu")
     config_flags.DEFINE_config_file("config", None, "Training config file: configs/NAME.py[:ARG].",
                                     lock_config=True)
     flags.DEFINE_integer("devices", 0, "Target device count (0 = the visible devices); more than visible "

@@ -71,6 +71,11 @@ class Term:
     lower_with: str = ""
 
 
+def scanned(cfg: ModelConfig) -> bool:
+    """Whether the layers run under a scan (remat always scans; models/layer_stack.py)."""
+    return bool(cfg.remat or getattr(cfg, "scan_layers", False))
+
+
 def compute_bytes(cfg: ModelConfig) -> int:
     return 2 if cfg.dtype == "bfloat16" else 4
 
@@ -175,14 +180,17 @@ def step_memory(
     layer_params = (param_bytes - embedding_bytes) // layers
     # The compute-dtype casts of the embedding table and of the layer being run.
     copies = (embedding_bytes + layer_params) * dt // F32 if dt != F32 else 0
-    if getattr(cfg, "scan_layers", False):
-        # The layers' params stacked for the scan, and their gradients before they are unstacked.
-        copies += (param_bytes - embedding_bytes) + grad_bytes * (param_bytes - embedding_bytes) // max(param_bytes, 1)
+    if scanned(cfg):
+        # The layers' kernels stacked for the scan (cast to the compute dtype) and their gradients
+        # before they are unstacked (layer_stack.py; frozen layers under LoRA get no gradient).
+        layer_bytes = (param_bytes - embedding_bytes) * dt // F32
+        trained = min(grad_bytes, param_bytes - embedding_bytes) * dt // F32
+        copies += layer_bytes + trained
     backward = max(layer_backward_bytes(cfg, n, t, flash) for n, t in sides)
     loss = 3 * shapes.global_queries * shapes.global_passages * F32
     remat_key = "train.grad_cache_chunk" if cfg.remat else "model.remat=True"
     chunk_hint = "train.grad_cache_chunk (fewer sequences per chunk)"
-    stack = bool(getattr(cfg, "scan_layers", False))
+    stack = scanned(cfg)
     terms = [
         Term("params", "params (float32)", param_bytes, "mesh.fsdp"),
         Term("opt_state", "optimizer state", opt_state_bytes, "mesh.fsdp"),
