@@ -210,6 +210,13 @@ def test_command_line_compares_models_on_a_builtin_task(tmp_path, capsys):
     assert (out / "chart.png").stat().st_size > 5000
     assert sorted(os.listdir(out / "results")) == ["boom_jax__seed0", "boom_jax__seed1"]
 
+    # the same command again resumes (everything read back); a retrained model at the same path is refused
+    evaluate.main(["evaluate"], fv)
+    assert report.load_results(out) == results
+    os.utime(os.path.join(first, "model.safetensors"))
+    with pytest.raises(FileExistsError, match="holds results of another evaluation"):
+        evaluate.main(["evaluate"], fv)
+
 
 class CountingEncoder:
     """An Encoder that records every text it embeds (to see which tasks a run recomputes)."""
@@ -257,7 +264,8 @@ def test_stopped_evaluation_resumes_with_only_the_missing_tasks(tmp_path):
     resumed = evaluate_models({"m": counting}, tasks, out, batch_size=8, show_progress_bar=False)
     assert (folder / "TinyPairs.json").read_bytes() == first  # read back, not recomputed
     assert not set(PAIRS.texts1) & set(counting.texts) and set(CLUSTERING.texts) <= set(counting.texts)
-    fresh = evaluate_models({"m": encoder}, [PAIRS, CLUSTERING], None, batch_size=8, show_progress_bar=False)
+    fresh = evaluate_models({"m": encoder}, [PAIRS, CLUSTERING], tmp_path / "uninterrupted", batch_size=8,
+                            show_progress_bar=False)
     for name in ("TinyPairs", "TinyClustering"):
         assert resumed["m"][name]["main_score"] == fresh["m"][name]["main_score"], name
     assert report.load_results(out) == json.loads(json.dumps(resumed))

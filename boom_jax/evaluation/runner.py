@@ -290,13 +290,26 @@ def _task_revision(task) -> str | None:
     return dataset.get("revision") if isinstance(dataset, Mapping) else None
 
 
+def _newest_file(path: str, depth: int = 3) -> int:
+    """Newest modification time (ns) among the files of a model path: a retrained model differs."""
+    if os.path.isfile(path):
+        return os.stat(path).st_mtime_ns
+    newest = 0
+    for root, dirs, files in os.walk(path):
+        if root[len(path):].count(os.sep) >= depth:
+            dirs[:] = []
+        for name in files:
+            newest = max(newest, os.stat(os.path.join(root, name)).st_mtime_ns)
+    return newest
+
+
 def _fingerprint(models: Mapping[str, Any], tasks: Sequence, caps: TaskCaps | None, max_seq_length: int,
                  instruction_template: str | None) -> dict:
     """What a results folder was computed from; a resumed run must match it."""
     return {
         "tasks": {t.metadata.name: _task_revision(t) for t in tasks},
-        "models": {label: os.path.abspath(os.fspath(m)) if isinstance(m, (str, os.PathLike)) else "in-memory"
-                   for label, m in models.items()},
+        "models": {label: [os.path.abspath(os.fspath(m)), _newest_file(os.fspath(m))]
+                   if isinstance(m, (str, os.PathLike)) else "in-memory" for label, m in models.items()},
         "caps": dataclasses.asdict(caps or TaskCaps()), "max_seq_length": int(max_seq_length),
         "instruction_template": instruction_template,
     }
@@ -413,7 +426,10 @@ def evaluate_models(
                 by_name = {r.task_name: r for r in model_result.task_results}
                 if name not in by_name:
                     raise RuntimeError(f"mteb returned no result for task {name!r} with model {label!r}")
-                results[label][name] = _task_entry(task, by_name[name])
+                result = by_name[name]
+                if cache is not None:  # as saved (mteb rounds scores on disk): a resumed run reports the same
+                    result = cache.load_task_result(name, meta) or result
+                results[label][name] = _task_entry(task, result)
                 if hasattr(task, "unload_data"):
                     task.unload_data()
             del mteb_model
