@@ -24,6 +24,8 @@ Install once on the cluster:  python3 -m venv .venv && .venv/bin/pip install -r 
                               && .venv/bin/pip install -U "jax[cuda12]==0.10.2"
 Example: launch/gpu_slurm.sh --nodes=4 configs/qwen3_0p6b_bls.py /shared/runs/q06 \
            --config.model.path=/shared/models/Qwen3-0.6B
+Check first that the config fits N x G GPUs (any machine, no GPU needed; reads config.json only):
+  python -m boom_jax.training.dry_run --config=CONFIG --devices=N*G --device_memory_gb=80 [TRAIN_FLAGS...]
 USAGE
 }
 

@@ -25,6 +25,8 @@ Usage: launch/tpu_pod.sh --name=TPU --zone=ZONE [--type=v5litepod-16] [--version
 
 Example: launch/tpu_pod.sh --name=boom --zone=us-central2-b --type=v4-32 \
            configs/qwen3_0p6b_bls.py gs://my-bucket/runs/q06 --config.model.path=/data/Qwen3-0.6B
+Check first that the config fits the slice, compiled for it on any machine (needs libtpu==0.0.42.1):
+  python -m boom_jax.training.dry_run --config=CONFIG --topology=v4:2x2x4 [TRAIN_FLAGS...]
 USAGE
 }
 
