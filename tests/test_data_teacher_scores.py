@@ -53,3 +53,14 @@ def test_dropped_duplicate_positives_drop_their_scores(tmp_path):
                 "neg_scores": [0.5]}]
     (dataset,) = load_datasets([{"path": _write(tmp_path / "dup.jsonl", records)}])
     assert [(e.pos, e.pos_scores) for e in dataset.examples] == [(("a",), (1.0,)), (("b", "c"), (2.0, 4.0))]
+
+
+def test_files_config_takes_the_data_path():
+    from configs import minilm_files
+    from boom_jax.training.config_validation import validate_config
+
+    config = minilm_files.get_config("path=runs/scored.jsonl,smoke")
+    validate_config(config, device_count=8, arch="bert")
+    assert config.data.datasets.data.path == "runs/scored.jsonl" and config.train.max_steps == 6
+    with pytest.raises(ValueError, match="expected path=FILE"):
+        minilm_files.get_config("smoke")
