@@ -8,8 +8,9 @@ peak memory is about the output model plus (K + 1) groups of leaves, a group hol
 loaded whole. Both paths call the same `merge_leaf` on the same arrays, so they agree exactly.
 
 The result is written atomically: a model folder (plus, with `export=True`, the sentence-transformers
-folder in OUT/export), built in a temp folder and renamed at the end; an incompatible set of inputs
-raises before anything is written.
+folder in OUT/export), built in a temp folder and renamed at the end; an incompatible set of inputs, an
+out-of-range parameter or a non-finite merged tensor raises before anything is written. The folder
+holds OUT/recipe.yml (mergekit's format, recipe.py): `merge_recipe` on it reproduces the model bit for bit.
 """
 
 from __future__ import annotations
