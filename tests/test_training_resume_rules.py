@@ -239,7 +239,7 @@ def test_keys_the_project_added_or_dropped_are_not_changes_of_the_run():
 
     new = {"train": {"batch_size": 8, "max_steps": 4}, "data": {"on_error": "raise", "datasets": {"a": {"path": "x"}}}}
     saved = {"train": {"batch_size": 8, "max_steps": 4, "retired_key": True}, "data": {"datasets": {"a": {"path": "x"}}}}
-    assert [d[0] for d in check_resume_config(saved, new, "w", 2)] == ["data.on_error", "train.retired_key"]
+    assert check_resume_config(saved, new, "w", 2) == []
     saved["data"]["datasets"]["b"] = {"path": "y"}  # the run's own data changed: refused
     with pytest.raises(ConfigError, match=r"config\.data\.datasets\.b\.path: 'y' in the checkpoint, '<absent>' now"):
         check_resume_config(saved, new, "w", 2)

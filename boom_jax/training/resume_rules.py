@@ -24,7 +24,7 @@ CHANGEABLE_ON_RESUME = (
     "name", "train.max_steps", "train.epochs", "train.log_every", "train.max_consecutive_skips",
     "eval.", "log.", "checkpoint.", "export.", "data.token_cache_dir",
     "mesh.", "model.remat",  # placement and memory only: restoring onto another mesh is supported
-    "bag.", "incremental.", "cluster.", "experiment.",  # workflow sections: checked by their owners
+    "bag.", "incremental.", "cluster.", "experiment.", "merge.",  # workflow sections: used after training
 )
 LENGTH_KEYS = ("train.max_steps", "train.epochs")
 
@@ -65,7 +65,8 @@ def project_change(key: str, old: Any, new: Any) -> bool:
 
 
 def check_resume_config(saved: dict, new: dict, workdir: str, step: int) -> list[tuple[str, Any, Any]]:
-    """The allowed differences; ConfigError listing the others when any key that fixes the run changed."""
+    """The run's allowed differences (keys the project added or dropped left out); ConfigError listing the
+    others when any key that fixes the run changed."""
     diffs = config_differences(saved, new)
     frozen = [d for d in diffs if not changeable(d[0]) and not project_change(*d)]
     if frozen:
@@ -75,7 +76,7 @@ def check_resume_config(saved: dict, new: dict, workdir: str, step: int) -> list
             f"{workdir}: cannot resume from step {step} with a changed config ({listed}{more}). These keys fix "
             f"the run's schedule, model, data or batches: set them back, or start a new --workdir. A resume may "
             f"change only {', '.join(p + ('*' if p.endswith('.') else '') for p in CHANGEABLE_ON_RESUME)}")
-    return diffs
+    return [d for d in diffs if not project_change(*d)]
 
 
 def _is_schedule_state(x: Any) -> bool:
