@@ -87,8 +87,8 @@ def _fresh(params, optimizer, shardings=None):
 
 
 def test_packed_step_equals_padded_step(model):
-    """Single device, then the 8-device mesh (data=2, fsdp=2, tensor=2: cross-device negatives over 4
-    batch shards, each packing its own texts), then the gradient cache (2 chunks of rows): all equal the
+    """On the 8-device mesh (data=2, fsdp=2, tensor=2: cross-device negatives over 4 batch shards, each
+    packing its own texts; for qwen3 with the gradient cache, 2 chunks of rows) the packed step equals the
     padded single-device step."""
     arch, embed_fn, params = model
     optimizer = optax.sgd(1.0)
@@ -96,9 +96,6 @@ def test_packed_step_equals_padded_step(model):
     want = _grads_and_loss(make_train_step(embed_fn, optimizer, TEMPERATURE, donate=False),
                            _fresh(params, optimizer), padded)
     assert np.abs(jax.tree.leaves(want[1])[0]).max() > 0
-    if arch == "bert":  # (kept to one architecture: each variant is a compile)
-        _assert_close(_grads_and_loss(make_train_step(embed_fn, optimizer, TEMPERATURE, donate=False),
-                                      _fresh(params, optimizer), packed), want)
 
     mesh = make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
     shardings = train_state_shardings(params, optimizer, jax.random.key(0), mesh, RULES[arch])

@@ -142,7 +142,7 @@ class Encoder:
         """Packed rows of the bucket of the longest text, `batch_size` rows per call (see module docstring)."""
         lengths = np.asarray([len(r) for r in ids])
         row_length = bucket_for(int(lengths.max()), self.text_tokenizer.buckets)
-        segments = default_max_segments(row_length, len(ids))
+        segments = default_max_segments(row_length, row_length)  # fixed per row length: no recompile per input size
         row, slot, offset = first_fit_decreasing(lengths, row_length, segments)
         num_rows = int(row.max()) + 1
         by_row = np.argsort(row, kind="stable")
