@@ -125,14 +125,14 @@ def test_options_are_checked():
 
 
 def test_mine_and_score_commands(setup, tmp_path):
-    folder, encoder, examples, _ = setup
+    model, encoder, examples, _ = setup
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps({"query": e.query, "pos": list(e.pos)}) + "\n" for e in examples[:20]))
     out = tmp_path / "mined.jsonl"
     fv = flags.FlagValues()
     mine.define_flags(fv)
     fv([
-        "mine", f"--model={folder}", f"--input={data}", f"--output={out}", "--range_for_sampling=2-15",
+        "mine", f"--model={model}", f"--input={data}", f"--output={out}", "--range_for_sampling=2-15",
         "--num_negatives=3", "--sampling_strategy=top", "--output_scores", f"--batch_size={BATCH}",
         f"--max_seq_length={MAX_LEN}",
     ])
@@ -141,9 +141,17 @@ def test_mine_and_score_commands(setup, tmp_path):
     assert all(len(e.neg) == 3 and len(e.neg_scores) == 3 for e in loaded.examples)
     with pytest.raises(FileExistsError, match="--overwrite"):
         mine.main(["mine"], fv)
+    folder = tmp_path / "as_datasets"  # the same records as a `datasets` (JSON files) folder
+    folder.mkdir()
+    (folder / "part.json").write_text(data.read_text())
+    again = tmp_path / "again.jsonl"
+    mine.mine_file(model, str(folder), str(again),
+                   MiningOptions(num_negatives=3, range_min=2, range_max=15, output_scores=True),
+                   max_seq_length=MAX_LEN, batch_size=BATCH, progress=False)
+    assert again.read_text() == out.read_text()
 
     scored = tmp_path / "scored.jsonl"
-    n = score.score_file(folder, str(out), str(scored), max_seq_length=MAX_LEN, batch_size=BATCH, progress=False)
+    n = score.score_file(model, str(out), str(scored), max_seq_length=MAX_LEN, batch_size=BATCH, progress=False)
     (rescored,) = load_datasets([{"path": str(scored)}])
     assert n == 20
     want = teacher_scores(encoder, loaded.examples, batch_size=BATCH, progress=False)
