@@ -12,8 +12,8 @@ min_pos - |min_pos| * margin``, ``max_score`` / ``min_score`` drop scores above 
 (seeded; FlagEmbedding's way). A query left with fewer candidates than ``num_negatives`` keeps what
 remains (``MiningStats.short`` counts them).
 
-Memory: the search holds the two embedding matrices plus one ``query_chunk x (k + corpus_chunk)``
-block of float32 scores and int64 indices (:func:`search_memory_bytes`).
+Memory: the search holds the two embedding matrices plus the temporaries of one ``query_chunk x
+(k + corpus_chunk)`` block of scores and indices (:func:`search_memory_bytes`, an upper bound).
 """
 
 from __future__ import annotations
@@ -78,11 +78,18 @@ def parse_range(text: str) -> tuple[int, int]:
     return low, high
 
 
+# Bytes per element of a search block alive at once: the scores (float32), their concatenation with the
+# kept top-k (float32), the concatenated indices (int64), the negated scores and the argpartition
+# result (float32 + int64), the tie mask (bool).
+BLOCK_BYTES_PER_ELEMENT = 4 + 4 + 8 + 4 + 8 + 1
+
+
 def search_memory_bytes(num_queries: int, num_corpus: int, dim: int, k: int, query_chunk: int,
                         corpus_chunk: int) -> int:
-    """The search's working set: both embedding matrices (float32) and one block of candidate scores
-    (float32) and indices (int64), plus the kept top-k (score + index) of every query."""
-    block = min(query_chunk, num_queries) * (k + min(corpus_chunk, num_corpus)) * (4 + 8)
+    """An upper bound of the search's working set: both embedding matrices (float32), the temporaries of
+    one ``query_chunk x (k + corpus_chunk)`` block (:data:`BLOCK_BYTES_PER_ELEMENT`) and the kept top-k
+    (score + index) of every query."""
+    block = min(query_chunk, num_queries) * (k + min(corpus_chunk, num_corpus)) * BLOCK_BYTES_PER_ELEMENT
     return 4 * dim * (num_queries + num_corpus) + block + num_queries * k * (4 + 8)
 
 

@@ -45,7 +45,7 @@ def test_chunked_top_k_equals_brute_force():
     np.testing.assert_array_equal(indices, order[:, :40])
     np.testing.assert_allclose(scores, want[:, :40], rtol=1e-5, atol=1e-5)
     assert top_k_search(q, c[:5], 40)[1].shape == (37, 5)  # k capped by the corpus size
-    assert search_memory_bytes(37, 301, 16, 40, 8, 64) == 4 * 16 * 338 + 8 * 104 * 12 + 37 * 40 * 12
+    assert search_memory_bytes(37, 301, 16, 40, 8, 64) == 4 * 16 * 338 + 8 * 104 * 29 + 37 * 40 * 12
 
 
 @pytest.fixture(scope="module")
