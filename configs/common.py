@@ -33,9 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = False
     # What remat keeps per layer: "nothing_saveable" | "dots_with_no_batch_dims_saveable" | "dots_saveable".
     c.model.remat_policy = "nothing_saveable"
-    # Layers under one lax.scan (one compiled layer body; remat holds on every backend). Params stay per layer.
-    c.model.scan_layers = True
-    # "auto" (cuDNN flash attention on GPU with bf16, else jax.nn.dot_product_attention's XLA path),
+    # Layers under one lax.scan (one compiled layer body); remat always scans. Params stay per layer.
+    c.model.scan_layers = False
+    # "auto" (cuDNN flash attention on GPU with bf16, else "reference"),
     # "reference" (explicit einsum/softmax), "dot_product", "cudnn". Attention dropout always uses "reference".
     c.model.attention_impl = "auto"
     c.model.dropout = 0.0

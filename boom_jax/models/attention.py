@@ -14,8 +14,10 @@
   CAUSAL mask type, and the segment mask, which jax turns into an additive bias of shape [B, 1, T, S]
   in the compute dtype (one per row, shared by every head and layer) — cuDNN's packed-layout offsets
   are not exposed by jax.nn.dot_product_attention.
-- "auto" (default): "cudnn" when the default backend is a GPU and the compute dtype is bf16; if the
-  kernel refuses the shapes when the program is traced, "dot_product"; elsewhere "dot_product".
+- "auto" (default): "cudnn" when the default backend is a GPU and the compute dtype is bf16 / fp16 (if
+  the kernel refuses the shapes when the program is traced, "dot_product"); elsewhere "reference",
+  since jax.nn.dot_product_attention brings no fused kernel there (same math; it also differs from
+  the reference by float rounding that changes with the surrounding program).
 
 Masks: `allowed` is the segment mask [B, T, S] (segments.segment_attention_mask without causality);
 `causal` adds k <= q. Padding queries see padding keys, so no softmax row is ever fully masked.
@@ -44,7 +46,7 @@ def resolve_attention_impl(impl: str, dtype: jnp.dtype) -> str:
         return impl
     if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return "cudnn"
-    return "dot_product"
+    return "reference"
 
 
 def reference_attention(

@@ -59,7 +59,7 @@ class ModelConfig:
     dtype: str = "float32"
     remat: bool = False
     remat_policy: str = "nothing_saveable"  # what jax.checkpoint keeps per layer (REMAT_POLICY_NAMES)
-    scan_layers: bool = True  # layers under one lax.scan (params stay per layer; see layer_stack.py)
+    scan_layers: bool = False  # layers under one lax.scan (always with remat; params stay per layer)
     attention_impl: str = "auto"  # ATTENTION_IMPLS; see attention.py
     dropout: float = 0.0
     attention_dropout: float = 0.0

@@ -4,7 +4,10 @@ The params stay per layer (`encoder/layer_{i}/...`, `layers_{i}/...`) at every b
 checkpoints, merging, HF maps, export), because merge methods work per tensor as mergekit does.
 Inside the forward, `run_layers` stacks the layer subtrees on a leading axis (`jnp.stack`) and scans
 one layer's module `.apply` over them, so XLA compiles one layer body whatever the depth, and
-`jax.checkpoint` (cfg.remat) saves only each layer's input on every backend.
+`jax.checkpoint` (cfg.remat) saves only each layer's input on every backend. Remat always scans;
+without remat the scan is opt-in (cfg.scan_layers): at MiniLM's 6 layers XLA:CPU compiles the
+scanned grad in 4.7 s of CPU against 3.6 s unrolled (measured under load), so the loop stays the
+default for small models and the scan pays off with depth.
 
 Cost of stacking inside the forward: one extra copy of the layer params (the stacked
 [num_layers, ...] arrays) and, under jax.grad, one stacked copy of their gradients before they are
@@ -54,6 +57,13 @@ def remat_policy(name: str) -> Callable[..., Any]:
 CAST_BEFORE_STACKING = frozenset({"kernel", "lora_a", "lora_b"})
 
 
+def scans_layers(cfg: Any) -> bool:
+    """Whether the layers run under lax.scan: cfg.scan_layers, and always with cfg.remat (an unrolled
+    loop of rematerialized layers is not honoured by XLA:CPU, which schedules every recomputation
+    before the backward pass)."""
+    return bool(cfg.scan_layers or cfg.remat)
+
+
 def stack_trees(trees: Sequence[Any], compute_dtype: Any = jnp.float32) -> Any:
     """Leaves of equally shaped trees stacked on a new leading axis; CAST_BEFORE_STACKING leaves in
     `compute_dtype`."""
@@ -80,8 +90,8 @@ def run_layers(
 
     At init the layers are called as named children (creating the per-layer params). Otherwise their
     params are read from `parent`'s variables and each layer is a pure `.apply`: under lax.scan over
-    the stacked params when cfg.scan_layers, else in a Python loop; wrapped in jax.checkpoint with
-    cfg.remat_policy when cfg.remat.
+    the stacked params when `scans_layers(cfg)`, else in a Python loop; wrapped in jax.checkpoint
+    with cfg.remat_policy when cfg.remat.
     """
     if parent.is_initializing():
         for name in names:
@@ -97,10 +107,10 @@ def run_layers(
         return template.apply({"params": p}, h, *args, deterministic, rngs=rngs)
 
     if cfg.remat:
-        # prevent_cse only matters outside a loop (XLA would merge the recomputation with the forward).
-        body = jax.checkpoint(body, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
+        # Remat always runs under the scan, where prevent_cse is not needed (jax.checkpoint's docs).
+        body = jax.checkpoint(body, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
     indices = jnp.arange(len(names), dtype=jnp.uint32)
-    if cfg.scan_layers:
+    if scans_layers(cfg):
         keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
 
         def step(h, p_and_key):
