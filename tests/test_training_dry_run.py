@@ -110,6 +110,20 @@ def test_flops_equal_the_analytic_count_and_count_each_grad_cache_chunk(qwen3_fo
     assert cached_flops.flops_loops_once < cached_flops.flops / 8
 
 
+def test_lora_flops_skip_the_frozen_weight_gradients(qwen3_folder):
+    """LoRA: the frozen kernels' weight gradients are dead code (the step zeroes them), so only their
+    input gradients and the adapters' matmuls count; the analytic count agrees to 1%."""
+    config = qwen3_config(qwen3_folder)
+    with config.unlocked():
+        config.model.lora_rank, config.model.lora_alpha, config.model.lora_dropout = 8, 8.0, 0.0
+        config.model.lora_targets = "q,k,v,o,gate,up,down"
+    setup = build_step(config, target_devices(1))
+    flops = traced_flops(setup.jitted.trace(setup.state, setup.batch)).flops
+    assert flops == pytest.approx(memory_model.step_flops(setup.cfg, 8, 64, 32, 64, trainable_weights=False), rel=0.01)
+    full = memory_model.step_flops(setup.cfg.replace(lora_rank=0), 8, 64, 32, 64)
+    assert flops < 0.97 * full
+
+
 @pytest.fixture(scope="module")
 def one_layer_report(qwen3_folder):
     return dry_run(qwen3_config(qwen3_folder, length=128, layers=1), num_devices=1, stand_in_for="cpu")

@@ -2,7 +2,7 @@
 
 XLA's cost analysis (``compiled.cost_analysis()["flops"]``) counts the body of a while loop once, so
 any step with a loop (the gradient cache's chunks, layers under ``nn.scan``) is under-counted by the
-trip count. This walks the program's jaxpr instead: every ``dot_general`` counts
+trip count. This walks the program's jaxpr instead (after dead-code elimination): every ``dot_general`` counts
 ``2 x output elements x contracted size``; a ``scan`` multiplies its body by its length; a ``cond``
 counts its most expensive branch; remat, nested jit and custom-derivative calls are entered. The
 jaxpr is the global (unsharded) program, so the count is the step's total over all devices.
@@ -86,11 +86,21 @@ def _count(jaxpr: Any) -> tuple[float, float, int]:
     return total, once, unknown
 
 
+def _without_dead_code(jaxpr: Any) -> Any:
+    """The jaxpr without equations whose results nothing uses (XLA drops them too: e.g. the weight
+    gradients of LoRA's frozen kernels, which the step replaces by zeros). Uses jax's own pass."""
+    try:
+        from jax._src.interpreters import partial_eval as pe
+    except ImportError:  # a jax without it: count everything
+        return jaxpr
+    return pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0]
+
+
 def jaxpr_flops(jaxpr: Any) -> FlopCount:
-    """Matmul FLOPs of a (closed) jaxpr; see the module docstring."""
+    """Matmul FLOPs of a (closed) jaxpr after dead-code elimination; see the module docstring."""
     if isinstance(jaxpr, jex_core.ClosedJaxpr):
         jaxpr = jaxpr.jaxpr
-    total, once, unknown = _count(jaxpr)
+    total, once, unknown = _count(_without_dead_code(jaxpr))
     return FlopCount(flops=total, flops_loops_once=once, unknown_trip_loops=unknown)
 
 

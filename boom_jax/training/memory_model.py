@@ -228,17 +228,32 @@ def layer_matmul_flops(cfg: ModelConfig, sequences: int, length: int) -> tuple[f
     return weights, attention, last
 
 
+def lora_matmul_flops(cfg: ModelConfig, sequences: int, length: int) -> float:
+    """Forward FLOPs of one layer's LoRA adapters (x @ A [in, r], then @ B [r, out]) over sequences x length."""
+    if cfg.lora_rank <= 0 or cfg.arch != "qwen3":
+        return 0.0
+    from boom_jax.models.lora import lora_module_names
+
+    h, i, _, qw, kvw = _dims(cfg)
+    shapes = {"q_proj": (h, qw), "k_proj": (h, kvw), "v_proj": (h, kvw), "o_proj": (qw, h),
+              "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    widths = sum(a + b for name, (a, b) in shapes.items() if name in lora_module_names(cfg.lora_targets))
+    return 2.0 * sequences * length * cfg.lora_rank * widths
+
+
 def step_flops(cfg: ModelConfig, queries: int, query_len: int, passages: int, passage_len: int,
                trainable_weights: bool = True, grad_cache: bool = False) -> float:
     """Matmul FLOPs of one train step over these (global) sequences: forward, remat recompute,
-    backward (weight gradients only when ``trainable_weights``; LoRA trains adapters only, whose
-    matmuls are not counted), the gradient cache's extra no-gradient forward, and the loss."""
+    backward (weight gradients only when ``trainable_weights``; under LoRA the frozen kernels pass
+    gradients through only, the adapters get both), the gradient cache's extra no-gradient forward,
+    and the loss."""
     total = 0.0
     for n, t in ((queries, query_len), (passages, passage_len)):
         w, a, last = layer_matmul_flops(cfg, n, t)
-        forward = cfg.num_hidden_layers * (w + a)
-        recompute = cfg.num_hidden_layers * (w + a - last) if cfg.remat else 0.0
-        backward = cfg.num_hidden_layers * ((2 * w if trainable_weights else w) + 2 * a)
+        lora = lora_matmul_flops(cfg, n, t)
+        forward = cfg.num_hidden_layers * (w + a + lora)
+        recompute = cfg.num_hidden_layers * (w + a + lora - last) if cfg.remat else 0.0
+        backward = cfg.num_hidden_layers * ((2 * w if trainable_weights else w) + 2 * a + 2 * lora)
         total += forward * (1 + int(grad_cache)) + recompute + backward
     loss = 2.0 * queries * passages * cfg.hidden_size * 3
     return total + loss
