@@ -194,7 +194,7 @@ def _fake_negatives(cos: jax.Array, positive_cos: jax.Array, margin: float | Non
 def info_nce_terms(ctx: _Context) -> jax.Array:
     """Per-query InfoNCE ``[B]`` with the spec's masks and extra negative blocks (module docstring)."""
     spec, t = ctx.spec, ctx.spec.temperature
-    b, g = ctx.qn.shape[0], ctx.group
+    g = ctx.group
     labels = ctx.global_row * g
     margin = spec.fake_negative_margin
 
