@@ -195,6 +195,8 @@ def _training_section(training: Mapping[str, Any]) -> list[str]:
             ("Examples seen", training.get("examples")), ("Epochs", training.get("epochs")),
             ("Seed", training.get("seed")), ("Wall time (s)", _fmt(training.get("wall_time_s"), 1)),
             ("Hardware", f"{hw.get('device_count', '?')} x {hw.get('device_kind', '?')} ({hw.get('platform', '?')})")]
+    if training.get("random_init_from"):
+        rows.append(("Initialization", f"random (architecture and tokenizer of `{training['random_init_from']}`)"))
     if training.get("query_prompt_template"):
         rows.append(("Query prompt template", f"`{training['query_prompt_template']!r}`"))
     subset = training.get("subset")

@@ -118,7 +118,11 @@ def training_provenance(config: ml_collections.ConfigDict, datasets: Sequence[Tr
         "query_prompt_template": config.model.query_prompt_template, "subset": subset,
         "loss": config.loss.to_dict() if "loss" in config else {},
     }
-    out = {"format": PROVENANCE_FORMAT, "kind": "trained", "base_model": base_model_id(config, model_dir),
+    base = base_model_id(config, model_dir)
+    if config.model.random_init and not config.export.get("base_model", ""):
+        # trained from a random init: the architecture and tokenizer came from `base`, not its weights
+        training["random_init_from"], base = base, None
+    out = {"format": PROVENANCE_FORMAT, "kind": "trained", "base_model": base,
            **card_defaults(config, model_dir), "training": training}
     if dev_scores:
         out["evaluation"] = {"dev": {k: float(v) for k, v in dev_scores.items()},
