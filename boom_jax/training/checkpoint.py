@@ -147,6 +147,7 @@ class TrainCheckpointer:
                 reason = damage_reason(err)
                 damaged.append(f"step {step}: {reason}")
                 _DROP_ASYNCIO_NOISE.paths.add(os.path.join(self.directory, str(step)))
+                _drop_closed_loop_errors()
                 moved = self._set_aside(step)
                 log.warning("checkpoint step %d in %s is damaged (%s); moved to %s, trying the previous step",
                             step, self.directory, reason, moved)
@@ -199,6 +200,37 @@ logging.getLogger("asyncio").addFilter(_DROP_ASYNCIO_NOISE)
 _NOISE_MARKERS = ("Event loop is closed", "call_soon_threadsafe", "_check_closed", "Traceback (most recent call last)")
 
 
+def _is_closed_loop_error(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _drop_closed_loop_errors() -> None:
+    """Once a damaged step was met: the late TensorStore callbacks of its failed reads may still report
+    "Event loop is closed" after the capture below ended (through sys.excepthook, sys.unraisablehook or
+    threading.excepthook); those reports, and only those, are dropped from then on."""
+    import sys
+    import threading
+
+    if getattr(sys.excepthook, "_boom_drops_closed_loop", False):
+        return
+
+    def excepthook(kind, exc, tb, _previous=sys.excepthook):
+        if not _is_closed_loop_error(exc):
+            _previous(kind, exc, tb)
+
+    def unraisablehook(info, _previous=sys.unraisablehook):
+        if not _is_closed_loop_error(info.exc_value):
+            _previous(info)
+
+    def thread_excepthook(args, _previous=threading.excepthook):
+        if not _is_closed_loop_error(args.exc_value):
+            _previous(args)
+
+    for hook in (excepthook, unraisablehook, thread_excepthook):
+        hook._boom_drops_closed_loop = True
+    sys.excepthook, sys.unraisablehook, threading.excepthook = excepthook, unraisablehook, thread_excepthook
+
+
 @contextlib.contextmanager
 def _quiet_failed_reads():
     """Captures what is written to file descriptor 2 during a restore. When the restore fails on a
@@ -218,7 +250,7 @@ def _quiet_failed_reads():
             yield
         except BaseException:
             failed = True
-            time.sleep(0.5)  # let the in-flight reads report into the capture
+            time.sleep(1.0)  # let the in-flight reads report into the capture
             raise
         finally:
             sys.stderr.flush()
