@@ -18,7 +18,8 @@ Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 # ModelConfig fields that only matter while training (they never change the weights' meaning).
 TRAINING_ONLY_FIELDS = frozenset(
-    {"dtype", "remat", "dropout", "attention_dropout", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"}
+    {"dtype", "remat", "remat_policy", "scan_layers", "attention_impl", "dropout", "attention_dropout",
+     "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"}
 )
 # Fields of the embedding head: they must agree between the merged models, not with a base.
 HEAD_FIELDS = frozenset({"pooling", "normalize", "max_seq_length", "padding_side", "append_eos", "prompts", "similarity"})

@@ -84,7 +84,8 @@ def resolve_model_path(path: str) -> str:
 def runtime_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """ModelConfig fields the training config sets on top of the loaded model's."""
     m = config.model
-    out: dict[str, Any] = dict(normalize=m.normalize, dtype=m.dtype, remat=m.remat, dropout=float(m.dropout))
+    out: dict[str, Any] = dict(normalize=m.normalize, dtype=m.dtype, remat=m.remat, remat_policy=m.remat_policy,
+                                scan_layers=m.scan_layers, attention_impl=m.attention_impl, dropout=float(m.dropout))
     if m.pooling:
         out["pooling"] = m.pooling
     if m.lora_rank > 0:

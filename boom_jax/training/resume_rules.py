@@ -23,7 +23,8 @@ from boom_jax.training.optim import ScheduleState
 CHANGEABLE_ON_RESUME = (
     "name", "train.max_steps", "train.epochs", "train.log_every", "train.max_consecutive_skips",
     "eval.", "log.", "checkpoint.", "export.", "data.token_cache_dir",
-    "mesh.", "model.remat",  # placement and memory only: restoring onto another mesh is supported
+    "mesh.", "model.remat", "model.remat_policy", "model.scan_layers", "model.attention_impl",  # placement, memory
+    # and kernel choice only: restoring onto another mesh is supported
     "bag.", "incremental.", "cluster.", "experiment.", "merge.",  # workflow sections: used after training
 )
 LENGTH_KEYS = ("train.max_steps", "train.epochs")
