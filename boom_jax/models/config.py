@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
+from boom_jax.errors import ConfigError
+
 POOLING_MODES = ("mean", "cls", "lasttoken")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 PADDING_SIDES = ("right", "left")
@@ -13,10 +15,6 @@ PADDING_SIDES = ("right", "left")
 ATTENTION_IMPLS = ("auto", "reference", "dot_product", "cudnn")
 REMAT_POLICY_NAMES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
 SIMILARITY_FUNCTIONS = ("cosine", "dot")  # sentence-transformers' similarity_fn_name values we keep
-
-
-class ConfigError(ValueError):
-    """A ModelConfig field holds a value the models cannot use."""
 
 
 @dataclasses.dataclass(frozen=True)
