@@ -2,7 +2,9 @@
 
 Texts are tokenized once and packed (boom_jax/packing.py): longest first, each into the first row of
 a token budget with room for it, several texts per row with segment ids (attention stays within a text,
-positions restart per text), so almost no position is padding. The rows go through the model
+positions restart per text), so almost no position is padding. Texts of up to `pack_length` tokens
+(default 128) share rows of that length, which keeps the attention's cost per token low; longer texts
+are packed into rows of their own length bucket. The rows go through the model
 `batch_size` at a time ([batch_size, row length], the largest shape the unpadded path uses too; the last
 call takes a smaller row bucket), so jit compiles a handful of shapes once and reuses them. With
 `packing=False` texts are sorted by length, cut into batches and each batch is padded to a (batch size,
@@ -61,12 +63,14 @@ def jitted_packed_forward(cfg: ModelConfig, num_segments: int):
 
 
 class Encoder:
-    """A ready-to-use text encoder (see `encode`). `packing`: pack texts into rows (module docstring)."""
+    """A ready-to-use text encoder (see `encode`). `packing`: pack texts into rows (module docstring);
+    `pack_length`: the row length for texts that fit in it (longer texts get rows of their own bucket)."""
 
     def __init__(self, cfg: ModelConfig, params: Params, tokenizer, buckets: Sequence[int] | None = None,
-                 packing: bool = True):
+                 packing: bool = True, pack_length: int = 128):
         self.cfg = cfg
         self.packing = packing
+        self.pack_length = pack_length
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
         self.tokenizer = tokenizer
         self.text_tokenizer = TextTokenizer(
@@ -139,31 +143,36 @@ class Encoder:
         return out
 
     def _encode_packed(self, ids: list[list[int]], batch_size: int, progress: bool, out: np.ndarray) -> np.ndarray:
-        """Packed rows of the bucket of the longest text, `batch_size` rows per call (see module docstring)."""
+        """Texts of up to `pack_length` tokens packed into rows of that many tokens, longer ones into rows
+        of the bucket of the longest (short rows keep attention cheap); `batch_size` rows per call."""
         lengths = np.asarray([len(r) for r in ids])
-        row_length = bucket_for(int(lengths.max()), self.text_tokenizer.buckets)
-        segments = default_max_segments(row_length, row_length)  # fixed per row length: no recompile per input size
-        row, slot, offset = first_fit_decreasing(lengths, row_length, segments)
-        num_rows = int(row.max()) + 1
-        by_row = np.argsort(row, kind="stable")
-        bounds = np.searchsorted(row[by_row], np.arange(0, num_rows + batch_size, batch_size))
-        apply = jitted_packed_forward(self.cfg, segments)
-        row_buckets = batch_buckets(batch_size)
-        starts = range(0, num_rows, batch_size)
+        short_len = bucket_for(min(self.pack_length, int(lengths.max())), self.text_tokenizer.buckets)
+        groups = [np.flatnonzero(lengths <= short_len), np.flatnonzero(lengths > short_len)]
+        calls = []  # (texts, row in call, slot, ids, segments, S) per forward pass
+        for group in (g for g in groups if g.size):
+            row_length = bucket_for(int(lengths[group].max()), self.text_tokenizer.buckets)
+            segments = default_max_segments(row_length, row_length)  # fixed per row length: no recompile per input size
+            row, slot, offset = first_fit_decreasing(lengths[group], row_length, segments)
+            num_rows = int(row.max()) + 1
+            by_row = np.argsort(row, kind="stable")
+            bounds = np.searchsorted(row[by_row], np.arange(0, num_rows + batch_size, batch_size))
+            for k, start in enumerate(range(0, num_rows, batch_size)):
+                local = by_row[bounds[k]:bounds[k + 1]]
+                calls.append((group[local], row[local] - start, slot[local], offset[local], segments, row_length,
+                              bucket_for(min(batch_size, num_rows - start), batch_buckets(batch_size))))
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="encode", unit="batch")
+            calls = tqdm(calls, desc="encode", unit="batch")
         pending = []
-        for k, start in enumerate(starts):
-            texts = by_row[bounds[k]:bounds[k + 1]]
-            rows = bucket_for(min(batch_size, num_rows - start), row_buckets)
-            input_ids, segment_ids = fill_rows([ids[i] for i in texts], row[texts] - start, slot[texts],
-                                               offset[texts], rows, row_length, self.text_tokenizer.pad_id)
-            pending.append((texts, row[texts] - start, slot[texts], apply(self.params, input_ids, segment_ids)))
+        for texts, rows_in, slots, offsets, segments, row_length, rows in calls:
+            input_ids, segment_ids = fill_rows([ids[i] for i in texts], rows_in, slots, offsets, rows, row_length,
+                                               self.text_tokenizer.pad_id)
+            emb = jitted_packed_forward(self.cfg, segments)(self.params, input_ids, segment_ids)
+            pending.append((texts, rows_in, slots, emb))
             if len(pending) > 2:  # keep a couple of calls in flight, bound memory
-                i, r, s, emb = pending.pop(0)
-                out[i] = np.asarray(emb)[r, s]
-        for i, r, s, emb in pending:
-            out[i] = np.asarray(emb)[r, s]
+                i, r, sl, e = pending.pop(0)
+                out[i] = np.asarray(e)[r, sl]
+        for i, r, sl, e in pending:
+            out[i] = np.asarray(e)[r, sl]
         return out
