@@ -499,7 +499,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     reexec_with_devices(sys.argv)
