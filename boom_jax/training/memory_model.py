@@ -1,23 +1,26 @@
 """Analytic memory and FLOPs of one train step on one device, for targets that cannot be compiled here.
 
 A GPU has no ahead-of-time compile target on a CPU-only host, and XLA:CPU's buffer assignment is not
-the GPU's (it does not honour remat of an unrolled loop and keeps float32 copies of bfloat16
-tensors), so the dry run prints this count beside XLA's figure. The terms, per device:
+the GPU's (it keeps float32 copies of bfloat16 tensors, and does not honour remat of an unrolled
+stack), so the dry run prints this count beside XLA's figure. The terms, per device:
 
 - params, optimizer state, batch: exact shard sizes (given by the caller from the shardings);
 - gradients: float32, shaped and sharded like the trainable params;
-- compute-dtype copies: the embedding table and one layer's weights cast to ``cfg.dtype``;
+- weight copies: the embedding table and one layer's kernels cast to ``cfg.dtype``; under the layer
+  scan (remat always scans) the stacked kernels in the compute dtype and their gradients;
 - saved activations: what the forward keeps for the backward. With ``remat`` each layer keeps its
-  input only (``tokens x hidden``, compute dtype); without it every layer keeps its full working set
+  input (``tokens x hidden``, compute dtype), plus the projection outputs or the attention matmuls
+  under the dots policies (:func:`remat_saved_bytes`); without it every layer keeps its working set
   (:func:`layer_saved_bytes`). Queries and passages are embedded by separate calls and both are kept;
   with the gradient cache only one chunk's are (the chunk is re-embedded under the gradient);
-- the largest transient: one layer's backward (its recomputed working set plus the attention
-  scores' gradient, for the larger side or chunk), or the loss over the global batch.
+- the largest transient: one layer's backward (:func:`layer_backward_bytes`, for the larger side or
+  chunk), or the loss over the global batch.
 
-The peak is persistent state + gradients + copies + saved activations + the largest transient; the
-per-token counts assume the XLA attention path (the [B, heads, T, T] scores in float32 are
-materialized). FLOPs count matmuls: forward, the remat recompute, the backward (activation gradients
-always, weight gradients for trainable weights only) and the gradient cache's extra forward.
+The peak is their sum. Attention: with ``flash_attention`` (cuDNN on a GPU) no [B, heads, T, T]
+tensor exists; otherwise (XLA's path, TPU and CPU) the float32 scores and the probabilities are
+materialized per layer. FLOPs (:func:`step_flops`) count matmuls: forward, remat recompute, backward
+(input gradients always, weight gradients for trained weights, LoRA adapters both) and the gradient
+cache's extra forward.
 """
 
 from __future__ import annotations
