@@ -84,3 +84,34 @@ def test_module_is_identity_when_deterministic_and_gradient_uses_the_mask():
 def test_bad_rate_is_an_error():
     with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\), got 1.0"):
         hash_keep_mask(jax.random.key(0), (3,), 1.0)
+
+
+def test_masks_of_more_than_2_32_elements_index_rows_and_columns():
+    """A [1024, 512, 9728] LoRA-dropout input (5.1e9 elements) gets a mask; the row/column hash is the
+    NumPy formula below, checked on a slice computed with the same private helper."""
+    from boom_jax.models.dropout import _row_column_bits, _seed_words
+
+    big = (1024, 512, 9728)
+    out = jax.eval_shape(lambda k: hash_keep_mask(k, big, 0.1), jax.random.key(0))
+    assert out.shape == big and out.dtype == jnp.bool_
+
+    def mix(x):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+    key = jax.random.key(3)
+    seed_a, seed_b = (np.uint32(w) for w in _seed_words(key))
+    shape = (6, 4, 33)
+    got = np.asarray(_row_column_bits(shape, jnp.uint32(seed_a), jnp.uint32(seed_b)))
+    row = np.arange(24, dtype=np.uint32)[:, None]
+    col = np.arange(33, dtype=np.uint32)[None, :]
+    with np.errstate(over="ignore"):
+        want = mix(mix(col ^ mix(row ^ seed_a)) + seed_b).reshape(shape)
+    np.testing.assert_array_equal(got, want)
+    kept = np.asarray(_row_column_bits((512, 256), jnp.uint32(seed_a), jnp.uint32(seed_b))) >= np.uint32(
+        round(0.1 * 2.0**32))
+    assert abs(kept.mean() - 0.9) < 0.01
+    assert abs((kept[1:] & kept[:-1]).mean() - 0.81) < 0.01  # rows independent of each other
