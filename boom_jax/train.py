@@ -84,7 +84,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
         report = dry_run(flag_values.config)
         print(format_report(report))
-        if not report.get("fits", True):
+        if report.get("fits") is False:  # None: no memory limit known, nothing to refuse
             sys.exit(1)
         return
     from boom_jax.boom.bag import run_bag
