@@ -1,4 +1,9 @@
-"""InfoNCE: NumPy reference, no-in-batch mode, cross-device negatives on the fake 8-device mesh."""
+"""The loss registry against NumPy transcriptions: InfoNCE (no-in-batch mode, fake-negative mask,
+query-query / passage-passage / passage-query negatives, duplicate masks), FlagEmbedding's kd term,
+MarginMSE, Matryoshka; every term at once under cross-device negatives on the fake 8-device mesh and
+under the gradient cache; config errors name config.loss.*."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +12,16 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from boom_jax.training.loss import info_nce, info_nce_per_query
+from boom_jax.training.grad_cache import chunked_value_and_grad, grad_cache_value_and_grad
+from boom_jax.training.loss import (
+    LossInputs,
+    LossSpec,
+    combined_loss,
+    info_nce,
+    info_nce_per_query,
+    loss_spec_from_config,
+    loss_terms,
+)
 
 B, G, D = 16, 4, 8  # 16 queries, each with 1 positive + 3 hard negatives
 TEMPERATURE = 0.05
@@ -104,9 +118,6 @@ def test_cross_device_loss_and_grads_equal_single_device(data, in_batch):
 
 
 # ---- the loss registry: each term against a NumPy transcription ----------------------------------
-
-from boom_jax.training.grad_cache import chunked_value_and_grad, grad_cache_value_and_grad  # noqa: E402
-from boom_jax.training.loss import LossInputs, LossSpec, combined_loss, loss_spec_from_config, loss_terms  # noqa: E402
 
 
 def _unit(x):
@@ -322,3 +333,23 @@ def test_all_terms_under_the_gradient_cache(extras):
     cached, plain = both(params)
     np.testing.assert_allclose(float(cached[0]), float(plain[0]), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(cached[1]["emb"]), np.asarray(plain[1]["emb"]), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("matryoshka_dims", "384,x", "config.loss.matryoshka_dims='384,x': expected comma-separated integers"),
+    ("matryoshka_weights", "1,1", "one weight per dimension"),
+    ("matryoshka_dims", "128,128", "config.loss.matryoshka_dims='128,128' repeats a width"),
+    ("kd_weight", -1.0, "config.loss.kd_weight=-1.0 must be a finite number >= 0"),
+    ("teacher_temperature", 0.0, "config.loss.teacher_temperature=0.0 must be a finite number > 0"),
+    ("info_nce_weight", 0.0, "every term weight is 0"),
+])
+def test_bad_loss_config_names_the_key(key, value, message):
+    from boom_jax.training.config_validation import ConfigError, validate_config
+    from configs.common import base_config
+
+    c = base_config()
+    c.loss[key] = value
+    if key == "matryoshka_weights":
+        c.loss.matryoshka_dims = "384"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(c)
