@@ -471,7 +471,8 @@ def run_side(side: str, *extra: str) -> dict:
     args = [sys.executable, os.path.abspath(__file__), f"--side={side}"]
     args += [f"--{name}={getattr(FLAGS, name)}" for name in
              ("batch_size", "group_size", "seq_len", "steps", "dropout", "dtype", "temperature",
-              "dropout_rng", "cpu_devices", "profile", "model", "layers", "remat", "data", "max_len", "batches")]
+              "dropout_rng", "cpu_devices", "profile", "model", "layers", "remat", "data", "max_len", "batches",
+              "one_shape")]
     args += list(extra)
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
