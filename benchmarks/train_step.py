@@ -8,9 +8,9 @@
 to --max_len tokens: the first batch of every built-in dataset in the BLS plan (one step each, each batch
 from one dataset as in training). The JAX step trains on packed rows (the batcher's packing, rows of
 max_len tokens); sentence-transformers on the same examples, each column (anchor, positive, negatives)
-padded to its longest text as its data collator does. The packed batches are grown to one row count
-(--one_shape; the empty rows count as computed positions) so the JAX step compiles once. Every batch runs
-once untimed (compile; PyTorch warm-up), then all are timed. The figure is REAL (non-pad) tokens per second; MFU counts 6 x matmul params
+padded to its longest text as its data collator does. Each packed batch keeps its row bucket as in
+training (--one_shape grows them all to one row count, so the step compiles once; the empty rows count as
+computed positions). Every batch runs once untimed (compiles; PyTorch warm-up), then all are timed. The figure is REAL (non-pad) tokens per second; MFU counts 6 x matmul params
 per real token against the CPU peak estimate. --jax_padded adds the JAX step on the padded batches
 (length buckets) for the packing gain.
 --data=synthetic: the former fixed-shape comparison, described next.
@@ -74,8 +74,9 @@ flags.DEFINE_enum("side", "both", ["both", "jax", "torch"], "Which side to run (
 flags.DEFINE_enum("data", "builtin", ["builtin", "synthetic"], "Real built-in batches (packed on the JAX side) or "
                   "random words padded to --seq_len (see the module docstring).")
 flags.DEFINE_integer("max_len", 512, "With --data=builtin: max tokens per text (and the packed row length).")
-flags.DEFINE_bool("one_shape", True, "With --data=builtin: grow every packed batch to the most rows any of them "
-                  "needs (empty rows count as computed positions), so the JAX step compiles once.")
+flags.DEFINE_bool("one_shape", False, "With --data=builtin: grow every packed batch to the most rows any of them "
+                  "needs (empty rows count as computed positions), so the JAX step compiles once; default: each "
+                  "batch keeps its row bucket, as in training (a few compiles).")
 flags.DEFINE_integer("batches", 6, "With --data=builtin: how many datasets' first batches to run (6 = all).")
 flags.DEFINE_bool("jax_padded", False, "With --data=builtin: also time the JAX step on the padded batches.")
 flags.DEFINE_bool("packing", True, "With --data=builtin, --side=jax: pack the batches (internal).")
