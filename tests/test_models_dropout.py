@@ -10,15 +10,17 @@ from jax.sharding import PartitionSpec as P
 from boom_jax.models.dropout import Dropout, hash_dropout, hash_keep_mask
 
 
-def numpy_keep_mask(key_words: np.ndarray, shape: tuple, rate: float) -> np.ndarray:
-    """The mask written out in NumPy uint32 arithmetic (wrapping multiply), element by flat index."""
-    def mix(x):
-        x = x ^ (x >> np.uint32(16))
-        x = x * np.uint32(0x7FEB352D)
-        x = x ^ (x >> np.uint32(15))
-        x = x * np.uint32(0x846CA68B)
-        return x ^ (x >> np.uint32(16))
+def mix(x: np.ndarray) -> np.ndarray:
+    """The 32-bit finalizer in NumPy uint32 arithmetic (wrapping multiply)."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
 
+
+def numpy_keep_mask(key_words: np.ndarray, shape: tuple, rate: float) -> np.ndarray:
+    """The mask written out in NumPy, element by flat index."""
     words = key_words.ravel().astype(np.uint32)
     seed_a, seed_b = words[0], words[-1] ^ np.uint32(0x9E3779B9)
     index = np.arange(int(np.prod(shape)), dtype=np.uint32).reshape(shape)
@@ -94,13 +96,6 @@ def test_masks_of_more_than_2_32_elements_index_rows_and_columns():
     big = (1024, 512, 9728)
     out = jax.eval_shape(lambda k: hash_keep_mask(k, big, 0.1), jax.random.key(0))
     assert out.shape == big and out.dtype == jnp.bool_
-
-    def mix(x):
-        x = x ^ (x >> np.uint32(16))
-        x = x * np.uint32(0x7FEB352D)
-        x = x ^ (x >> np.uint32(15))
-        x = x * np.uint32(0x846CA68B)
-        return x ^ (x >> np.uint32(16))
 
     key = jax.random.key(3)
     seed_a, seed_b = (np.uint32(w) for w in _seed_words(key))

@@ -75,3 +75,21 @@ def test_stacked_batches_refuse_mismatched_groups(config):
     with pytest.raises(ValueError, match="fixed_length"):
         stack_batches([a, short], ["r050", "r100"], padding_side="left")
     assert dict(stacked_mesh(2, config.mesh).shape) == {"member": 2, "data": 4, "fsdp": 1, "tensor": 1}
+
+
+def test_stacked_members_carry_the_same_provenance_as_sequential_ones(runs):
+    """boom.json of a stacked member records its subset (manifest hash), steps and recipe like a member
+    trained alone; only the wall time and hardware may differ."""
+    import json
+
+    base, members, records, sequential = runs
+    for rec, seq in zip(records, sequential):
+        with open(os.path.join(os.path.dirname(rec["model"]), "boom.json")) as f:
+            got = json.load(f)
+        with open(os.path.join(os.path.dirname(seq["model"]), "boom.json")) as f:
+            want = json.load(f)
+        for prov in (got, want):
+            prov["training"].pop("wall_time_s")
+            prov["training"].pop("hardware")
+        assert got["training"]["subset"]["manifest_sha256"] == want["training"]["subset"]["manifest_sha256"]
+        assert got == want

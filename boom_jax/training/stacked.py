@@ -251,6 +251,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
         load_train_datasets,
         packing_options,
         prepare_datasets,
+        resolve_model_path,
         schedule_options,
         write_outputs,
     )
@@ -258,6 +259,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
     from boom_jax.training.optim import make_optimizer
     from boom_jax.training.sharding import DEFAULT_RULES
     from boom_jax.training.loss import run_loss_spec
+    from boom_jax.training.provenance import training_provenance
     from boom_jax.training.step import module_embed_fn
 
     if not members:
@@ -290,7 +292,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
         loss_spec = run_loss_spec(config.loss, config.train.temperature, cfg.embedding_dim, datasets)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    batchers, schedules, totals, dirs, writers = [], [], [], [], []
+    batchers, schedules, totals, dirs, writers, member_sets = [], [], [], [], [], []
     for member in members:
         member_dir = os.path.join(workdir, "members", member.name)
         os.makedirs(member_dir, exist_ok=True)
@@ -298,6 +300,7 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
         if is_main:
             write_json(os.path.join(member_dir, "config.json"), config_to_dict(mc))
         train_sets = prepare_datasets(mc, member_dir, datasets, member.subset)
+        member_sets.append(train_sets)
         batcher = Batcher(train_sets, query_tok, passage_tok, mc.train.batch_size,
                           group_size=mc.data.train_group_size, schedule=mc.data.schedule, seed=mc.seed,
                           schedule_options=schedule_options(mc, train_sets), num_epochs=None if mc.train.max_steps else mc.train.epochs,
@@ -376,7 +379,9 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
     for i, member in enumerate(members):
         params_i = jax.tree.map(lambda x: x[i], host_params)
         if is_main:
-            write_outputs(member.config, dirs[i], cfg, params_i, tokenizer_dir)
+            provenance = training_provenance(member.config, member_sets[i], steps=totals[i], wall_time_s=wall,
+                                             workdir=dirs[i], model_dir=resolve_model_path(member.config.model.path))
+            write_outputs(member.config, dirs[i], cfg, params_i, tokenizer_dir, provenance)
         subset_examples = (int(sum(len(v) for v in member.subset.indices.values())) if member.subset is not None
                            else int(sum(len(d.examples) for d in datasets)))
         records.append({"name": member.name, "steps": totals[i],
