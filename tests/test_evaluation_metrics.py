@@ -33,10 +33,11 @@ def test_rank_documents_breaks_ties_by_doc_id_descending():
         metrics.rank_documents(scores, ["a", "b"])
 
 
-def test_retrieval_scores_match_pytrec_eval():
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_retrieval_scores_match_pytrec_eval(similarity):
     rng = np.random.default_rng(0)
     q = rng.normal(size=(12, 8))
-    d = rng.normal(size=(40, 8))
+    d = rng.normal(size=(40, 8)) * rng.uniform(0.2, 3.0, size=(40, 1))  # lengths matter for "dot"
     qids = [f"q{i}" for i in range(12)]
     dids = [f"doc{i}" for i in range(40)]
     qrels = {
@@ -44,11 +45,12 @@ def test_retrieval_scores_match_pytrec_eval():
         for qid in qids
     }
     qrels["q3"]["doc7"] = 0  # judged non-relevant
-    ours = metrics.retrieval_scores(q, d, qids, dids, qrels, k_values=(1, 5, 10, 20))
+    ours = metrics.retrieval_scores(q, d, qids, dids, qrels, k_values=(1, 5, 10, 20), similarity=similarity)
 
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    dn = d / np.linalg.norm(d, axis=1, keepdims=True)
-    sims = qn @ dn.T
+    if similarity == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    sims = q @ d.T
     run = {qid: {did: float(sims[i, j]) for j, did in enumerate(dids)} for i, qid in enumerate(qids)}
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.1,5,10,20", "map_cut.1,5,10,20", "recall.1,5,10,20"})
     ref = evaluator.evaluate(run)

@@ -78,13 +78,18 @@ def retrieval_scores(
     doc_ids: Sequence[str],
     qrels: Mapping[str, Mapping[str, int]],
     k_values: Sequence[int] = DEFAULT_K_VALUES,
+    similarity: str = "cosine",
 ) -> dict[str, float]:
-    """Mean nDCG@k, MAP@k and recall@k over the queries that have judgments, scoring by cosine similarity.
+    """Mean nDCG@k, MAP@k and recall@k over the queries that have judgments, scoring by the model's
+    similarity ("cosine", or "dot" for a model exported with similarity_fn_name "dot").
 
     Returns keys like "ndcg_at_10", "map_at_10", "recall_at_100" (values in [0, 1]).
     """
-    q = _unit_rows(query_embeddings)
-    d = _unit_rows(doc_embeddings)
+    if similarity not in ("cosine", "dot"):
+        raise ValueError(f"similarity={similarity!r}: expected 'cosine' or 'dot'")
+    unit = _unit_rows if similarity == "cosine" else np.asarray
+    q = unit(query_embeddings)
+    d = unit(doc_embeddings)
     if len(q) != len(query_ids) or len(d) != len(doc_ids):
         raise ValueError("embeddings and ids differ in length")
     judged = [i for i, qid in enumerate(query_ids) if qrels.get(qid)]

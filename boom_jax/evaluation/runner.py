@@ -499,13 +499,14 @@ def evaluate_builtin_retrieval(
     if not retrieval:
         raise EvaluationError(f"no retrieval task among {[t.name for t in tasks]}")
     prompts = MtebEncoder(encoder, instruction_template=instruction_template)
+    similarity = getattr(getattr(encoder, "cfg", None), "similarity", "cosine")  # as the mteb path scores it
     out: dict[str, float] = {}
     for task in retrieval:
         meta = task_metadata(task)
         qids, dids = list(task.queries), list(task.corpus)
         q = encoder.encode([task.queries[i] for i in qids], prompt=prompts.prompt_for(meta, PromptType.query), batch_size=batch_size)
         d = encoder.encode([task.corpus[i] for i in dids], prompt=prompts.prompt_for(meta, PromptType.document), batch_size=batch_size)
-        scores = metrics.retrieval_scores(q, d, qids, dids, task.qrels, k_values=(k,))
+        scores = metrics.retrieval_scores(q, d, qids, dids, task.qrels, k_values=(k,), similarity=similarity)
         out[task.name] = scores[f"ndcg_at_{k}"]
     return out
 
