@@ -55,8 +55,9 @@ def read_texts(path: str) -> list[str]:
     return texts
 
 
-def load_encoder(path: str, **overrides):
-    """An Encoder for any model path that boom_jax.model_io.load_model understands."""
+def load_encoder(path: str, mesh=None, **overrides):
+    """An Encoder for any model path that boom_jax.model_io.load_model understands (`mesh`: split each
+    call's rows over its devices, see models.encoder.data_mesh; `overrides` replace config fields)."""
     from boom_jax.model_io import load_model
     from boom_jax.models.encoder import Encoder
     from boom_jax.tokenization import load_tokenizer
@@ -66,7 +67,7 @@ def load_encoder(path: str, **overrides):
         cfg = cfg.replace(**overrides)
     if tokenizer_dir is None:
         raise ValueError(f"{path}: the model has no tokenizer files")
-    return Encoder(cfg, params, load_tokenizer(tokenizer_dir))
+    return Encoder(cfg, params, load_tokenizer(tokenizer_dir), mesh=mesh)
 
 
 def encode_file(model: str, input_path: str, output: str, prompt_name: str | None = None,

@@ -68,11 +68,13 @@ def write_records(path: str, records: list[dict]) -> None:
 
 def encoder_for(model: str, max_seq_length: int = 0):
     """The model's Encoder ("builtin:minilm" = the packaged all-MiniLM-L6-v2), its inputs cut to
-    ``max_seq_length`` tokens when > 0."""
+    ``max_seq_length`` tokens when > 0, its rows split over every device JAX sees."""
     from boom_jax.encode import load_encoder
+    from boom_jax.models.encoder import data_mesh
     from boom_jax.training.loop import resolve_model_path
 
-    return load_encoder(resolve_model_path(model), **({"max_seq_length": max_seq_length} if max_seq_length else {}))
+    return load_encoder(resolve_model_path(model), mesh=data_mesh(),
+                        **({"max_seq_length": max_seq_length} if max_seq_length else {}))
 
 
 def mine_file(model: str, input_path: str, output: str, options, corpus_path: str | None = None,

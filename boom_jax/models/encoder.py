@@ -8,7 +8,9 @@ are packed into rows of their own length bucket. The rows go through the model
 `batch_size` at a time ([batch_size, row length], the largest shape the unpadded path uses too; the last
 call takes a smaller row bucket), so jit compiles a handful of shapes once and reuses them. With
 `packing=False` texts are sorted by length, cut into batches and each batch is padded to a (batch size,
-length) bucket instead. Results come back in input order, the same either way.
+length) bucket instead. Results come back in input order, the same either way. With a `mesh`, every call's
+rows are split over the mesh's devices (data parallel, params replicated; row counts rounded up to a
+multiple of the device count), e.g. `data_mesh()` for all the devices JAX sees.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.registry import build_model
@@ -62,16 +65,27 @@ def jitted_packed_forward(cfg: ModelConfig, num_segments: int):
     return jax.jit(forward)
 
 
+def data_mesh(devices: Sequence[Any] | None = None) -> Mesh | None:
+    """A one-axis ("data",) mesh over `devices` (default: every device JAX sees); None for one device."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), ("data",)) if len(devices) > 1 else None
+
+
 class Encoder:
     """A ready-to-use text encoder (see `encode`). `packing`: pack texts into rows (module docstring);
-    `pack_length`: the row length for texts that fit in it (longer texts get rows of their own bucket)."""
+    `pack_length`: the row length for texts that fit in it (longer texts get rows of their own bucket);
+    `mesh`: split each call's rows over its devices (None = one device)."""
 
     def __init__(self, cfg: ModelConfig, params: Params, tokenizer, buckets: Sequence[int] | None = None,
-                 packing: bool = True, pack_length: int = 128):
+                 packing: bool = True, pack_length: int = 128, mesh: Mesh | None = None):
         self.cfg = cfg
         self.packing = packing
         self.pack_length = pack_length
+        self.mesh = mesh
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
+        if mesh is not None:
+            self.params = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+            self._rows = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
         self.tokenizer = tokenizer
         self.text_tokenizer = TextTokenizer(
             tokenizer, cfg.max_seq_length, cfg.padding_side, cfg.append_eos, buckets=buckets
@@ -130,11 +144,11 @@ class Encoder:
             idx = order[start:start + batch_size]
             rows = [ids[i] for i in idx]
             input_ids, mask = self.text_tokenizer.pad(rows)
-            n = bucket_for(len(rows), row_buckets)
+            n = self._round_rows(bucket_for(len(rows), row_buckets))
             if n > len(rows):
                 input_ids = np.concatenate([input_ids, np.full((n - len(rows), input_ids.shape[1]), self.text_tokenizer.pad_id, np.int32)])
                 mask = np.concatenate([mask, np.zeros((n - len(rows), mask.shape[1]), np.int32)])
-            pending.append((idx, self._apply(self.params, input_ids, mask)))
+            pending.append((idx, self._apply(self.params, *self._place(input_ids, mask))))
             if len(pending) > 2:  # keep a couple of batches in flight, bound memory
                 i, emb = pending.pop(0)
                 out[i] = np.asarray(emb)[: len(i)]
@@ -159,7 +173,7 @@ class Encoder:
             for k, start in enumerate(range(0, num_rows, batch_size)):
                 local = by_row[bounds[k]:bounds[k + 1]]
                 calls.append((group[local], row[local] - start, slot[local], offset[local], segments, row_length,
-                              bucket_for(min(batch_size, num_rows - start), batch_buckets(batch_size))))
+                              self._round_rows(bucket_for(min(batch_size, num_rows - start), batch_buckets(batch_size)))))
         if progress:
             from tqdm.auto import tqdm
 
@@ -168,7 +182,7 @@ class Encoder:
         for texts, rows_in, slots, offsets, segments, row_length, rows in calls:
             input_ids, segment_ids = fill_rows([ids[i] for i in texts], rows_in, slots, offsets, rows, row_length,
                                                self.text_tokenizer.pad_id)
-            emb = jitted_packed_forward(self.cfg, segments)(self.params, input_ids, segment_ids)
+            emb = jitted_packed_forward(self.cfg, segments)(self.params, *self._place(input_ids, segment_ids))
             pending.append((texts, rows_in, slots, emb))
             if len(pending) > 2:  # keep a couple of calls in flight, bound memory
                 i, r, sl, e = pending.pop(0)
@@ -176,3 +190,12 @@ class Encoder:
         for i, r, sl, e in pending:
             out[i] = np.asarray(e)[r, sl]
         return out
+
+    def _round_rows(self, rows: int) -> int:
+        """`rows` rounded up to a multiple of the mesh's device count (every device gets whole rows)."""
+        n = 1 if self.mesh is None else self.mesh.size
+        return -(-rows // n) * n
+
+    def _place(self, *arrays: np.ndarray) -> tuple:
+        """The call's row arrays, split over the mesh's devices when there is one."""
+        return arrays if self.mesh is None else tuple(jax.device_put(a, self._rows) for a in arrays)
