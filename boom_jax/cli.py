@@ -168,6 +168,16 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues | None = None
     return rest
 
 
+def check_arguments(argv: Sequence[str], flag_values: flags.FlagValues, *required: str) -> None:
+    """Usage errors (one line, exit 2) for positional arguments after the program name and for each
+    flag in `required` left empty."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in required:
+        if not getattr(flag_values, name):
+            raise app.UsageError(f"--{name} is required")
+
+
 def run(main: Callable[[Sequence[str]], Any]) -> None:
     """app.run(main) with one-line bad-input errors and exit code 2 (flags and main alike)."""
     app.run(guard(main), flags_parser=parse_flags)

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
 from boom_jax import cli
 from boom_jax.preflight import check_out_not_inside, check_writable_folder
@@ -106,12 +106,8 @@ def encode_file(model: str, input_path: str, output: str, prompt_name: str | Non
 
 
 def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.check_arguments(argv, flag_values, "model", "input", "output")
     f = flag_values
-    for name in ("model", "input", "output"):
-        if not getattr(f, name):
-            raise app.UsageError(f"--{name} is required")
     overrides = {"dtype": f.dtype} if f.dtype else {}
     out = encode_file(f.model, f.input, f.output, f.prompt_name, f.prompt, f.batch_size, f.overwrite,
                       truncate_dim=f.truncate_dim, **overrides)

@@ -108,8 +108,7 @@ def truncated_models(models: dict[str, str], dim: int, max_seq_length: int = 0) 
 def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """Runs the evaluation the parsed flags describe; prints the table (stdout). Bad input raises (one line
     and exit code 2 through boom_jax.cli)."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.check_arguments(argv, flag_values)
     if not flag_values.model:
         raise app.UsageError("give at least one --model")
     if not flag_values.out:

@@ -44,8 +44,7 @@ def export_checkpoint(checkpoint: str, out: str, overwrite: bool = False) -> str
 
 
 def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.check_arguments(argv, flag_values)
     f = flag_values
     if not f.checkpoint or not f.out:
         raise app.UsageError("--checkpoint and --out are required")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
 from boom_jax import cli
 
@@ -97,12 +97,8 @@ def mine_file(model: str, input_path: str, output: str, options, corpus_path: st
 def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     from boom_jax.mining import MiningOptions, parse_range
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.check_arguments(argv, flag_values, "model", "input", "output")
     f = flag_values
-    for name in ("model", "input", "output"):
-        if not getattr(f, name):
-            raise app.UsageError(f"--{name} is required")
     low, high = parse_range(f.range_for_sampling) if f.range_for_sampling else (0, None)
     options = MiningOptions(num_negatives=f.num_negatives, range_min=low, range_max=high,
                             absolute_margin=f.absolute_margin, relative_margin=f.relative_margin,

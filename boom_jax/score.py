@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from boom_jax import cli
 
@@ -47,12 +47,8 @@ def score_file(teacher: str, input_path: str, output: str, overwrite: bool = Fal
 
 
 def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.check_arguments(argv, flag_values, "teacher", "input", "output")
     f = flag_values
-    for name in ("teacher", "input", "output"):
-        if not getattr(f, name):
-            raise app.UsageError(f"--{name} is required")
     n = score_file(f.teacher, f.input, f.output, f.overwrite, f.max_seq_length, f.limit, batch_size=f.batch_size,
                    query_prompt=f.query_prompt,
                    query_prompt_name=f.query_prompt_name)

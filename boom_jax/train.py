@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from boom_jax import cli
@@ -69,8 +69,7 @@ def parse_config(argv: Sequence[str]):
 
 def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """Runs what the parsed flags say: a dry run, a workflow (bag, incremental, cluster) or one training run."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.check_arguments(argv, flag_values)
     if not ("verbosity" in flag_values and flag_values["verbosity"].present):
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 shows them
     from boom_jax.training.compile_cache import enable_compilation_cache

@@ -11,7 +11,7 @@ import shlex
 import sys
 from typing import Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from boom_jax import cli
@@ -29,10 +29,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """Runs (or resumes) the experiment; bad input raises (one line, exit code 2 through boom_jax.cli)."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flag_values.workdir:
-        raise app.UsageError("--workdir is required")
+    cli.check_arguments(argv, flag_values, "workdir")
     if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     from boom_jax.experiments.runner import run_experiment
