@@ -177,6 +177,18 @@ def run_jax_builtin() -> dict:
             "matmul_params": n_matmul, "peak_rss_mb": peak_rss_mb(), "losses": [float(x) for x in losses]}
 
 
+def torch_train_step(model, optimizer, loss_fn, columns) -> float:
+    """One sentence-transformers trainer step (MNRL loss on the feature columns, clipping at 1, AdamW)."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(columns, None)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
 def run_torch_builtin() -> dict:
     """sentence-transformers' trainer step (MultipleNegativesRankingLoss, AdamW) over the same examples."""
     import numpy as np
@@ -211,12 +223,7 @@ def run_torch_builtin() -> dict:
         steps.append(cols)
 
     def one_step(cols):
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(cols, None)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return float(loss.detach())
+        return torch_train_step(model, optimizer, loss_fn, cols)
 
     start = time.perf_counter()
     one_step(steps[0])
@@ -438,12 +445,7 @@ def run_torch() -> dict:
     columns += [features(p_ids[:, j], p_mask[:, j]) for j in range(g)]
 
     def one_step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(columns, None)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return float(loss.detach())
+        return torch_train_step(model, optimizer, loss_fn, columns)
 
     start = time.perf_counter()
     one_step()
