@@ -124,7 +124,9 @@ def results_table(results: Results) -> str:
 
 
 def plot_results(results: Results, path: str | os.PathLike) -> None:
-    """Grouped bar chart (PNG): for each group (all tasks, in-domain, out-of-domain, each task type) one bar per model."""
+    """Grouped bar chart (PNG): for each group (all tasks, in-domain, out-of-domain, each task type) one bar per
+    model; with several models a second panel shows each model's difference from the first (e.g. the base
+    model), on an axis scaled to those differences, which the 0-100 panel would hide."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +143,10 @@ def plot_results(results: Results, path: str | os.PathLike) -> None:
         dtype=float,
     )  # None -> nan: no bar
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) * max(1, len(models)) ** 0.5), 4.0))
+    diff_panel = len(models) > 1
+    fig, axes = plt.subplots(2 if diff_panel else 1, 1, squeeze=False,
+                             figsize=(max(6.0, 1.2 * len(labels) * max(1, len(models)) ** 0.5), 7.5 if diff_panel else 4.0))
+    ax = axes[0, 0]
     x = np.arange(len(labels))
     for i, model in enumerate(models):
         bars = ax.bar(x - 0.4 + width * (i + 0.5), 100 * values[i], width, label=model)
@@ -151,6 +156,19 @@ def plot_results(results: Results, path: str | os.PathLike) -> None:
     ax.set_title("Evaluation: mean scores per model")
     ax.legend(fontsize=8)
     ax.set_ylim(0, min(100.0, np.nanmax(100 * values) * 1.15 + 1) if np.isfinite(values).any() else 100.0)
+    if diff_panel:
+        dx = axes[1, 0]
+        delta = 100 * (values[1:] - values[:1])
+        dwidth = 0.8 / (len(models) - 1)
+        for i, model in enumerate(models[1:], start=1):
+            bars = dx.bar(x - 0.4 + dwidth * (i - 0.5), delta[i - 1], dwidth, label=model, color=f"C{i}")
+            dx.bar_label(bars, fmt="%+.2f", fontsize=7, padding=1)
+        dx.axhline(0.0, color="black", linewidth=0.8)
+        dx.set_xticks(x, labels, rotation=20, ha="right")
+        dx.set_ylabel(f"difference from {models[0]} (points)")
+        dx.set_title(f"Difference from {models[0]}")
+        span = np.nanmax(np.abs(delta)) if np.isfinite(delta).any() else 0.0
+        dx.set_ylim(-1.25 * span - 0.05, 1.25 * span + 0.05)
     fig.tight_layout()
 
     def write(tmp: str) -> None:
