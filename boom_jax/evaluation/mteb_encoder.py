@@ -27,6 +27,8 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
+from boom_jax.models.registry import arch_names
+
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
 
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 
 # mteb 2.26 models/model_implementations/qwen3_models.py: instruction_template(...) returns this.
 MTEB_INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery:"
-INSTRUCTION_ARCHS = ("qwen3",)
+# Derived from the architecture specs (ArchSpec.uses_instructions); kept for callers that test a name.
+INSTRUCTION_ARCHS = arch_names(uses_instructions=True)
 # ISO 639-1 codes of model cards -> mteb's ISO 639-3 + script form.
 LANGUAGES = {"en": "eng-Latn", "de": "deu-Latn", "fr": "fra-Latn", "es": "spa-Latn", "zh": "zho-Hans",
              "ja": "jpn-Jpan", "it": "ita-Latn", "pt": "por-Latn", "nl": "nld-Latn", "ru": "rus-Cyrl"}
@@ -42,7 +45,7 @@ LANGUAGES = {"en": "eng-Latn", "de": "deu-Latn", "fr": "fra-Latn", "es": "spa-La
 
 def uses_instructions(cfg) -> bool:
     """Whether the paper's query instruction applies to a model config: decoder embedding models."""
-    return getattr(cfg, "arch", None) in INSTRUCTION_ARCHS
+    return getattr(cfg, "arch", None) in INSTRUCTION_ARCHS  # ArchSpec.uses_instructions
 
 
 def mteb_model_name(label: str) -> str:

@@ -1,15 +1,22 @@
-"""Architecture registry: arch name -> how to build the module and how to map its HF weights.
+"""Architecture registry: everything the project knows about one architecture, in one entry.
+
+An `ArchSpec` says how to build the module, how to map its HF weights, how its parameters are
+sharded (logical axis rules as data, read by training/sharding.py), whether it is encoder-only,
+whether evaluation gives it task instructions, its input limit (`max_text_length`) and the layer
+traits the memory model counts (gated MLP, q/k norm, pre-norm, grouped-query attention). Code outside
+models/ and hf/ asks the spec (`get_arch(cfg.arch).encoder_only`, `max_text_length(cfg)`) instead of
+comparing `cfg.arch` with a name.
 
 Each ArchSpec field that holds code may be a callable or a "module:attribute" string that is
 imported on first use, so the registry stays cheap to import and free of import cycles (the weight
 maps live in boom_jax/hf/ and import only numpy and models/config.py).
 
-To add an architecture, add one ARCHS entry, e.g.
+To add an architecture: one model file (models/NAME.py), one weights file (hf/NAME_weights.py with
+config_from_hf, hf_to_flax, flax_to_hf and optionally config_from_tensors, ignored_hf_tensors,
+config_to_hf) and one ARCHS entry below, e.g.
     "qwen3": ArchSpec(name="qwen3", model_types=("qwen3",), module="boom_jax.models.qwen3:Qwen3Encoder",
                       weights="boom_jax.hf.qwen3_weights", hf_prefixes=("model.",),
-                      hf_architectures=("Qwen3Model",)),
-where `weights` names a module with config_from_hf, hf_to_flax, flax_to_hf (and optionally
-config_from_tensors, ignored_hf_tensors).
+                      hf_architectures=("Qwen3Model",), sharding_rules=QWEN3_RULES, ...).
 """
 
 from __future__ import annotations
@@ -19,11 +26,45 @@ import importlib
 from typing import Any, Iterable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from boom_jax.models.config import ModelConfig
 
 Params = dict[str, Any]
+Rule = tuple  # (pattern, spec) or (pattern, spec, replicate_if_indivisible); see training/sharding.py
+
+# Sharding rules per architecture (format and semantics: training/sharding.py's module docstring).
+# Kernels are [in, out]. Column-parallel layers split `out` over "tensor", row-parallel ones split
+# `in`; the other dimension is split over "fsdp". Norm scales and biases are small: replicated.
+BERT_RULES: tuple[Rule, ...] = (
+    (r"LayerNorm/(scale|bias)$", None),
+    (r"/bias$", None),
+    (r"embeddings/word_embeddings/embedding$", ("tensor", "fsdp"), True),
+    (r"embeddings/(position|token_type)_embeddings/embedding$", (None, "fsdp"), True),
+    (r"attention/self/(query|key|value)/kernel$", ("fsdp", "tensor")),
+    (r"intermediate/dense/kernel$", ("fsdp", "tensor")),
+    (r"attention/output/dense/kernel$", ("tensor", "fsdp")),
+    (r"output/dense/kernel$", ("tensor", "fsdp")),
+    (r"pooler/kernel$", ("fsdp", "tensor")),
+    (r"/lora_a$", ("fsdp", None)),
+    (r"/lora_b$", (None, "tensor")),
+)
+
+QWEN3_RULES: tuple[Rule, ...] = (
+    (r"(norm|layernorm)[^/]*/scale$", None),
+    (r"/bias$", None),
+    (r"embed_tokens/embedding$", ("tensor", "fsdp"), True),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", ("fsdp", "tensor")),
+    (r"(o_proj|down_proj)/kernel$", ("tensor", "fsdp")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/lora_a$", ("fsdp", None)),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/lora_b$", (None, "tensor")),
+    (r"(o_proj|down_proj)/lora_a$", ("tensor", None)),
+    (r"(o_proj|down_proj)/lora_b$", (None, "fsdp")),
+)
+
+# The length cap of an architecture without a position table (rotary positions): no cap.
+UNLIMITED_LENGTH = 1 << 30
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -53,6 +94,18 @@ class ArchSpec:
       config_to_hf(cfg) -> config.json dict for export (default: cfg.hf_config as read).
     hf_prefixes: prefixes that checkpoints may put before the bare names ("bert.", "model.").
     hf_architectures: the config.json "architectures" written on export.
+    sharding_rules: the logical axis rules of its parameters (training/sharding.py applies them; a
+      parameter matching none is an error there).
+    encoder_only: a bidirectional encoder (BERT family): no LoRA (the LoRA targets are decoder
+      projections), no last-token pooling.
+    uses_instructions: evaluation puts the task instruction before queries and symmetric-task texts
+      (instruction-tuned decoder embedders such as Qwen3-Embedding).
+    max_positions_field: the ModelConfig field bounding the tokens per text (a learned position
+      table), or None when the positions are rotary and no cap applies (see `max_text_length`).
+    gated_mlp: the MLP is gate/up/down (SwiGLU: three matrices) instead of intermediate/output.
+    qk_norm: per-head norm (and rotary) on q and k, so both are kept before and after it.
+    pre_norm: norms before each block; the block's last projection only feeds the residual add.
+    grouped_query_attention: q / kv widths come from head_dim and num_key_value_heads.
     """
 
     name: str
@@ -61,6 +114,14 @@ class ArchSpec:
     weights: Any
     hf_prefixes: tuple[str, ...] = ()
     hf_architectures: tuple[str, ...] = ()
+    sharding_rules: tuple[Rule, ...] = ()
+    encoder_only: bool = False
+    uses_instructions: bool = False
+    max_positions_field: str | None = None
+    gated_mlp: bool = False
+    qk_norm: bool = False
+    pre_norm: bool = False
+    grouped_query_attention: bool = False
 
     def build_module(self, cfg: ModelConfig):
         return _resolve(self.module)(cfg)
@@ -108,6 +169,9 @@ ARCHS: dict[str, ArchSpec] = {
         weights="boom_jax.hf.bert_weights",
         hf_prefixes=("bert.", "model.", "0.auto_model."),
         hf_architectures=("BertModel",),
+        sharding_rules=BERT_RULES,
+        encoder_only=True,
+        max_positions_field="max_position_embeddings",
     ),
     "qwen3": ArchSpec(
         name="qwen3",
@@ -116,6 +180,12 @@ ARCHS: dict[str, ArchSpec] = {
         weights="boom_jax.hf.qwen3_weights",
         hf_prefixes=("model.", "0.auto_model."),
         hf_architectures=("Qwen3Model",),
+        sharding_rules=QWEN3_RULES,
+        uses_instructions=True,
+        gated_mlp=True,
+        qk_norm=True,
+        pre_norm=True,
+        grouped_query_attention=True,
     ),
 }
 
@@ -140,6 +210,22 @@ def arch_for_model_type(model_type: str | None, source: str = "config.json") -> 
     )
 
 
+def max_text_length(cfg: ModelConfig) -> int:
+    """The most tokens one text may have for this model's architecture (queries and passages alike).
+
+    A learned position table bounds it (BERT: `cfg.max_position_embeddings`); rotary architectures
+    have no cap (`UNLIMITED_LENGTH`). Callers take `min(config.data.query_max_len, max_text_length(cfg))`.
+    """
+    field = get_arch(cfg.arch).max_positions_field
+    return int(getattr(cfg, field)) if field else UNLIMITED_LENGTH
+
+
+def arch_names(**traits: bool) -> tuple[str, ...]:
+    """The registered arch names whose spec has every given trait, e.g. `arch_names(encoder_only=True)`."""
+    return tuple(name for name, spec in ARCHS.items()
+                 if all(getattr(spec, key) == value for key, value in traits.items()))
+
+
 def build_model(cfg: ModelConfig):
     """The flax.linen.Module for `cfg`; apply returns pooled float32 embeddings [B, D]."""
     return get_arch(cfg.arch).build_module(cfg)
@@ -151,8 +237,6 @@ def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> Params:
     Runs the module's init eagerly: on CPU that beats compiling a fresh init program per config
     (the small per-op programs are shared by every later init).
     """
-    import jax.numpy as jnp
-
     module = build_model(cfg)
     ids = jnp.ones((1, seq_len), jnp.int32)
     variables = module.init(rng, ids, jnp.ones_like(ids), deterministic=True)

@@ -15,6 +15,7 @@ import ml_collections
 
 from boom_jax.errors import ConfigError  # the project's one ConfigError (re-exported here)
 from boom_jax.models.config import ATTENTION_IMPLS, REMAT_POLICY_NAMES
+from boom_jax.models.registry import arch_names
 
 
 _STR, _INT, _FLOAT, _BOOL, _DICT = str, int, (int, float), bool, "dict"
@@ -69,7 +70,7 @@ CHOICES = {
     "train.dropout_rng": ("rbg", "unsafe_rbg", "threefry"),
 }
 DEFAULT_SCHEDULES = ("bls", "instance_mixing", "dataset_sequential", "task_sequential", "two_stage")
-ENCODER_ONLY_ARCHS = ("bert",)
+ENCODER_ONLY_ARCHS = arch_names(encoder_only=True)  # derived from the architecture specs
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -262,7 +263,8 @@ def check_combinations(config: ml_collections.ConfigDict, device_count: int, arc
     if arch is not None:
         if config.model.lora_rank > 0 and arch in ENCODER_ONLY_ARCHS:
             _fail(f"config.model.lora_rank={config.model.lora_rank}: LoRA is only supported for decoder models "
-                  f"(qwen3), but config.model.path is a {arch!r} model; set config.model.lora_rank=0")
+                  f"({', '.join(arch_names(encoder_only=False))}), but config.model.path is a {arch!r} model; "
+                  f"set config.model.lora_rank=0")
         if config.model.pooling == "lasttoken" and arch in ENCODER_ONLY_ARCHS:
             _fail(f"config.model.pooling='lasttoken' does not suit a {arch!r} encoder; use 'mean' or 'cls'")
 

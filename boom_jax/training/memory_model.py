@@ -29,6 +29,8 @@ import dataclasses
 from typing import Sequence
 
 from boom_jax.models.config import ModelConfig
+from boom_jax.models.lora import lora_module_names
+from boom_jax.models.registry import get_arch
 
 F32 = 4
 
@@ -86,7 +88,7 @@ def compute_bytes(cfg: ModelConfig) -> int:
 def _dims(cfg: ModelConfig) -> tuple[int, int, int, int, int]:
     """(hidden, intermediate, heads, query width heads*head_dim, key/value width)."""
     heads = cfg.num_attention_heads
-    if cfg.arch == "qwen3":
+    if get_arch(cfg.arch).grouped_query_attention:
         head_dim = cfg.head_dim or cfg.hidden_size // heads
         kv = cfg.num_key_value_heads or heads
         return cfg.hidden_size, cfg.intermediate_size, heads, heads * head_dim, kv * head_dim
@@ -96,19 +98,22 @@ def _dims(cfg: ModelConfig) -> tuple[int, int, int, int, int]:
 def _per_token_saved(cfg: ModelConfig) -> int:
     """Elements per token (besides the attention probabilities) one layer keeps for its backward."""
     h, i, _, qw, kvw = _dims(cfg)
-    if cfg.arch == "qwen3":
-        # x, norm1(x), x + attn, norm2; q before/after norm+rope, context; k before/after, v;
-        # gate, up, silu(gate) * up.
-        return 4 * h + 3 * qw + 3 * kvw + 3 * i
-    # BERT: x, q, k, v, context, attention output, LayerNorm in/out, MLP output and LayerNorm in;
-    # pre- and post-GELU intermediate.
-    return 6 * h + qw + 2 * kvw + 2 * i
+    spec = get_arch(cfg.arch)
+    # Pre-norm (Qwen3): x, norm1(x), x + attn, norm2. Post-norm (BERT): x, attention output,
+    # LayerNorm in/out, MLP output and LayerNorm in (q width = hidden there).
+    stream = 4 * h if spec.pre_norm else 5 * h
+    # q (before and after q/k norm + rope when the arch has them) and the context; k likewise, v.
+    qk = 2 if spec.qk_norm else 1
+    attention = (qk + 1) * qw + (qk + 1) * kvw
+    # Gated MLP: gate, up, silu(gate) * up; else the pre- and post-GELU intermediate.
+    mlp = 3 * i if spec.gated_mlp else 2 * i
+    return stream + attention + mlp
 
 
 def _per_token_dots(cfg: ModelConfig) -> int:
     """Elements per token of one layer's projection outputs (matmuls without batch dimensions)."""
     h, i, _, qw, kvw = _dims(cfg)
-    return qw + 2 * kvw + h + (2 * i + h if cfg.arch == "qwen3" else i + h)
+    return qw + 2 * kvw + h + (2 * i + h if get_arch(cfg.arch).gated_mlp else i + h)
 
 
 def layer_saved_bytes(cfg: ModelConfig, sequences: int, length: int, flash: bool = False) -> int:
@@ -223,19 +228,20 @@ def layer_matmul_flops(cfg: ModelConfig, sequences: int, length: int) -> tuple[f
     The last projection (Qwen3's down_proj, whose output only feeds the residual add) is not
     recomputed under remat: nothing in the backward needs its output."""
     h, i, _, qw, kvw = _dims(cfg)
-    mlp = (3 if cfg.arch == "qwen3" else 2) * h * i
+    spec = get_arch(cfg.arch)
+    mlp = (3 if spec.gated_mlp else 2) * h * i
     tokens = sequences * length
     weights = 2.0 * tokens * (h * qw + 2 * h * kvw + qw * h + mlp)
     attention = 2.0 * 2 * sequences * length * length * qw  # scores and context, all T x T computed
-    last = 2.0 * tokens * i * h if cfg.arch == "qwen3" else 0.0
+    # Pre-norm: the MLP's last projection only feeds the residual add (post-norm: a LayerNorm needs it).
+    last = 2.0 * tokens * i * h if spec.pre_norm else 0.0
     return weights, attention, last
 
 
 def lora_matmul_flops(cfg: ModelConfig, sequences: int, length: int) -> float:
     """Forward FLOPs of one layer's LoRA adapters (x @ A [in, r], then @ B [r, out]) over sequences x length."""
-    if cfg.lora_rank <= 0 or cfg.arch != "qwen3":
+    if cfg.lora_rank <= 0 or get_arch(cfg.arch).encoder_only:
         return 0.0
-    from boom_jax.models.lora import lora_module_names
 
     h, i, _, qw, kvw = _dims(cfg)
     shapes = {"q_proj": (h, qw), "k_proj": (h, kvw), "v_proj": (h, kvw), "o_proj": (qw, h),

@@ -25,41 +25,21 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from boom_jax.models.registry import ARCHS, BERT_RULES, QWEN3_RULES, Rule, get_arch  # noqa: F401 (re-exports)
+
 MeshSpec = Sequence[tuple[str, int]]
-Rule = tuple  # (pattern, spec) or (pattern, spec, replicate_if_indivisible)
 BATCH_AXES = ("data", "fsdp")
 
 DEFAULT_MESH: tuple[tuple[str, int], ...] = (("data", -1), ("fsdp", 1), ("tensor", 1))
 
-# Kernels are [in, out]. Column-parallel layers split `out` over "tensor", row-parallel ones split
-# `in`; the other dimension is split over "fsdp". Norm scales and biases are small: replicated.
-BERT_RULES: tuple[Rule, ...] = (
-    (r"LayerNorm/(scale|bias)$", None),
-    (r"/bias$", None),
-    (r"embeddings/word_embeddings/embedding$", ("tensor", "fsdp"), True),
-    (r"embeddings/(position|token_type)_embeddings/embedding$", (None, "fsdp"), True),
-    (r"attention/self/(query|key|value)/kernel$", ("fsdp", "tensor")),
-    (r"intermediate/dense/kernel$", ("fsdp", "tensor")),
-    (r"attention/output/dense/kernel$", ("tensor", "fsdp")),
-    (r"output/dense/kernel$", ("tensor", "fsdp")),
-    (r"pooler/kernel$", ("fsdp", "tensor")),
-    (r"/lora_a$", ("fsdp", None)),
-    (r"/lora_b$", (None, "tensor")),
-)
+# The per-architecture rules live in the architecture spec (models/registry.py); this is the view
+# by arch name. BERT_RULES / QWEN3_RULES are re-exported for callers that name one architecture.
+DEFAULT_RULES: dict[str, tuple[Rule, ...]] = {name: spec.sharding_rules for name, spec in ARCHS.items()}
 
-QWEN3_RULES: tuple[Rule, ...] = (
-    (r"(norm|layernorm)[^/]*/scale$", None),
-    (r"/bias$", None),
-    (r"embed_tokens/embedding$", ("tensor", "fsdp"), True),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$", ("fsdp", "tensor")),
-    (r"(o_proj|down_proj)/kernel$", ("tensor", "fsdp")),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/lora_a$", ("fsdp", None)),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/lora_b$", (None, "tensor")),
-    (r"(o_proj|down_proj)/lora_a$", ("tensor", None)),
-    (r"(o_proj|down_proj)/lora_b$", (None, "fsdp")),
-)
 
-DEFAULT_RULES: dict[str, tuple[Rule, ...]] = {"bert": BERT_RULES, "qwen3": QWEN3_RULES}
+def rules_for(arch: str) -> tuple[Rule, ...]:
+    """The sharding rules of architecture `arch` (its ArchSpec.sharding_rules; unknown: a clear error)."""
+    return get_arch(arch).sharding_rules
 
 
 class ShardingError(ValueError):
