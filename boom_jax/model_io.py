@@ -24,7 +24,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from boom_jax.hf.loader import load_hf_model
 from boom_jax.models.config import ModelConfig
+from boom_jax.tree_paths import flatten_with_paths
 
 Params = dict[str, Any]
 
@@ -237,8 +239,6 @@ def _checkpoint_tree_metadata(params_dir: str) -> Any:
 def read_param_specs(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{leaf path: (shape, dtype)} of a model folder (or train workdir), from metadata only."""
     folder = _require_model_folder(path)
-    from boom_jax.merging.methods import flatten_with_paths
-
     leaves, _ = flatten_with_paths(_checkpoint_tree_metadata(os.path.join(folder, PARAMS_DIR)))
     return {p: (tuple(m.shape), np.dtype(m.dtype)) for p, m in leaves}
 
@@ -313,8 +313,6 @@ def load_model(path: str | os.PathLike) -> tuple[ModelConfig, Params, str | None
     path = os.fspath(path)
     folder = resolve_model_folder(path)
     if folder is None:
-        from boom_jax.hf.loader import load_hf_model
-
         cfg, params = load_hf_model(path)
         return cfg, _plain(params), tokenizer_dir_of(path)
     return read_config(folder), read_params(folder), tokenizer_dir_of(folder)

@@ -17,6 +17,7 @@ import numpy as np
 from flax import linen as nn
 
 from boom_jax.models.dropout import Dropout
+from boom_jax.tree_paths import path_names
 
 LORA_A = "lora_a"
 LORA_B = "lora_b"
@@ -83,20 +84,6 @@ class LoRADense(nn.Module):
             h = jnp.dot(jnp.dot(h, lora_a.astype(self.dtype)), lora_b.astype(self.dtype))
             y = y + h * jnp.asarray(self.lora_alpha / self.lora_rank, self.dtype)
         return y
-
-
-def _key_name(entry: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def path_names(path: Any) -> tuple[str, ...]:
-    """A leaf path as a tuple of names: accepts jax key paths, tuples of strings or "a/b/c" strings."""
-    if isinstance(path, str):
-        return tuple(p for p in path.split("/") if p)
-    return tuple(_key_name(entry) for entry in path)
 
 
 def is_lora_leaf(path: Any) -> bool:

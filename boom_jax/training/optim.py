@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from boom_jax.training.sharding import path_string
+from boom_jax.tree_paths import map_with_path_strings
 
 PathPredicate = Callable[[str], bool]
 """Takes a "/"-joined parameter path such as "encoder/layer_0/attention/self/query/kernel"."""
@@ -116,7 +116,7 @@ def default_weight_decay_predicate(path: str, ndim: int) -> bool:
 
 
 def _path_labels(params: Any, fn: Callable[[str, Any], Any]) -> Any:
-    return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_string(p), x), params)
+    return map_with_path_strings(fn, params)
 
 
 def make_optimizer(

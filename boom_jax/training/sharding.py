@@ -26,6 +26,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from boom_jax.models.registry import ARCHS, BERT_RULES, QWEN3_RULES, Rule, get_arch  # noqa: F401 (re-exports)
+from boom_jax.tree_paths import path_string  # noqa: F401 (re-exported: step.py, dry_run.py import it here)
 
 MeshSpec = Sequence[tuple[str, int]]
 BATCH_AXES = ("data", "fsdp")
@@ -80,19 +81,6 @@ def make_mesh(spec: MeshSpec, devices: Sequence[Any] | None = None, key: str = "
         )
     grid = np.asarray(devices, dtype=object).reshape(sizes)
     return Mesh(grid, tuple(names), axis_types=(AxisType.Auto,) * len(names))
-
-
-def path_string(path: Any) -> str:
-    """A jax key path as "a/b/c"."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
 
 
 def _axes_of(entry: Any) -> tuple[str, ...]:
