@@ -1,9 +1,11 @@
 """Shared defaults of every training config: one ConfigDict with the sections model, data, train,
 mesh, checkpoint, eval, export and log.
 
-Each experiment file (configs/NAME.py) starts from `base_config()` and changes what differs. The
-types of these defaults are the schema that `boom_jax.training.config_validation` enforces, so a
-key that is not here is an error, and `--config.key=value` overrides must keep the type.
+Each experiment file (configs/NAME.py) starts from `base_config()` and changes what differs. These
+defaults ARE the schema: `boom_jax.training.config_validation.SCHEMA` is derived from them (each
+key's type is its default's type, a float key also takes an int; an empty ConfigDict is a free-form
+sub-dict such as model.sizes), so a key that is not here is an error, and `--config.key=value`
+overrides must keep the type. Allowed values (CHOICES) are owned by the code that reads them.
 """
 
 from __future__ import annotations

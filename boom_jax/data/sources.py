@@ -26,6 +26,8 @@ from boom_jax.data.validation import (
     validate_record,
 )
 
+# config.data.source: the built-in corpus (boom_jax/data/builtin.py) or config.data.datasets' files.
+DATA_SOURCES = ("builtin", "files")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 HF_FILE_SUFFIXES = (".parquet", ".json", ".json.gz", ".arrow")
 NO_IN_BATCH_NEGATIVES_TYPES = ("classification", "clustering")

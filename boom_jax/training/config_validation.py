@@ -8,70 +8,72 @@ cache chunk vs batch, LoRA on an encoder-only model).
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Iterable
 
 import ml_collections
 
+from boom_jax.data.schedules import SCHEDULES
+from boom_jax.data.sources import DATA_SOURCES, parse_dataset_specs
+from boom_jax.data.validation import ON_ERROR_MODES
 from boom_jax.errors import ConfigError  # the project's one ConfigError (re-exported here)
-from boom_jax.models.config import ATTENTION_IMPLS, REMAT_POLICY_NAMES
+from boom_jax.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES, POOLING_MODES, REMAT_POLICY_NAMES
+from boom_jax.models.lora import LORA_TARGET_MODULES
 from boom_jax.models.registry import arch_names
+from boom_jax.training.loss import loss_spec_from_config
+from boom_jax.training.optim import DECAY_SCHEDULES
+from boom_jax.training.step import DROPOUT_RNG_IMPLS
+from configs.common import base_config
 
 
 _STR, _INT, _FLOAT, _BOOL, _DICT = str, int, (int, float), bool, "dict"
 
-# section.key -> expected type. The defaults themselves live in configs/common.py; a test keeps the
-# two in sync. `_DICT` marks free-form sub-dicts (model.sizes, data.datasets) checked on their own.
-SCHEMA: dict[str, Any] = {
-    "name": _STR, "seed": _INT,
-    "model.path": _STR, "model.random_init": _BOOL, "model.sizes": _DICT, "model.pooling": _STR,
-    "model.normalize": _BOOL, "model.dtype": _STR, "model.remat": _BOOL, "model.dropout": _FLOAT,
-    "model.remat_policy": _STR, "model.scan_layers": _BOOL, "model.attention_impl": _STR,
-    "model.lora_rank": _INT, "model.lora_alpha": _FLOAT, "model.lora_dropout": _FLOAT,
-    "model.lora_targets": _STR, "model.query_prompt_template": _STR,
-    "data.source": _STR, "data.names": _STR, "data.limit": _INT, "data.on_error": _STR, "data.datasets": _DICT,
-    "data.train_group_size": _INT, "data.query_max_len": _INT, "data.passage_max_len": _INT, "data.fixed_length": _BOOL,
-    "data.schedule": _STR, "data.two_stage_first": _STR, "data.subset_ratio": _FLOAT, "data.subset_seed": _INT, "data.token_cache_dir": _STR,
-    "data.no_duplicates": _BOOL,
-    "data.packing": _BOOL, "data.pack_length": _INT, "data.pack_segments": _INT, "data.pack_row_buckets": _INT,
-    "train.batch_size": _INT, "train.grad_cache_chunk": _INT, "train.learning_rate": _FLOAT,
-    "train.warmup_ratio": _FLOAT, "train.lr_schedule": _STR, "train.weight_decay": _FLOAT,
-    "train.max_grad_norm": _FLOAT, "train.epochs": _INT, "train.max_steps": _INT,
-    "train.temperature": _FLOAT,
-    "train.dropout_rng": _STR, "train.max_consecutive_skips": _INT, "train.log_every": _INT,
-    "loss.info_nce_weight": _FLOAT, "loss.kd_weight": _FLOAT, "loss.teacher_temperature": _FLOAT,
-    "loss.margin_mse_weight": _FLOAT, "loss.matryoshka_dims": _STR, "loss.matryoshka_weights": _STR,
-    "loss.fake_negative_mask": _BOOL, "loss.fake_negative_margin": _FLOAT, "loss.query_query": _BOOL,
-    "loss.passage_passage": _BOOL, "loss.passage_query": _BOOL, "loss.mask_duplicates": _BOOL,
-    "mesh.data": _INT, "mesh.fsdp": _INT, "mesh.tensor": _INT,
-    "checkpoint.every_steps": _INT, "checkpoint.keep": _INT, "checkpoint.async_save": _BOOL,
-    "eval.every_steps": _INT, "eval.tasks": _STR, "eval.at_end": _BOOL, "eval.batch_size": _INT,
-    "eval.max_queries": _INT, "eval.max_documents": _INT, "eval.max_texts": _INT, "eval.max_seq_length": _INT,
-    "export.model_folder": _BOOL, "export.sentence_transformers": _BOOL,
-    "export.model_name": _STR, "export.repo_id": _STR, "export.base_model": _STR, "export.license": _STR,
-    "export.language": _STR,
-    "log.tensorboard": _BOOL, "log.progress_bar": _BOOL,
-    # checked in full (method, weights, parameter ranges, base) by boom_jax/boom/merge_config.py
-    "merge.method": _STR, "merge.weights": _STR, "merge.params": _DICT, "merge.base": _STR,
-    "merge.heldout_examples": _INT, "merge.temperature": _FLOAT,
-}
+
+def _schema_of(defaults: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """section.key -> expected type, read off the defaults: a default's type is the key's type (a float
+    key also takes an int); an empty ConfigDict default is a free-form sub-dict (`_DICT`) checked on its own."""
+    schema: dict[str, Any] = {}
+    for key, value in defaults.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            schema.update(_schema_of(value, f"{path}.") if len(value) else {path: _DICT})
+        elif isinstance(value, bool):
+            schema[path] = _BOOL
+        elif isinstance(value, int):
+            schema[path] = _INT
+        elif isinstance(value, float):
+            schema[path] = _FLOAT
+        elif isinstance(value, str):
+            schema[path] = _STR
+        else:
+            raise TypeError(f"configs/common.py: config.{path} has a default of type {type(value).__name__}; "
+                            f"expected str, int, float, bool or a ConfigDict")
+    return schema
+
+
+# section.key -> expected type, derived from the defaults in configs/common.py (the one place a key,
+# its default and its type are written). The merge section is checked in full (method, weights,
+# parameter ranges, base) by boom_jax/boom/merge_config.py.
+SCHEMA: dict[str, Any] = _schema_of(base_config())
 
 # Top-level sections that other parts of the project add and validate themselves (e.g. a BOOM bag).
 EXTENSION_SECTIONS = ("bag", "incremental", "cluster", "experiment")
 
+# Allowed values, each imported from the code that interprets it.
 CHOICES = {
-    "model.pooling": ("", "mean", "cls", "lasttoken"),
-    "model.dtype": ("float32", "bfloat16"),
+    "model.pooling": ("",) + POOLING_MODES,  # "" keeps the model's own
+    "model.dtype": COMPUTE_DTYPES,
     "model.remat_policy": REMAT_POLICY_NAMES,
     "model.attention_impl": ATTENTION_IMPLS,
-    "data.source": ("builtin", "files"),
-    "data.on_error": ("raise", "skip"),
-    "train.lr_schedule": ("linear", "cosine", "constant"),
-    "train.dropout_rng": ("rbg", "unsafe_rbg", "threefry"),
+    "data.source": DATA_SOURCES,
+    "data.on_error": ON_ERROR_MODES,
+    "train.lr_schedule": DECAY_SCHEDULES,
+    "train.dropout_rng": DROPOUT_RNG_IMPLS,
 }
-DEFAULT_SCHEDULES = ("bls", "instance_mixing", "dataset_sequential", "task_sequential", "two_stage")
+DEFAULT_SCHEDULES = tuple(SCHEDULES)
 ENCODER_ONLY_ARCHS = arch_names(encoder_only=True)  # derived from the architecture specs
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+LORA_TARGETS = tuple(LORA_TARGET_MODULES)
 
 
 def _fail(msg: str) -> None:
@@ -123,8 +125,6 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
 
 
 def _close_matches(path: str, known: Iterable[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(path, list(known), n=3)
     return f"; did you mean {', '.join('config.' + c for c in close)}?" if close else ""
 
@@ -193,8 +193,6 @@ def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = D
     if config.data.source == "files":
         if not config.data.datasets:
             _fail("config.data.datasets is empty but config.data.source='files'")
-        from boom_jax.data.sources import parse_dataset_specs
-
         try:
             parse_dataset_specs({name: dict(spec) for name, spec in config.data.datasets.items()})
         except ValueError as e:
@@ -206,8 +204,6 @@ def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = D
 
 def check_loss(config: ml_collections.ConfigDict) -> None:
     """The loss section: non-negative finite weights, parseable Matryoshka lists (errors name config.loss.*)."""
-    from boom_jax.training.loss import loss_spec_from_config
-
     loss = config.loss
     for key in ("info_nce_weight", "kd_weight", "margin_mse_weight", "fake_negative_margin"):
         if not (math.isfinite(loss[key]) and loss[key] >= 0):
