@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import re
@@ -43,17 +42,25 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
+from boom_jax import cli
+from boom_jax.atomic_io import write_json
+from boom_jax.errors import ConfigError
 from boom_jax.training import memory_model
 from boom_jax.training.flops import traced_flops
+from boom_jax.training.model_setup import abstract_model  # noqa: F401 (part of this module's API)
+from boom_jax.training.run_setup import build_run, text_lengths
+from boom_jax.training.sharding import batch_axes, batch_sharding
+from boom_jax.tree_paths import path_string
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 LIBTPU_PIN = "libtpu==0.0.42.1"
 LIBTPU_LOCKFILE = "/tmp/libtpu_lockfile"
 
 
-class DryRunError(ValueError):
+class DryRunError(ConfigError):
     """A dry run that cannot be set up (too many target devices, an unknown topology, no libtpu)."""
 
 
@@ -94,7 +101,7 @@ def tpu_topology_devices(name: str) -> list:
     if importlib.util.find_spec("libtpu") is None:
         raise DryRunError(f"--topology={name}: compiling for TPU needs libtpu; install it with "
                           f"pip install \"{LIBTPU_PIN}\" (or pip install -e \".[tpu]\")")
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # lazy: the compile-only TPU client, only with --topology
 
     # Hosts of up to 2x2 chips (MaxText's layout for these names); libtpu needs the bounds to tile the grid.
     bounds = tuple(min(d, 2) for d in grid[:2]) + (1,)
@@ -125,51 +132,9 @@ def _cpu_devices(num_devices: int | None) -> list:
     return available[:n]
 
 
-def abstract_model(config: ml_collections.ConfigDict):
-    """(ModelConfig, params as ShapeDtypeStructs) from config.model without reading any weights."""
-    from boom_jax.models import build_model
-    from boom_jax.models.config import ModelConfig
-    from boom_jax.models.registry import to_plain_dict
-    from boom_jax.training.config_validation import ConfigError
-    from boom_jax.training.loop import resolve_model_path, runtime_overrides
-
-    path = resolve_model_path(config.model.path)
-    model_config = os.path.join(path, "model_config.json")
-    if not os.path.exists(model_config) and os.path.exists(os.path.join(path, "model", "model_config.json")):
-        model_config = os.path.join(path, "model", "model_config.json")
-    if os.path.exists(model_config):
-        with open(model_config, encoding="utf-8") as f:
-            cfg = ModelConfig.from_dict(json.load(f))
-    else:
-        from boom_jax.hf.loader import config_from_folder
-
-        cfg = config_from_folder(path)[0]
-    overrides = runtime_overrides(config)
-    lora = {k: v for k, v in overrides.items() if k.startswith("lora")}
-    try:
-        if config.model.random_init and config.model.sizes:
-            cfg = cfg.replace(**dict(config.model.sizes))
-        cfg = cfg.replace(**{k: v for k, v in overrides.items() if not k.startswith("lora")})
-    except ValueError as e:
-        raise ConfigError(f"config.model.sizes: {e}") from e
-    module = build_model(cfg)
-    ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    params = jax.eval_shape(lambda i: module.init(jax.random.PRNGKey(0), i, i, deterministic=True), ids)["params"]
-    params = to_plain_dict(params)
-    if lora:
-        from boom_jax.models.lora import add_lora_params
-
-        cfg = cfg.replace(**lora)
-        # LoRA leaves are small ([in, r] and [r, out]): drawing them for real costs nothing.
-        params = add_lora_params(params, cfg, jax.random.PRNGKey(0))
-        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
-    return cfg, params
-
-
 def batch_lengths(config: ml_collections.ConfigDict, cfg) -> tuple[int, int]:
-    """(query length, passage length) of the step: the config's maxima, capped by BERT's positions."""
-    max_len = cfg.max_position_embeddings if cfg.arch == "bert" else 1 << 30
-    return min(config.data.query_max_len, max_len), min(config.data.passage_max_len, max_len)
+    """(query length, passage length) of the step: the config's maxima, capped by the architecture."""
+    return text_lengths(config, cfg)
 
 
 def batch_shapes(config: ml_collections.ConfigDict, cfg) -> dict[str, jax.ShapeDtypeStruct]:
@@ -222,8 +187,6 @@ def flash_attention_on(cfg, target: str) -> bool:
 def analytic_terms(config: ml_collections.ConfigDict, cfg, params, shardings: dict, state, batch_bytes: int,
                    mesh, trainable, flash: bool = False) -> list[memory_model.Term]:
     """The analytic memory terms of this step on one device (boom_jax/training/memory_model.py)."""
-    from boom_jax.training.sharding import batch_axes, path_string
-
     leaves = jax.tree_util.tree_leaves_with_path(params)
     p_shardings = jax.tree.leaves(shardings["params"])
     sizes = {path_string(p): per_device_bytes(x, s) for (p, x), s in zip(leaves, p_shardings)}
@@ -269,28 +232,12 @@ def target_devices(num_devices: int | None = None, topology: str | None = None) 
 
 
 def build_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> StepSetup:
-    """The config's train step on `devices`, jitted for abstract inputs (no weights read)."""
-    from boom_jax.models import build_model
-    from boom_jax.training.config_validation import check_combinations, validate_config
-    from boom_jax.training.loop import _mesh_spec, build_optimizer
-    from boom_jax.training.sharding import DEFAULT_RULES, make_mesh
-    from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn, train_state_shardings
-
-    validate_config(config, len(devices))
-    cfg, params = abstract_model(config)
-    check_combinations(config, len(devices), cfg.arch)
-    mesh = make_mesh(_mesh_spec(config), devices=list(devices), key="config.mesh")
-    total_steps = config.train.max_steps or 1000  # shapes do not depend on it
-    optimizer, schedule, trainable = build_optimizer(config, cfg, total_steps)
-    rng = jax.random.PRNGKey(config.seed)
-    shardings = train_state_shardings(params, optimizer, rng, mesh, DEFAULT_RULES[cfg.arch])
-    state = jax.eval_shape(lambda p: init_train_state(p, optimizer, rng), params)
-    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings)
-    train_step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, config.train.temperature,
-                                 schedule=schedule, mesh=mesh, state_shardings=shardings,
-                                 grad_cache_chunk=config.train.grad_cache_chunk or None, trainable=trainable,
-                                 dropout_rng=config.train.dropout_rng)
-    return StepSetup(cfg, params, state, shardings, batch_shapes(config, cfg), mesh, trainable, train_step.jitted)
+    """The config's train step on `devices`, jitted for abstract inputs (no weights read): build_run in
+    abstract mode, so the dry run compiles exactly the step a run of this config would."""
+    setup = build_run(config, abstract=True, devices=devices)
+    state = setup.initial_state()
+    return StepSetup(setup.model_config, setup.params, state, setup.shardings, batch_shapes(config, setup.model_config),
+                     setup.mesh, setup.trainable, setup.train_step.jitted)
 
 
 def apply_memory_limit(report: dict[str, Any], device_memory_bytes: int | None) -> dict[str, Any]:
@@ -320,8 +267,6 @@ def dry_run(config: ml_collections.ConfigDict, num_devices: int | None = None,
     device_memory_bytes (given; the TPU's HBM by default) and fits (None when no limit is known).
     No weights are read; nothing is run.
     """
-    from boom_jax.training.sharding import batch_sharding, path_string
-
     if stand_in_for not in ("gpu", "cpu"):
         raise DryRunError(f"--platform={stand_in_for!r}: expected gpu or cpu (TPUs: --topology)")
     devices = target_devices(num_devices, topology)
@@ -481,8 +426,6 @@ def reexec_with_devices(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    from absl import flags
-
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -491,17 +434,12 @@ def main(argv: Sequence[str]) -> None:
                      stand_in_for=FLAGS.platform)
     print(format_report(report))
     if FLAGS.json:
-        from boom_jax.atomic_io import write_json
-
         write_json(FLAGS.json, report)
     if report["fits"] is False:
         raise SystemExit(1)
 
 
 def run() -> None:
-    from absl import flags
-    from ml_collections import config_flags
-
     reexec_with_devices(sys.argv)
     if any(a.startswith("--topology") for a in sys.argv[1:]):
         # Compile-only: the host's own backend is the CPU (libtpu then only serves the topology).
@@ -518,8 +456,6 @@ def run() -> None:
                        "a peak above it exits with 1.")
     flags.DEFINE_string("json", "", "Also write the report as JSON to this file.")
     flags.mark_flags_as_required(["config"])
-    from boom_jax import cli
-
     cli.run(main)  # bad input: one line, exit code 2
 
 

@@ -13,10 +13,15 @@ The learning rate is passed into the step per member (evaluated on the host from
 optax schedule at its number of applied updates), and the optimizer itself runs at lr 1: AdamW's
 update scaled by lr afterwards is the same arithmetic as AdamW with the schedule inside.
 
+The run goes through the same setup (training/run_setup.build_run, once per member on the shared
+model and mesh) and the same loop and hooks (training/run_loop) as a plain run: per-member metrics
+and dev scores, the non-finite stop, checkpoints of the whole stacked state with every member's data
+position in DIR/stacked/checkpoints, SIGTERM saves and stops, and re-running resumes exactly.
+
 Limits: all members must yield the same batch shapes (same batch size and group size; with
 config.data.fixed_length=False right-padded models are padded to the longest member's buckets, and
-left-padded ones need fixed_length=True); there is no mid-run checkpointing (re-running restarts);
-one process only (multi-host runs train members sequentially or one per launch).
+left-padded ones need fixed_length=True); one process only (multi-host runs train members
+sequentially or one per launch).
 """
 
 from __future__ import annotations
@@ -31,19 +36,54 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from boom_jax.atomic_io import write_json
 from boom_jax.data.records import TrainDataset
-from boom_jax.training.workdir_lock import holds_workdir_lock
-from boom_jax.training.grad_cache import EmbedFn
-from boom_jax.training.sharding import batch_axes
+from boom_jax.data.schedules import SCHEDULES
+from boom_jax.errors import ConfigError
 from boom_jax.packing import pad_packed_rows
+from boom_jax.training.checkpoint import TrainCheckpointer
+from boom_jax.training.config_validation import validate_config
+from boom_jax.training.distributed import to_host
+from boom_jax.training.grad_cache import EmbedFn
 from boom_jax.training.loss import LossSpec
-from boom_jax.training.step import LOSS_INPUT_KEYS, PACKED_KEYS, batch_shard_count, is_packed, make_update, prepare_batch
+from boom_jax.training.metrics import MetricsWriter
+from boom_jax.training.model_setup import load_model_for_training, resolve_model_path
+from boom_jax.training.optim import make_optimizer
+from boom_jax.training.outputs import write_outputs
+from boom_jax.training.provenance import training_provenance
+from boom_jax.training.resume_rules import check_resume_config
+from boom_jax.training.run_loop import (
+    CheckpointHook,
+    MemberHooks,
+    NonFiniteStop,
+    Program,
+    ProgressHook,
+    dev_eval_hook,
+    metrics_hook,
+    progress_bar,
+    run_loop,
+)
+from boom_jax.training.run_setup import RunSetup, build_run, config_to_dict
+from boom_jax.training.sharding import ShardingError, batch_axes, make_mesh
+from boom_jax.training.step import (
+    LOSS_INPUT_KEYS,
+    PACKED_KEYS,
+    batch_shard_count,
+    init_train_state,
+    is_packed,
+    make_update,
+    prepare_batch,
+    train_state_shardings,
+)
+from boom_jax.training.train_data import load_train_datasets
+from boom_jax.training.workdir_lock import holds_workdir_lock
 
 MEMBER_AXIS = "member"
+STACKED_DIR = "stacked"  # DIR/stacked/checkpoints: the stacked state and every member's data position
 STEP_KEYS = ("query_ids", "query_mask", "passage_ids", "passage_mask", "in_batch_negatives")
 
 
@@ -63,8 +103,6 @@ class StackedMember:
 
 def stacked_mesh(num_members: int, mesh_config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> Mesh:
     """A mesh ("member", M) x the config's ("data", "fsdp", "tensor") axes on the remaining devices."""
-    from boom_jax.training.sharding import ShardingError, make_mesh
-
     devices = list(jax.devices() if devices is None else devices)
     if num_members < 1 or len(devices) % num_members:
         raise ShardingError(f"{num_members} stacked members cannot split {len(devices)} devices evenly; "
@@ -82,8 +120,6 @@ def stacked_state_shardings(params: Any, optimizer: optax.GradientTransformation
                             rules: Any) -> dict:
     """Shardings of a stacked train state: each member's usual sharding with "member" in front.
     `params` are ONE member's (arrays or ShapeDtypeStructs)."""
-    from boom_jax.training.step import train_state_shardings
-
     one = train_state_shardings(params, optimizer, rng, mesh, rules)
     return jax.tree.map(_stack_spec, one, is_leaf=lambda x: isinstance(x, NamedSharding))
 
@@ -96,8 +132,6 @@ def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
 def init_stacked_state(member_params: Sequence[Any], optimizer: optax.GradientTransformation, rng: jax.Array,
                        shardings: dict) -> dict:
     """The stacked train state (see boom_jax.training.step) from each member's initial params."""
-    from boom_jax.training.step import init_train_state
-
     stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *member_params)
     stacked = jax.device_put(stacked, shardings["params"])
     rngs = jnp.stack([rng] * len(member_params))
@@ -227,41 +261,66 @@ def _stack_packed(batches: Sequence[dict], names: Sequence[str]) -> dict:
 # The driver
 
 
+def _stacked_program(setups: Sequence[RunSetup], names: Sequence[str], step_fn, applied: np.ndarray,
+                     padding_side: str) -> Program:
+    """One stacked step per loop step: each active member's next batch (a finished member is fed an
+    active member's batch, its update masked), the lr of each member's own schedule at its applied
+    updates; `applied` is updated in place from the step's metrics."""
+    totals = [s.total_steps for s in setups]
+
+    def next_batch(step: int):
+        active = [step < t for t in totals]
+        own = [next(s.batcher) if a else None for s, a in zip(setups, active)]
+        filler = next(b for b in own if b is not None)
+        return stack_batches([b if b is not None else filler for b in own], names, padding_side), active, own
+
+    def step(state, batch):
+        stacked, active, _ = batch
+        lr = [float(s.schedule(int(a))) for s, a in zip(setups, applied)]
+        state, metrics = step_fn(state, stacked, active, lr)
+        metrics = jax.device_get(metrics)
+        applied[:] += np.asarray(active, np.int64) * (1 - np.asarray(metrics["skipped"], np.int64))
+        return state, metrics
+
+    def data_state() -> dict:
+        return {"members": {name: s.batcher.state() for name, s in zip(names, setups)}}
+
+    return Program(total_steps=max(totals), next_batch=next_batch, step=step, data_state=data_state)
+
+
+def _restore(ckpt: TrainCheckpointer, state: dict, config: ml_collections.ConfigDict, workdir: str,
+             setups: Sequence[RunSetup], names: Sequence[str]) -> tuple[int, dict, dict]:
+    """(start step, state, saved data item) from the newest intact stacked checkpoint (0, state, {} without
+    one); refuses a checkpoint of other members or of a config changed in keys that fix the run."""
+    restored = ckpt.restore_intact(state)
+    if restored is None:
+        return 0, state, {}
+    step, state, data_state, saved = restored
+    if sorted(data_state.get("members", {})) != sorted(names):
+        raise ConfigError(f"{ckpt.directory}: the stacked checkpoint is of members "
+                          f"{sorted(data_state.get('members', {}))}, this run trains {sorted(names)}; "
+                          f"remove {os.path.dirname(ckpt.directory)} to start the stacked members over")
+    check_resume_config(saved, config_to_dict(config), workdir, step)
+    for name, setup in zip(names, setups):
+        setup.batcher.restore(data_state["members"][name])
+    if jax.process_index() == 0:
+        logging.info("stacked members %s resumed from step %d", ", ".join(names), step)
+    return step, state, data_state
+
+
 @holds_workdir_lock  # one run of this workflow per workdir
 def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequence[StackedMember],
                   datasets: Sequence[TrainDataset] | None = None) -> list[dict]:
-    """Trains every member of a bag at once on a ("member", M) x data-parallel mesh.
+    """Trains (or resumes) every member of a bag at once on a ("member", M) x data-parallel mesh.
 
     `config` is the bag's config (model, mesh, optimizer settings); each member's own config gives
     its subset ratio/seed and name. Writes DIR/members/<name>/{config.json, subset_manifest.json,
     metrics.jsonl, model/ (and export/ when config.export.sentence_transformers)} like the sequential
-    path. Returns one record per member: name, steps, examples, subset_examples, final_loss,
-    wall_time_s (the shared wall time), model (its model folder).
+    path, and DIR/stacked/checkpoints (the stacked state; re-running resumes from it). Returns one record
+    per member: name, steps, examples, subset_examples, final_loss, wall_time_s (the shared wall time of
+    this launch), model (its model folder). SIGTERM saves a checkpoint and raises SystemExit (re-run to
+    resume); a non-finite stop raises NonFiniteLossError naming the member.
     """
-    from boom_jax.data.batcher import Batcher
-    from boom_jax.data.schedules import SCHEDULES
-    from boom_jax.data.token_store import default_token_cache_dir
-    from boom_jax.models import build_model
-    from boom_jax.tokenization import TextTokenizer, load_tokenizer
-    from boom_jax.training.config_validation import ConfigError, validate_config
-    from boom_jax.training.loop import (
-        build_optimizer,
-        config_to_dict,
-        load_model_for_training,
-        load_train_datasets,
-        packing_options,
-        prepare_datasets,
-        resolve_model_path,
-        schedule_options,
-        write_outputs,
-    )
-    from boom_jax.training.metrics import MetricsWriter
-    from boom_jax.training.optim import make_optimizer
-    from boom_jax.training.sharding import DEFAULT_RULES
-    from boom_jax.training.loss import run_loss_spec
-    from boom_jax.training.provenance import training_provenance
-    from boom_jax.training.step import module_embed_fn
-
     if not members:
         raise ValueError("train_stacked needs at least one member")
     m = len(members)
@@ -275,121 +334,90 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     rng = jax.random.PRNGKey(config.seed)
-    cfg, params, tokenizer_dir = load_model_for_training(config, rng)
+    model = load_model_for_training(config, rng)
+    cfg, params, tokenizer_dir = model
     if datasets is None:
         datasets = load_train_datasets(config)
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    max_len = cfg.max_position_embeddings if cfg.arch == "bert" else 1 << 30
-    query_len, passage_len = min(config.data.query_max_len, max_len), min(config.data.passage_max_len, max_len)
-    fixed = config.data.fixed_length
-    query_tok = TextTokenizer(tokenizer, query_len, cfg.padding_side, cfg.append_eos,
-                              buckets=(query_len,) if fixed else None)
-    passage_tok = TextTokenizer(tokenizer, passage_len, cfg.padding_side, cfg.append_eos,
-                                buckets=(passage_len,) if fixed else None)
-
-    try:  # the members share the loss (as the sequential loop builds it)
-        loss_spec = run_loss_spec(config.loss, config.train.temperature, cfg.embedding_dim, datasets)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    batchers, schedules, totals, dirs, writers, member_sets = [], [], [], [], [], []
+    mesh = stacked_mesh(m, config.mesh)
+    names = [mb.name for mb in members]
+    dirs, setups = [], []
     for member in members:
         member_dir = os.path.join(workdir, "members", member.name)
         os.makedirs(member_dir, exist_ok=True)
-        mc = member.config
         if is_main:
-            write_json(os.path.join(member_dir, "config.json"), config_to_dict(mc))
-        train_sets = prepare_datasets(mc, member_dir, datasets, member.subset)
-        member_sets.append(train_sets)
-        batcher = Batcher(train_sets, query_tok, passage_tok, mc.train.batch_size,
-                          group_size=mc.data.train_group_size, schedule=mc.data.schedule, seed=mc.seed,
-                          schedule_options=schedule_options(mc, train_sets), num_epochs=None if mc.train.max_steps else mc.train.epochs,
-                          process_index=jax.process_index(), process_count=jax.process_count(),
-                          token_cache_dir=mc.data.token_cache_dir or default_token_cache_dir(member_dir),
-                          teacher_scores=loss_spec.needs_teacher_scores, duplicate_masks=loss_spec.mask_duplicates,
-                          no_duplicates=mc.data.no_duplicates,
-                          **packing_options(mc, batch_shard_count(stacked_mesh(m, config.mesh))))
-        total = mc.train.max_steps or batcher.total_steps
-        schedules.append(build_optimizer(mc, cfg, total)[1])
-        batchers.append(batcher)
-        totals.append(int(total))
+            write_json(os.path.join(member_dir, "config.json"), config_to_dict(member.config))
+        setups.append(build_run(member.config, member_dir, datasets, member.subset, mesh=mesh, model=model,
+                                make_step=False))
         dirs.append(member_dir)
-        writers.append(MetricsWriter(member_dir, config.log.tensorboard, enabled=is_main))
 
-    trainable = None
-    if cfg.lora_rank > 0:
-        from boom_jax.models.lora import is_lora_leaf
-
-        trainable = is_lora_leaf
+    trainable = setups[0].trainable
     optimizer, _ = make_optimizer(1.0, 1, warmup_steps=0, decay="constant", weight_decay=config.train.weight_decay,
                                   clip_norm=config.train.max_grad_norm or None, trainable=trainable)
-    mesh = stacked_mesh(m, config.mesh)
-    shardings = stacked_state_shardings(params, optimizer, rng, mesh, DEFAULT_RULES[cfg.arch])
+    shardings = stacked_state_shardings(params, optimizer, rng, mesh, setups[0].rules)
     state = init_stacked_state([params] * m, optimizer, rng, shardings)
-    del params
-    step_fn = make_stacked_train_step(module_embed_fn(build_model(cfg)), optimizer, config.train.temperature, mesh,
-                                      shardings, grad_cache_chunk=config.train.grad_cache_chunk or None,
-                                      trainable=trainable, loss_spec=loss_spec)
+    del params, model
+    for setup in setups:
+        setup.params = None  # the stacked state holds the members' params now
+    step_fn = make_stacked_train_step(setups[0].embed_fn(), optimizer, config.train.temperature, mesh, shardings,
+                                      grad_cache_chunk=config.train.grad_cache_chunk or None, trainable=trainable,
+                                      loss_spec=setups[0].loss_spec)
 
-    applied = [0] * m
-    last_batches: list[dict | None] = [None] * m
-    last_loss = [float("nan")] * m
-    names = [mb.name for mb in members]
-    longest = max(totals)
-    bar = None
-    if is_main and config.log.progress_bar:
-        from tqdm.auto import tqdm
+    ckpt = TrainCheckpointer(os.path.join(workdir, STACKED_DIR), config.checkpoint.every_steps,
+                             config.checkpoint.keep, config.checkpoint.async_save)
+    start_step, state, saved = _restore(ckpt, state, config, workdir, setups, names)
+    totals = [s.total_steps for s in setups]
+    saved_losses = saved.get("final_loss") or [None] * m
+    applied = np.asarray(jax.device_get(state["step"]), np.int64) - np.asarray(jax.device_get(state["skipped"]),
+                                                                                 np.int64)
+    skipped = np.asarray(jax.device_get(state["skipped"]))
+    member_hooks, metric_hooks, evaluations = [], [], []
+    member_params = jax.tree.map(lambda x: x[0], state["params"])
+    for i, setup in enumerate(setups):
+        writer = MetricsWriter(dirs[i], config.log.tensorboard, resume_step=min(start_step, totals[i]) if start_step
+                               else None, enabled=is_main)
+        hook = metrics_hook(config, setup, writer, member_params, int(skipped[i]), devices=jax.device_count() // m)
+        hook.last_loss = float("nan") if saved_losses[i] is None else float(saved_losses[i])
+        hooks = [hook]
+        evaluation = dev_eval_hook(members[i].config, setup, writer, None, hook.restart_clock)
+        if evaluation is not None:
+            hooks.append(evaluation)
+        evaluations.append(evaluation)
+        member_hooks.append(hooks)
+        metric_hooks.append(hook)
+    del member_params
 
-        bar = tqdm(total=longest, desc=f"{config.name} ({m} members)", unit="step", dynamic_ncols=True)
+    program = _stacked_program(setups, names, step_fn, applied, cfg.padding_side)
+    data_state = program.data_state
+    program.data_state = lambda: {**data_state(), "final_loss": [None if not np.isfinite(h.last_loss) else h.last_loss
+                                                                for h in metric_hooks]}
+    bar = progress_bar(config.log.progress_bar, program.total_steps, start_step, f"{config.name} ({m} members)")
+    hooks = [NonFiniteStop(config.train.max_consecutive_skips, ckpt, names),
+             MemberHooks(member_hooks, totals, lambda batch, i: batch[2][i]),
+             CheckpointHook(ckpt, program.data_state, config_to_dict(config)), ProgressHook(bar)]
     start = time.time()
-    try:
-        for step in range(longest):
-            active = [step < t for t in totals]
-            for i, batcher in enumerate(batchers):
-                if active[i]:
-                    last_batches[i] = next(batcher)
-            lr = [float(schedules[i](applied[i])) for i in range(m)]
-            batch = stack_batches(last_batches, names, cfg.padding_side)
-            state, metrics = step_fn(state, batch, active, lr)
-            metrics = jax.device_get(metrics)
-            for i in range(m):
-                if not active[i]:
-                    continue
-                applied[i] += 1 - int(metrics["skipped"][i])
-                loss = float(metrics["loss"][i])
-                if np.isfinite(loss):
-                    last_loss[i] = loss
-                if (step + 1) % config.train.log_every == 0 or step + 1 == totals[i]:
-                    writers[i].write(step + 1, {"loss": loss, "lr": float(metrics["lr"][i]),
-                                                "grad_norm": float(metrics["grad_norm"][i])})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=" ".join(f"{x:.3f}" for x in last_loss))
-    finally:
-        if bar is not None:
-            bar.close()
-        for w in writers:
-            w.close()
+    loop = run_loop(program, state, start_step, hooks)
     wall = round(time.time() - start, 2)
+    if loop.preempted:
+        raise SystemExit(f"stacked members {', '.join(names)} were preempted at step {loop.step}; the checkpoint is "
+                         f"in {ckpt.directory}. Re-run the same command to resume.")
 
-    from boom_jax.training.distributed import to_host
-
-    host_params = to_host(state["params"])
+    host_params = to_host(loop.params)
     records = []
     for i, member in enumerate(members):
         params_i = jax.tree.map(lambda x: x[i], host_params)
         if is_main:
-            provenance = training_provenance(member.config, member_sets[i], steps=totals[i], wall_time_s=wall,
-                                             workdir=dirs[i], model_dir=resolve_model_path(member.config.model.path))
+            provenance = training_provenance(member.config, setups[i].train_sets, steps=totals[i], wall_time_s=wall,
+                                             workdir=dirs[i], model_dir=resolve_model_path(member.config.model.path),
+                                             dev_scores=evaluations[i].scores if evaluations[i] is not None else {})
             write_outputs(member.config, dirs[i], cfg, params_i, tokenizer_dir, provenance)
         subset_examples = (int(sum(len(v) for v in member.subset.indices.values())) if member.subset is not None
                            else int(sum(len(d.examples) for d in datasets)))
         records.append({"name": member.name, "steps": totals[i],
                         "examples": totals[i] * int(member.config.train.batch_size),
-                        "subset_examples": subset_examples, "final_loss": last_loss[i], "wall_time_s": wall,
-                        "model": os.path.join(dirs[i], "model")})
+                        "subset_examples": subset_examples, "final_loss": metric_hooks[i].last_loss,
+                        "wall_time_s": wall, "model": os.path.join(dirs[i], "model")})
     return records
 
 
-__all__ = ["MEMBER_AXIS", "StackedMember", "init_stacked_state", "make_stacked_train_step", "stack_batches",
-           "stacked_batch_sharding", "stacked_mesh", "stacked_state_shardings", "train_stacked"]
+__all__ = ["MEMBER_AXIS", "STACKED_DIR", "StackedMember", "init_stacked_state", "make_stacked_train_step",
+           "stack_batches", "stacked_batch_sharding", "stacked_mesh", "stacked_state_shardings", "train_stacked"]
