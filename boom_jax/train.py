@@ -33,7 +33,11 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from boom_jax import cli
+from boom_jax.training.compile_cache import enable_compilation_cache
 from boom_jax.training.config_validation import ConfigError, check_override_keys
+from boom_jax.training.distributed import maybe_initialize
+from boom_jax.training.dry_run import dry_run, format_report
+from boom_jax.training.loop import train
 
 FLAGS = flags.FLAGS
 
@@ -72,20 +76,15 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     cli.check_arguments(argv, flag_values)
     if not ("verbosity" in flag_values and flag_values["verbosity"].present):
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 shows them
-    from boom_jax.training.compile_cache import enable_compilation_cache
-    from boom_jax.training.distributed import maybe_initialize
-    from boom_jax.training.loop import train
-
     enable_compilation_cache()  # later runs and bag members with the same shapes skip recompiling
     maybe_initialize(flag_values.distributed, flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
     if flag_values.dry_run:
-        from boom_jax.training.dry_run import dry_run, format_report
-
         report = dry_run(flag_values.config)
         print(format_report(report))
         if report.get("fits") is False:  # None: no memory limit known, nothing to refuse
             sys.exit(1)
         return
+    # lazy: the workflows evaluate models, and the evaluation imports mteb (seconds); a plain run needs none
     from boom_jax.boom.bag import run_bag
     from boom_jax.boom.clusters import run_cluster_merge
     from boom_jax.boom.incremental import run_incremental

@@ -120,7 +120,8 @@ def test_restore_train_state_onto_another_mesh(runs):
     import jax
 
     from boom_jax.training.checkpoint import TrainCheckpointer
-    from boom_jax.training.loop import build_optimizer, load_model_for_training
+    from boom_jax.training.model_setup import load_model_for_training
+    from boom_jax.training.run_setup import build_optimizer
     from boom_jax.training.sharding import DEFAULT_RULES, make_mesh
     from boom_jax.training.step import init_train_state, train_state_shardings
     from configs import tiny

@@ -10,7 +10,7 @@ import pytest
 
 from boom_jax.boom.bag import Member, member_config, member_subset, train_member
 from boom_jax.model_io import load_model
-from boom_jax.training.loop import load_train_datasets
+from boom_jax.training.train_data import load_train_datasets
 from boom_jax.training.stacked import StackedMember, stack_batches, stacked_mesh, train_stacked
 from configs import bag as bag_config
 from configs import tiny
