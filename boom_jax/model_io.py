@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
+from boom_jax.atomic_io import atomic_folder, publish_folder, temp_folder, write_json, write_text
 from boom_jax.hf.loader import load_hf_model
 from boom_jax.models.config import ModelConfig
 from boom_jax.tree_paths import flatten_with_paths
@@ -148,39 +148,18 @@ def write_params(params_dir: str, params: Params) -> None:
         ckpt.save(os.path.abspath(params_dir), args=ocp.args.PyTreeSave(_to_numpy(params)))
 
 
-def temp_sibling(path: str) -> str:
-    """A fresh hidden folder next to `path` (same filesystem, so a rename publishes it atomically)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
-    return tmp
-
-
-def publish(tmp: str, path: str, overwrite: bool) -> None:
-    """Renames the finished `tmp` folder to `path`, replacing an existing one only with `overwrite`."""
-    path = os.path.abspath(path)
-    if os.path.exists(path):
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-        trash = tmp + ".old"
-        os.rename(path, trash)
-        os.rename(tmp, path)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
+# The folder publish of atomic_io under the names the merge uses (merging/streaming.py).
+temp_sibling = temp_folder
+publish = publish_folder
 
 
 def write_model_files(folder: str, cfg: ModelConfig, tokenizer_dir: str | None, readme: str | None = None) -> None:
     """model_config.json, tokenizer/ and README.md of a model folder being built in `folder`."""
-    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
+    write_json(os.path.join(folder, CONFIG_FILE), cfg.to_dict())
     if tokenizer_dir is not None:
         _copy_tokenizer(os.fspath(tokenizer_dir), os.path.join(folder, TOKENIZER_DIR))
     if readme:
-        with open(os.path.join(folder, README_FILE), "w") as f:
-            f.write(readme.rstrip() + "\n")
+        write_text(os.path.join(folder, README_FILE), readme.rstrip() + "\n")
 
 
 def save_model_folder(
@@ -199,14 +178,9 @@ def save_model_folder(
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-    tmp = temp_sibling(path)
-    try:
+    with atomic_folder(path, overwrite) as tmp:
         write_model_files(tmp, cfg, None if tokenizer_dir is None else os.fspath(tokenizer_dir), readme)
         write_params(os.path.join(tmp, PARAMS_DIR), params)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish(tmp, path, overwrite)
     return path
 
 

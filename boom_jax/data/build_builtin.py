@@ -26,10 +26,8 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,6 +35,7 @@ from typing import Callable
 from absl import app, flags, logging
 from tqdm import tqdm
 
+from boom_jax.atomic_io import atomic_write, publish_folder, temp_folder
 from boom_jax.data.extract import bible, debian, faq, foldoc, gcide, golang, python_lib, wordnet
 from boom_jax.data.extract.bm25 import Bm25Index
 from boom_jax.data.extract.near_dup import NearDuplicateIndex
@@ -123,11 +122,11 @@ def cached(cache: Path, name: str, make: Callable[[], list]) -> list:
         with gzip.open(path, "rt", encoding="utf-8") as handle:
             return json.load(handle)
     records = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r for r in make()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as handle:
-        json.dump(records, handle)
-    tmp.rename(path)
+    def write(tmp: str) -> None:
+        with gzip.open(tmp, "wt", encoding="utf-8") as handle:
+            json.dump(records, handle)
+
+    atomic_write(path, write)
     return records
 
 
@@ -534,7 +533,7 @@ def write_corpus(out: Path, sets: list[TrainSet], tasks: list[EvalTask], version
                  baselines: dict[str, float]) -> dict:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = Path(temp_folder(out))
     (tmp / "train").mkdir()
     (tmp / "eval").mkdir()
     manifest = {"format": 1, "seed": seed, "source_versions": versions, "python": sys.version.split()[0],
@@ -562,14 +561,7 @@ def write_corpus(out: Path, sets: list[TrainSet], tasks: list[EvalTask], version
     notice += ["", "Source package versions are listed in manifest.json (source_versions).",
                "Rebuild: python -m boom_jax.data.build_builtin --out=boom_jax/data/builtin", ""]
     (tmp / "NOTICE").write_text("\n".join(notice))
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    publish_folder(tmp, out, overwrite=True)
     return manifest
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
+from boom_jax.atomic_io import write_text
 from boom_jax.data.records import TrainDataset
 
 SAMPLING_MODES = ("without_replacement", "with_replacement", "pooled")
@@ -82,18 +81,8 @@ class SubsetManifest:
                    sizes={str(k): int(v) for k, v in d["sizes"].items()})
 
     def save(self, path: str) -> None:
-        """Writes the manifest as JSON atomically (temp file in the same folder, then rename)."""
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, separators=(",", ":"))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        """Writes the manifest as compact JSON atomically (boom_jax.atomic_io)."""
+        write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str) -> "SubsetManifest":

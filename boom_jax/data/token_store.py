@@ -18,12 +18,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from boom_jax.atomic_io import atomic_write
 from boom_jax.tokenization import bucket_for, finish_token_ids
 
 STORE_FORMAT = 1
@@ -261,14 +261,8 @@ def load_or_build_store(texts: Iterable[str], text_tokenizer: Any, cache_dir: st
 
 def _save_atomic(path: str, flat: np.ndarray, offsets: np.ndarray, key: str) -> None:
     """Writes the store to a temp file next to `path` and renames it (never a half-written store)."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokens-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
             np.savez(f, ids=flat, offsets=offsets, key=np.asarray(key))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)

@@ -10,13 +10,11 @@ It is written to a temporary sibling folder and renamed into place only when com
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 
-from boom_jax.atomic_io import write_json
+from boom_jax.atomic_io import atomic_folder, write_json
 from boom_jax.hf.model_card import write_card_files
 from boom_jax.hf.st_folder import read_json, write_st_files
 from boom_jax.models.config import ModelConfig
@@ -77,24 +75,14 @@ def export_sentence_transformers(
     tokenizer.model_max_length = cfg.max_seq_length
     tokenizer.padding_side = cfg.padding_side
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
+    # _check_out_dir has refused a non-empty out_dir without overwrite; an existing one is swapped at the end.
+    with atomic_folder(out_dir, overwrite=True) as tmp:
         save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        import json
-
-        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json(os.path.join(tmp, "config.json"), hf_config)
         tokenizer.save_pretrained(tmp)
         _strip_tokenizer_remote_code(tmp)
         write_st_files(tmp, cfg)
         write_card_files(tmp, cfg, provenance)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -106,17 +94,3 @@ def _strip_tokenizer_remote_code(folder: str) -> None:
             write_json(path, strip_remote_code(config))
 
 
-def _replace_dir(new: str, target: str) -> None:
-    """Move the finished folder `new` to `target`, replacing an existing one only at the very end."""
-    if not os.path.exists(target):
-        os.rename(new, target)
-        return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
-    os.rmdir(old)
-    os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,8 @@ import math
 import os
 from typing import Any, Mapping
 
+from boom_jax.atomic_io import write_text
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -39,11 +41,7 @@ class MetricsWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         kept = [r for r in read_metrics(workdir) if resume_step is not None and r.get("step", 0) <= resume_step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in kept:
-                f.write(json.dumps(record) + "\n")
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
