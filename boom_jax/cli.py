@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import sys
 import traceback
 from typing import Any, Callable, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 EXIT_BAD_INPUT = 2
 TRACEBACK_ENV = "BOOM_JAX_TRACEBACK"
@@ -176,6 +178,19 @@ def check_arguments(argv: Sequence[str], flag_values: flags.FlagValues, *require
     for name in required:
         if not getattr(flag_values, name):
             raise app.UsageError(f"--{name} is required")
+
+
+def _project_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or os.path.abspath(record.pathname).startswith(_PACKAGE_DIR + os.sep)
+
+
+def quiet_dependencies(flag_values: flags.FlagValues) -> None:
+    """Unless --verbosity was given: the project's own INFO lines (the workflows' progress and summaries,
+    the loop's resume notes) and every warning, but not the dependencies' INFO (Orbax logs every save)."""
+    if "verbosity" in flag_values and flag_values["verbosity"].present:
+        return
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logging.get_absl_handler().addFilter(_project_or_warning)
 
 
 def run(main: Callable[[Sequence[str]], Any]) -> None:

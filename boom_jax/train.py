@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from boom_jax import cli
@@ -74,8 +74,7 @@ def parse_config(argv: Sequence[str]):
 def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """Runs what the parsed flags say: a dry run, a workflow (bag, incremental, cluster) or one training run."""
     cli.check_arguments(argv, flag_values)
-    if not ("verbosity" in flag_values and flag_values["verbosity"].present):
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 shows them
+    cli.quiet_dependencies(flag_values)  # Orbax logs every save at INFO; -v 0 shows them
     enable_compilation_cache()  # later runs and bag members with the same shapes skip recompiling
     maybe_initialize(flag_values.distributed, flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
     if flag_values.dry_run:

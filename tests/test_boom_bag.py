@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from boom_jax.boom.bag import BagConfigError, bag_members, member_subset, run_bag
+from boom_jax.boom.bag import bag_members, member_subset, run_bag
 from boom_jax.data.builtin import builtin_train_datasets
 from boom_jax.data.sampling import SubsetManifest
+from boom_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -133,12 +134,12 @@ def test_bad_bag_sections_name_the_key():
     config = tiny_config()
     with config.unlocked():
         config.bag.ratios = (0.5, 1.5)
-    with pytest.raises(BagConfigError, match=r"config\.bag\.ratios"):
+    with pytest.raises(ConfigError, match=r"config\.bag\.ratios"):
         bag_members(config.bag)
     config = tiny_config()
     with config.unlocked():
         config.bag.member = 7
-    with pytest.raises(BagConfigError, match=r"config\.bag\.member=7"):
+    with pytest.raises(ConfigError, match=r"config\.bag\.member=7"):
         bag_members(config.bag)
 
 

@@ -1,9 +1,7 @@
 """Cluster-level merging: interactions and clustering against hand-computed values, held-out dev
 slices, and a whole tiny run (probes, clusters, merge, export, resume)."""
 
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -13,10 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from boom_jax.boom.clusters import (ClusterConfigError, cluster_datasets, cluster_linkage, dev_split,
+from boom_jax.boom.clusters import (cluster_datasets, cluster_linkage, dev_split,
                                     interaction_distance, interaction_matrix, run_cluster_merge)
 from boom_jax.data.builtin import builtin_train_datasets
 from boom_jax.data.sampling import SubsetManifest
+from boom_jax.errors import ConfigError
+from tests.helpers_logs import captured_logs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -108,7 +108,7 @@ def test_dev_split_holds_out_a_seeded_disjoint_slice():
     assert [len(d.examples) for d in manifest.apply(datasets[1:])] == [22]
     assert dev_split(datasets, 8, seed=0) == split
     assert dev_split(datasets, 8, seed=1).dev != split.dev
-    with pytest.raises(ClusterConfigError, match=r"config.cluster.dev_examples=25 leaves fewer than 8"):
+    with pytest.raises(ConfigError, match=r"config.cluster.dev_examples=25 leaves fewer than 8"):
         dev_split(datasets, 25, seed=0, min_train=8)
 
 
@@ -138,10 +138,9 @@ def cluster_run(tmp_path_factory):
     report = json.loads((workdir / "clusters.json").read_text())
     records = sorted(workdir.glob("*/*/*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in records if p.name in ("probe.json", "cluster.json")}
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with captured_logs() as messages:
         again = run_cluster_merge(tiny_config(), str(workdir))
-    return workdir, report, again, stamps, out.getvalue()
+    return workdir, report, again, stamps, "\n".join(messages)
 
 
 def test_run_writes_interactions_clusters_and_plots(cluster_run):
@@ -254,6 +253,6 @@ def test_more_clusters_than_datasets_is_refused_before_training(tmp_path):
     config = tiny_config()
     with config.unlocked():
         config.cluster.num_clusters = 4
-    with pytest.raises(ClusterConfigError, match=r"config.cluster.num_clusters=4 exceeds the 3 datasets"):
+    with pytest.raises(ConfigError, match=r"config.cluster.num_clusters=4 exceeds the 3 datasets"):
         run_cluster_merge(config, str(tmp_path))
     assert not (tmp_path / "probes").exists()

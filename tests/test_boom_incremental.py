@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from boom_jax.boom.incremental import IncrementalConfigError, run_incremental, split_old_new
+from boom_jax.boom.incremental import run_incremental, split_old_new
 from boom_jax.data.builtin import builtin_train_datasets
 from boom_jax.data.sampling import SubsetManifest
+from boom_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -77,8 +78,8 @@ def test_bad_dataset_names_are_named():
     config = tiny_incremental_config()
     datasets = builtin_train_datasets(limit=4)
     config.incremental.new_datasets = "nope"
-    with pytest.raises(IncrementalConfigError, match=r"config\.incremental\.new_datasets: unknown datasets \['nope'\]"):
+    with pytest.raises(ConfigError, match=r"config\.incremental\.new_datasets: unknown datasets \['nope'\]"):
         split_old_new(config, datasets)
     config.incremental.new_datasets = "debian_desc"
-    with pytest.raises(IncrementalConfigError, match="both old and new"):
+    with pytest.raises(ConfigError, match="both old and new"):
         split_old_new(config, datasets)

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from boom_jax.experiments.plan import DatasetInfo, ExperimentConfigError, make_plan
+from boom_jax.errors import ConfigError
+from boom_jax.experiments.plan import DatasetInfo, make_plan
 from boom_jax.experiments.runner import merge_run_spec
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def test_slerp_row_skipped_with_more_than_two_task_types(config):
 
 def test_bad_operator_and_bad_merge_settings_are_refused(config):
     section = dict(config.experiment.to_dict(), operators="ties,soup")
-    with pytest.raises(ExperimentConfigError, match=r"config.experiment.operators: unknown \['soup'\]"):
+    with pytest.raises(ConfigError, match=r"config.experiment.operators: unknown \['soup'\]"):
         make_plan(TINY, section, int(config.train.batch_size))
     plan = make_plan(TINY, config.experiment.to_dict(), int(config.train.batch_size))
     boom = next(m for m in plan.merges if m.name == "boom_50_100")

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from boom_jax.experiments.plan import (DatasetInfo, ExperimentConfigError, make_plan, parse_ratio_sets,
+from boom_jax.errors import ConfigError
+from boom_jax.experiments.plan import (DatasetInfo, make_plan, parse_ratio_sets,
                                        schedule_steps)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def test_bls_trained_separately_when_asked():
 def test_ratio_sets_parse_and_refuse_bad_values():
     assert parse_ratio_sets("100,20;80,100") == [(0.2, 1.0), (0.8, 1.0)]
     for bad, words in (("", "empty"), ("20,abc", "not a list"), ("0,50", "(0, 100]"), ("50,50", "repeats")):
-        with pytest.raises(ExperimentConfigError, match="boom_ratio_sets") as err:
+        with pytest.raises(ConfigError, match="boom_ratio_sets") as err:
             parse_ratio_sets(bad)
         assert words in str(err.value)
 
@@ -101,14 +102,14 @@ def test_bad_sections_name_the_key():
         (dict(two_stage_first="retrieval,sts,classification"), "some but not all"),
     ]
     for changes, message in cases:
-        with pytest.raises(ExperimentConfigError, match=message):
+        with pytest.raises(ConfigError, match=message):
             make_plan(DATASETS, default_section(**changes), batch_size=8)
 
 
 def test_zero_step_runs_are_refused():
-    with pytest.raises(ExperimentConfigError, match="member r020 would train 0 steps"):
+    with pytest.raises(ConfigError, match="member r020 would train 0 steps"):
         make_plan(DATASETS, default_section(strategies="boom"), batch_size=16)
-    with pytest.raises(ExperimentConfigError, match="run 'dataset_bible_paraphrase' would train 0 steps"):
+    with pytest.raises(ConfigError, match="run 'dataset_bible_paraphrase' would train 0 steps"):
         make_plan(DATASETS, default_section(strategies="dataset_merging"), batch_size=64)
 
 

@@ -1,7 +1,5 @@
 """A reduced comparison end to end on a tiny random model: the command, its records, merges and resume."""
 
-import contextlib
-import io
 import json
 import os
 import pathlib
@@ -14,6 +12,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from configs import experiment as experiment_config  # noqa: E402
+from tests.helpers_logs import captured_logs  # noqa: E402
 
 # Two datasets of two task types, a bag (r050, r100 = BLS) and its merge: the cheapest plan that
 # trains, merges, records costs and reports (each extra run costs tens of seconds on 2 CPU cores).
@@ -36,7 +35,7 @@ def experiment_dir(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "boom_jax.experiments", "--config=configs/experiment.py:tiny",
                            f"--workdir={workdir}", *OVERRIDES], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir, proc.stdout
+    return workdir, proc.stdout + proc.stderr  # the plan and the progress lines are logged (stderr)
 
 
 def _record(path):
@@ -91,10 +90,9 @@ def test_rerun_skips_finished_runs(experiment_dir):
     workdir, _ = experiment_dir
     records = sorted(workdir.glob("runs/*/run.json")) + sorted(workdir.glob("boom/members/*/member.json"))
     before = {p: p.stat().st_mtime_ns for p in records}
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with captured_logs() as messages:
         summary = run_experiment(reduced_config(), str(workdir), command="rerun")
-    out = buf.getvalue()
+    out = "\n".join(messages)
     assert "bag members r050, r100 already finished" in out
     assert "merge boom_50_100 already done" in out
     assert "[experiment] training " not in out and "[bag] training" not in out

@@ -23,33 +23,33 @@ Layout of a cluster workdir (resumable; re-running skips what is finished):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
-import json
 import os
-import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
+from scipy.cluster.hierarchy import dendrogram, fcluster, linkage
+from scipy.spatial.distance import squareform
 
-from boom_jax.atomic_io import write_json
-from boom_jax.boom.merge_config import merge, merge_spec
+from boom_jax.atomic_io import atomic_write, write_json
+from boom_jax.boom.heldout import DevSplit, dev_loss, dev_split, model_dev_loss
+from boom_jax.boom.merge_config import merge_spec
+from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
+from boom_jax.boom.workflow import (PLAIN_RUN, ensure_trained, evaluate, log, markdown_table, merge_and_export,
+                                    run_config, write_summary)
 from boom_jax.data.records import TrainDataset
+from boom_jax.errors import ConfigError
+from boom_jax.training.model_setup import load_model_for_training, resolve_model_path
+from boom_jax.training.train_data import load_train_datasets
 from boom_jax.training.workdir_lock import holds_workdir_lock
-from boom_jax.data.sampling import SubsetManifest, dataset_rng
 
 PROBE_RECORD = "probe.json"
 CLUSTER_RECORD = "cluster.json"
 LINKAGE_METHODS = ("average", "single", "complete", "weighted")  # valid on any (non-Euclidean) distance
 DISTANCE_EPS = 1e-6
-
-
-class ClusterConfigError(ValueError):
-    """A cluster section (or a cluster workdir) that cannot run; the message names the key."""
-
 
 # ---------------------------------------------------------------------------------------------------
 # Interactions and clustering (pure NumPy / scipy)
@@ -101,8 +101,6 @@ def _check_matrix(names: Sequence[str], matrix: np.ndarray) -> np.ndarray:
 def interaction_distance(matrix: np.ndarray, eps: float = DISTANCE_EPS) -> np.ndarray:
     """Condensed distances (scipy's squareform) from interactions: interaction - min off-diagonal + eps,
     so the pair that helps each other most is closest and every distance is positive."""
-    from scipy.spatial.distance import squareform
-
     m = np.asarray(matrix, np.float64)
     if len(m) < 2:
         return np.zeros(0, np.float64)
@@ -114,8 +112,6 @@ def interaction_distance(matrix: np.ndarray, eps: float = DISTANCE_EPS) -> np.nd
 
 def cluster_linkage(names: Sequence[str], matrix: np.ndarray, method: str = "average") -> np.ndarray:
     """scipy's linkage matrix Z [n - 1, 4] of the datasets (heights in shifted distance units)."""
-    from scipy.cluster.hierarchy import linkage
-
     if method not in LINKAGE_METHODS:
         raise ValueError(f"linkage method {method!r}: expected one of {LINKAGE_METHODS} "
                          f"(centroid, median and ward need Euclidean distances)")
@@ -133,8 +129,6 @@ def cluster_datasets(names: Sequence[str], matrix: np.ndarray, num_clusters: int
     groups are joined while their linkage interaction is <= threshold. Exactly one of the two.
     Deterministic order: names in input order within a group, groups by their first name's position.
     """
-    from scipy.cluster.hierarchy import fcluster
-
     if (num_clusters is None) == (threshold is None):
         raise ValueError("cluster_datasets: give exactly one of num_clusters and threshold")
     names = list(names)
@@ -155,103 +149,6 @@ def cluster_datasets(names: Sequence[str], matrix: np.ndarray, num_clusters: int
     for name, label in zip(names, labels):
         groups.setdefault(int(label), []).append(name)
     return sorted(groups.values(), key=lambda g: names.index(g[0]))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Held-out dev slices
-
-
-@dataclasses.dataclass(frozen=True)
-class DevSplit:
-    """Per dataset: the training indices (sorted) and the held-out dev indices (sorted)."""
-
-    seed: int
-    train: dict[str, list[int]]
-    dev: dict[str, list[int]]
-    sizes: dict[str, int]
-
-    def train_manifest(self, names: Sequence[str]) -> SubsetManifest:
-        """The subset manifest that restricts `names` to their training indices (for training.loop.train)."""
-        indices = {n: list(self.train[n]) for n in names}
-        total = sum(self.sizes[n] for n in names)
-        return SubsetManifest(ratio=sum(len(v) for v in indices.values()) / max(total, 1), seed=self.seed,
-                              mode="without_replacement", indices=indices, sizes={n: self.sizes[n] for n in names})
-
-    def dev_datasets(self, datasets: Sequence[TrainDataset]) -> list[TrainDataset]:
-        """Each dataset restricted to its dev slice."""
-        return [dataclasses.replace(d, examples=[d.examples[i] for i in self.dev[d.name]]) for d in datasets]
-
-
-def dev_split(datasets: Sequence[TrainDataset], dev_examples: int, seed: int, min_train: int = 1) -> DevSplit:
-    """The last `dev_examples` examples of a seeded shuffle of each dataset are held out; the rest trains.
-
-    Raises ClusterConfigError when a dataset keeps fewer than `min_train` training examples.
-    """
-    if dev_examples < 1:
-        raise ClusterConfigError(f"config.cluster.dev_examples={dev_examples} must be >= 1")
-    train, dev, sizes = {}, {}, {}
-    for d in datasets:
-        n = len(d.examples)
-        if n - dev_examples < min_train:
-            raise ClusterConfigError(
-                f"dataset {d.name!r} has {n} examples: holding out config.cluster.dev_examples={dev_examples} "
-                f"leaves fewer than {min_train} to train on (one batch); lower dev_examples or raise data.limit")
-        order = dataset_rng(seed, "cluster_dev", d.name).permutation(n)
-        train[d.name] = sorted(int(i) for i in order[:n - dev_examples])
-        dev[d.name] = sorted(int(i) for i in order[n - dev_examples:])
-        sizes[d.name] = n
-    return DevSplit(seed=int(seed), train=train, dev=dev, sizes=sizes)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Dev loss
-
-
-def dev_loss(config: ml_collections.ConfigDict, cfg: Any, params: Any, tokenizer_dir: str,
-             dev_sets: Sequence[TrainDataset], batch_size: int) -> dict[str, float]:
-    """Eval-mode (no dropout) InfoNCE loss of a model on each dev set: {dataset: mean loss}.
-
-    Batches are the training layout (Batcher, schedule "bls": one dataset per batch, [query, pos,
-    negs] groups of config.data.train_group_size, each dataset's in_batch_negatives), drawn with a
-    fixed seed so every model sees the same batches; padded to the max lengths (one shape per set).
-    """
-    import jax
-
-    from boom_jax.data.batcher import Batcher
-    from boom_jax.models.encoder import jitted_forward
-    from boom_jax.tokenization import TextTokenizer, load_tokenizer
-    from boom_jax.training.loop import apply_query_template
-    from boom_jax.training.loss import info_nce
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    max_len = cfg.max_position_embeddings if cfg.arch == "bert" else 1 << 30
-    q_len = min(config.data.query_max_len, max_len)
-    p_len = min(config.data.passage_max_len, max_len)
-    query_tok = TextTokenizer(tokenizer, q_len, cfg.padding_side, cfg.append_eos, buckets=(q_len,))
-    passage_tok = TextTokenizer(tokenizer, p_len, cfg.padding_side, cfg.append_eos, buckets=(p_len,))
-    forward = jitted_forward(cfg)
-    params = jax.device_put(params, jax.devices()[0])
-    out = {}
-    for d in apply_query_template(dev_sets, config.model.query_prompt_template):
-        batcher = Batcher([d], query_tok, passage_tok, batch_size, group_size=config.data.train_group_size,
-                          schedule="bls", seed=config.seed, num_epochs=1, token_cache_size=0, show_progress=False)
-        losses = []
-        for batch in batcher:
-            q = forward(params, batch["query_ids"], batch["query_mask"])
-            p = forward(params, batch["passage_ids"], batch["passage_mask"])
-            losses.append(float(info_nce(q, p, config.train.temperature, bool(batch["in_batch_negatives"]))))
-        out[d.name] = float(np.mean(losses))
-    return out
-
-
-def model_dev_loss(config: ml_collections.ConfigDict, model_path: str, dev_sets: Sequence[TrainDataset],
-                   batch_size: int) -> dict[str, float]:
-    """dev_loss of a saved model (model folder, train workdir or HF folder)."""
-    from boom_jax.model_io import load_model, tokenizer_dir_of
-
-    cfg, params, tokenizer_dir = load_model(model_path)
-    return dev_loss(config, cfg, params, tokenizer_dir or tokenizer_dir_of(model_path) or model_path,
-                    dev_sets, batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,22 +173,22 @@ class ClusterSettings:
 
 
 def cluster_settings(config: ml_collections.ConfigDict) -> ClusterSettings:
-    """The checked cluster section; ClusterConfigError names the offending config.cluster key."""
+    """The checked cluster section; ConfigError names the offending config.cluster key."""
     if "cluster" not in config:
-        raise ClusterConfigError("the config has no `cluster` section (see configs/cluster_merge.py)")
+        raise ConfigError("the config has no `cluster` section (see configs/cluster_merge.py)")
     c = config.cluster
     if c.probe_steps < 1:
-        raise ClusterConfigError(f"config.cluster.probe_steps={c.probe_steps} must be >= 1")
+        raise ConfigError(f"config.cluster.probe_steps={c.probe_steps} must be >= 1")
     if c.pair_steps < 0:
-        raise ClusterConfigError(f"config.cluster.pair_steps={c.pair_steps} must be >= 0 (0 = 2 x probe_steps)")
+        raise ConfigError(f"config.cluster.pair_steps={c.pair_steps} must be >= 0 (0 = 2 x probe_steps)")
     batch = c.dev_batch_size or config.train.batch_size
     if batch < 1 or c.dev_examples < batch:
-        raise ClusterConfigError(f"config.cluster.dev_examples={c.dev_examples} must hold at least one dev batch "
+        raise ConfigError(f"config.cluster.dev_examples={c.dev_examples} must hold at least one dev batch "
                                  f"of {batch} (config.cluster.dev_batch_size, 0 = train.batch_size)")
     if c.num_clusters < 0:
-        raise ClusterConfigError(f"config.cluster.num_clusters={c.num_clusters} must be >= 1 (or 0 = use threshold)")
+        raise ConfigError(f"config.cluster.num_clusters={c.num_clusters} must be >= 1 (or 0 = use threshold)")
     if c.linkage not in LINKAGE_METHODS:
-        raise ClusterConfigError(f"config.cluster.linkage={c.linkage!r}: expected one of {LINKAGE_METHODS}")
+        raise ConfigError(f"config.cluster.linkage={c.linkage!r}: expected one of {LINKAGE_METHODS}")
     merge_spec(config)  # config.merge: method, parameters, base (the count once the clusters are known)
     return ClusterSettings(
         probe_steps=int(c.probe_steps), pair_steps=int(c.pair_steps or 2 * c.probe_steps),
@@ -301,86 +198,49 @@ def cluster_settings(config: ml_collections.ConfigDict) -> ClusterSettings:
         merge_method=str(config.merge.method), evaluate=bool(c.evaluate), eval_tasks=str(c.eval_tasks))
 
 
-def run_config(config: ml_collections.ConfigDict, name: str, max_steps: int | None = None) -> ml_collections.ConfigDict:
-    """A plain BLS training config for one probe or cluster model (no cluster section, no dev eval)."""
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        del c["cluster"]
-        c.name = f"{config.name}/{name}"
-        c.data.schedule = "bls"
-        c.export.sentence_transformers = False
-        c.eval.every_steps = 0
-        c.eval.at_end = False
-        if max_steps is not None:
-            c.train.max_steps = int(max_steps)
-    return c
+def train_on(config: ml_collections.ConfigDict, run_dir: str, label: str, names: Sequence[str],
+             steps: int | None, split: DevSplit, datasets: Sequence[TrainDataset], dev_batch_size: int,
+             record_file: str) -> dict:
+    """Trains (resumes, or skips when its record exists) one model on `names`' training slices (plain
+    BLS, `steps` or config.train's), then scores it on their dev slices (record["dev_loss"])."""
+    by_name = {d.name: d for d in datasets}
+    dev_sets = split.dev_datasets([by_name[n] for n in names])
 
-
-def _train_record(config, run_dir: str, names: Sequence[str], steps: int | None, split: DevSplit,
-                  by_name: Mapping[str, TrainDataset], dev_sets: Mapping[str, TrainDataset],
-                  settings: ClusterSettings, record_file: str, label: str) -> dict:
-    """Trains (resumes, or skips when its record exists) one model on `names`' training slices, then
-    scores it on their dev slices; the record (steps, wall time, dev losses, model path) is written last."""
-    from boom_jax.training.loop import train
-
-    record = _read_json(os.path.join(run_dir, record_file))
-    if record is not None:
+    def check(record: dict) -> None:
         if record["datasets"] != list(names) or (steps is not None and record["steps"] != steps):
-            raise ClusterConfigError(
+            raise ConfigError(
                 f"{run_dir} holds a finished run on {record['datasets']} ({record['steps']} steps) but this config "
                 f"asks for {list(names)} ({steps if steps is not None else 'config.train'} steps); "
                 f"use a new workdir or remove that folder")
-        print(f"[cluster] {label} already finished ({record['steps']} steps); skipping")
-        return record
-    print(f"[cluster] training {label} on {', '.join(names)}"
-          + (f" ({steps} steps)" if steps is not None else ""))
-    start = time.time()
-    result = train(run_config(config, label, steps), run_dir, datasets=[by_name[n] for n in names],
-                   subset=split.train_manifest(names))
-    if result.preempted:
-        raise SystemExit(f"[cluster] {label} was preempted at step {result.steps}; re-run to resume")
-    model = os.path.join(run_dir, "model")
-    losses = model_dev_loss(config, model, [dev_sets[n] for n in names], settings.dev_batch_size)
-    record = {"name": label, "datasets": list(names), "steps": int(result.steps),
-              "examples": int(result.steps) * int(config.train.batch_size),
-              "wall_time_s": round(time.time() - start, 2), "final_loss": float(result.final_loss),
-              "dev_loss": losses, "model": model}
-    write_json(os.path.join(run_dir, record_file), record)
-    return record
 
-
-def _read_json(path: str) -> Any | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    updates = {"data.schedule": "bls", **PLAIN_RUN, **({} if steps is None else {"train.max_steps": int(steps)})}
+    return ensure_trained(
+        run_config(config, label, updates, drop=("cluster",)), run_dir, [by_name[n] for n in names],
+        record_file=record_file, tag="cluster", label=label,
+        detail=f" on {', '.join(names)}" + (f" ({steps} steps)" if steps is not None else ""),
+        subset=split.train_manifest(names), fields={"name": label, "datasets": list(names)}, check=check,
+        after=lambda model: {"dev_loss": model_dev_loss(config, model, dev_sets, dev_batch_size)})
 
 
 def run_probes(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset],
                split: DevSplit, settings: ClusterSettings) -> tuple[dict[str, dict], dict[str, dict]]:
     """Every single-dataset probe and every pair probe: ({dataset: record}, {"a+b": record})."""
-    by_name = {d.name: d for d in datasets}
-    dev_sets = {d.name: d for d in split.dev_datasets(datasets)}
-    singles = {}
-    for d in datasets:
-        singles[d.name] = _train_record(config, os.path.join(workdir, "probes", d.name), [d.name],
-                                        settings.probe_steps, split, by_name, dev_sets, settings, PROBE_RECORD,
-                                        f"probe {d.name}")
-    pairs = {}
-    for a, b in itertools.combinations([d.name for d in datasets], 2):
-        name = pair_name(a, b)
-        pairs[name] = _train_record(config, os.path.join(workdir, "probes", name), [a, b], settings.pair_steps,
-                                    split, by_name, dev_sets, settings, PROBE_RECORD, f"probe {name}")
+    def probe(name: str, names: Sequence[str], steps: int) -> dict:
+        return train_on(config, os.path.join(workdir, "probes", name), f"probe {name}", names, steps, split,
+                        datasets, settings.dev_batch_size, PROBE_RECORD)
+
+    singles = {d.name: probe(d.name, [d.name], settings.probe_steps) for d in datasets}
+    pairs = {pair_name(a, b): probe(pair_name(a, b), [a, b], settings.pair_steps)
+             for a, b in itertools.combinations([d.name for d in datasets], 2)}
     return singles, pairs
 
 
 def plot_interactions(names: Sequence[str], matrix: np.ndarray, z: np.ndarray, path: str) -> None:
     """DIR/interaction.png: dendrogram beside the interaction heatmap (rows in dendrogram order)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib (pyplot above all) is slow to import and only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy.cluster.hierarchy import dendrogram
 
     n = len(names)
     fig, (ax_tree, ax_map) = plt.subplots(1, 2, figsize=(6 + 0.7 * n, 2.5 + 0.5 * n),
@@ -403,44 +263,35 @@ def plot_interactions(names: Sequence[str], matrix: np.ndarray, z: np.ndarray, p
     ax_map.set_title("interaction: joint - separate dev loss", fontsize=9)
     fig.colorbar(image, ax=ax_map, shrink=0.8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
-def write_summary(workdir: str, report: dict) -> None:
+def summary_lines(report: dict) -> list[str]:
     """DIR/summary.md: the clusters, the interaction matrix and every model's dev losses."""
     names = report["datasets"]
     lines = ["# Cluster-level merging", "",
              f"{len(names)} datasets, dev slices of {report['dev']['examples']} held-out examples each; "
              f"probes of {report['probe_steps']} steps (pairs {report['pair_steps']}); linkage "
              f"{report['linkage_method']}; merge {report['merge_method']}.", "", "## Clusters", ""]
-    for k, group in enumerate(report["clusters"]):
-        lines.append(f"- c{k}: {', '.join(group)}")
-    lines += ["", "## Interaction (joint minus separate dev loss; negative = they help each other)", "",
-              "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for name, row in zip(names, report["interaction"]):
-        lines.append(f"| {name} | " + " | ".join(f"{v:+.4f}" for v in row) + " |")
-    lines += ["", "## Dev loss (InfoNCE on the held-out slices)", "",
-              "| model | " + " | ".join(names) + " | mean |", "|---|" + "---:|" * (len(names) + 1)]
+    lines += [f"- c{k}: {', '.join(group)}" for k, group in enumerate(report["clusters"])]
+    lines += ["", "## Interaction (joint minus separate dev loss; negative = they help each other)", ""]
+    lines += markdown_table(["", *names], [[name, *(f"{v:+.4f}" for v in row)]
+                                           for name, row in zip(names, report["interaction"])])
+    lines += ["", "## Dev loss (InfoNCE on the held-out slices)", ""]
+    rows = []
     for label, losses in report["dev_loss"].items():
         values = [losses.get(n) for n in names]
-        known = [v for v in values if v is not None]
-        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values)
-                     + f" | {np.mean(known):.4f} |")
-    tmp = os.path.join(workdir, "summary.md.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, os.path.join(workdir, "summary.md"))
+        rows.append([label, *("-" if v is None else f"{v:.4f}" for v in values),
+                     f"{np.mean([v for v in values if v is not None]):.4f}"])
+    return lines + markdown_table(["model", *names, "mean"], rows)
 
 
 def _write_card(config: ml_collections.ConfigDict, workdir: str, records: Sequence[dict], clusters: list,
                 datasets: Sequence[TrainDataset], results: dict | None, merge_time: float) -> None:
     """DIR/export's README.md and boom.json: one member per cluster (its datasets), the merge, dev scores."""
-    from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
-    from boom_jax.training.loop import resolve_model_path
-
     members = []
     for k, (record, group) in enumerate(zip(records, clusters)):
         entry = member_entry(record, os.path.join(workdir, "clusters", f"c{k}"), workdir, results)
@@ -458,11 +309,6 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
                       datasets: Sequence[TrainDataset] | None = None) -> dict:
     """Probes, interactions, clusters, one model per cluster, merged and exported; returns the report
     written to DIR/clusters.json. Re-running skips finished probes and cluster models."""
-    from boom_jax.boom.bag import _export
-    from boom_jax.training.loop import load_model_for_training, load_train_datasets, resolve_model_path
-
-    import jax
-
     settings = cluster_settings(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -470,8 +316,8 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
         datasets = load_train_datasets(config)
     names = [d.name for d in datasets]
     if settings.num_clusters is not None and settings.num_clusters > len(names):
-        raise ClusterConfigError(f"config.cluster.num_clusters={settings.num_clusters} exceeds the "
-                                 f"{len(names)} datasets {names}")
+        raise ConfigError(f"config.cluster.num_clusters={settings.num_clusters} exceeds the "
+                          f"{len(names)} datasets {names}")
     split = dev_split(datasets, settings.dev_examples, settings.seed, min_train=int(config.train.batch_size))
 
     singles, pairs = run_probes(config, workdir, datasets, split, settings)
@@ -480,28 +326,21 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
     names, matrix = interaction_matrix(separate, joint)
     z = cluster_linkage(names, matrix, settings.linkage)
     clusters = cluster_datasets(names, matrix, settings.num_clusters, settings.threshold, settings.linkage)
-    print("[cluster] clusters: " + "; ".join(", ".join(g) for g in clusters))
+    log("cluster", "clusters: " + "; ".join(", ".join(g) for g in clusters))
+    records = [train_on(config, os.path.join(workdir, "clusters", f"c{k}"), f"c{k}", group, None, split, datasets,
+                        settings.dev_batch_size, CLUSTER_RECORD) for k, group in enumerate(clusters)]
 
-    by_name = {d.name: d for d in datasets}
-    dev_sets = {d.name: d for d in split.dev_datasets(datasets)}
-    records = [_train_record(config, os.path.join(workdir, "clusters", f"c{k}"), group, None, split, by_name,
-                             dev_sets, settings, CLUSTER_RECORD, f"c{k}")
-               for k, group in enumerate(clusters)]
-
-    start = time.time()
     merged = os.path.join(workdir, "merged")
-    print(f"[cluster] merging {len(records)} cluster models ({settings.merge_method})")
-    merge(config, merge_spec(config, len(records)), [r["model"] for r in records], merged, workdir)
-    _export(merged, os.path.join(workdir, "export"))
-    merge_time = round(time.time() - start, 2)
+    log("cluster", f"merging {len(records)} cluster models ({settings.merge_method})")
+    merge_time = merge_and_export(config, merge_spec(config, len(records)), {r["name"]: r["model"] for r in records},
+                                  merged, workdir, tag="cluster", export=os.path.join(workdir, "export"))["wall_time_s"]
 
-    all_dev = [dev_sets[n] for n in names]
+    all_dev = split.dev_datasets(datasets)
     cfg, params, tokenizer_dir = load_model_for_training(config, jax.random.PRNGKey(config.seed))
     dev_losses = {"base": dev_loss(config, cfg, jax.device_get(params), tokenizer_dir, all_dev,
                                    settings.dev_batch_size)}
     del params
-    for r in records:
-        dev_losses[r["name"]] = r["dev_loss"]
+    dev_losses.update({r["name"]: r["dev_loss"] for r in records})
     dev_losses["merged"] = model_dev_loss(config, merged, all_dev, settings.dev_batch_size)
 
     report = {
@@ -517,16 +356,10 @@ def run_cluster_merge(config: ml_collections.ConfigDict, workdir: str,
         "probe_wall_time_s": round(sum(r["wall_time_s"] for r in [*singles.values(), *pairs.values()]), 2),
     }
     if settings.evaluate:
-        from boom_jax.evaluation.runner import evaluate_dev
-
-        models = {} if config.model.random_init else {"base": resolve_model_path(config.model.path)}
-        models.update({r["name"]: r["model"] for r in records})
-        models["merged"] = merged
-        report["scores"] = evaluate_dev(config, models, os.path.join(workdir, "eval"), settings.eval_tasks)
+        models = {**{r["name"]: r["model"] for r in records}, "merged": merged}
+        report["scores"] = evaluate(config, models, os.path.join(workdir, "eval"), settings.eval_tasks)
     _write_card(config, workdir, records, clusters, datasets, report.get("scores"), merge_time)
     write_json(os.path.join(workdir, "clusters.json"), report)
     plot_interactions(names, matrix, z, os.path.join(workdir, "interaction.png"))
-    write_summary(workdir, report)
-    with open(os.path.join(workdir, "summary.md")) as f:
-        print(f.read())
+    write_summary(workdir, "cluster", summary_lines(report))
     return report

@@ -16,25 +16,25 @@ Layout of an incremental workdir:
 
 from __future__ import annotations
 
-import copy
-import json
 import os
-import time
 from collections.abc import Sequence
 
 import ml_collections
 
-from boom_jax.atomic_io import write_json
-from boom_jax.boom.merge_config import merge, merge_spec
+from boom_jax.boom.merge_config import merge_spec
+from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
+from boom_jax.boom.workflow import ensure_trained, evaluate, merge_and_export, run_config, score_table, scored, write_summary
 from boom_jax.data.records import TrainDataset
-from boom_jax.training.workdir_lock import holds_workdir_lock
 from boom_jax.data.sampling import SubsetManifest, combine_incremental
+from boom_jax.errors import ConfigError
+from boom_jax.evaluation.report import summarize
+from boom_jax.training.model_setup import resolve_model_path
+from boom_jax.training.provenance import file_sha256
+from boom_jax.training.train_data import load_train_datasets
+from boom_jax.training.workdir_lock import holds_workdir_lock
 
 HISTORY_FILE = "history.json"
-
-
-class IncrementalConfigError(ValueError):
-    """An incremental section that cannot run; the message names the key."""
+COST_RECORD = "cost.json"
 
 
 def _names(value: str) -> list[str]:
@@ -48,45 +48,16 @@ def split_old_new(config: ml_collections.ConfigDict,
     by_name = {d.name: d for d in datasets}
     new_names = _names(inc.new_datasets)
     if not new_names:
-        raise IncrementalConfigError("config.incremental.new_datasets is empty: name the new datasets")
+        raise ConfigError("config.incremental.new_datasets is empty: name the new datasets")
     old_names = _names(inc.old_datasets) or [n for n in by_name if n not in new_names]
     for key, names in (("old_datasets", old_names), ("new_datasets", new_names)):
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise IncrementalConfigError(
-                f"config.incremental.{key}: unknown datasets {unknown}; available: {sorted(by_name)}")
+            raise ConfigError(f"config.incremental.{key}: unknown datasets {unknown}; available: {sorted(by_name)}")
     overlap = sorted(set(old_names) & set(new_names))
     if overlap:
-        raise IncrementalConfigError(f"config.incremental: {overlap} are both old and new datasets")
+        raise ConfigError(f"config.incremental: {overlap} are both old and new datasets")
     return [by_name[n] for n in old_names], [by_name[n] for n in new_names]
-
-
-def _run_config(config: ml_collections.ConfigDict, name: str, model_path: str | None = None) -> ml_collections.ConfigDict:
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        c.name = f"{config.name}/{name}"
-        if model_path is not None:
-            c.model.path = model_path
-        c.export.sentence_transformers = False
-    return c
-
-
-def _train(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset]) -> dict:
-    """Trains one model (resuming if interrupted, skipping if finished) and returns its cost record."""
-    from boom_jax.training.loop import train
-
-    record_path = os.path.join(workdir, "cost.json")
-    if os.path.exists(record_path):
-        with open(record_path) as f:
-            return json.load(f)
-    start = time.time()
-    result = train(config, workdir, datasets=list(datasets))
-    if result.preempted:
-        raise SystemExit(f"[incremental] {workdir} was preempted at step {result.steps}; re-run to resume")
-    record = {"steps": int(result.steps), "examples": int(result.steps) * int(config.train.batch_size),
-              "wall_time_s": round(time.time() - start, 2), "model": os.path.join(workdir, "model")}
-    write_json(record_path, record)
-    return record
 
 
 def load_or_sample_history(workdir: str, old: Sequence[TrainDataset], ratio: float, seed: int) -> SubsetManifest:
@@ -99,80 +70,78 @@ def load_or_sample_history(workdir: str, old: Sequence[TrainDataset], ratio: flo
     return manifest
 
 
+def _train(config: ml_collections.ConfigDict, workdir: str, name: str, datasets: Sequence[TrainDataset],
+           detail: str, model_path: str | None = None) -> dict:
+    """Trains (resumes, or skips when DIR/<name>/cost.json exists) one model; returns its cost record."""
+    updates = {"export.sentence_transformers": False}
+    if model_path is not None:
+        updates["model.path"] = model_path
+    return ensure_trained(run_config(config, name, updates), os.path.join(workdir, name), datasets,
+                          record_file=COST_RECORD, tag="incremental", label=name, detail=detail)
+
+
 @holds_workdir_lock  # one run of this workflow per workdir
 def run_incremental(config: ml_collections.ConfigDict, workdir: str,
                     datasets: Sequence[TrainDataset] | None = None) -> dict:
     """Runs the whole update (existing model, update model, merge, optional full retrain, evaluation)."""
-    from boom_jax.boom.bag import _export
-    from boom_jax.evaluation.runner import evaluate_dev
-    from boom_jax.evaluation.report import summarize
-    from boom_jax.training.loop import load_train_datasets, resolve_model_path
-
     inc = config.incremental
     spec = merge_spec(config, 2)  # (existing, update), checked before any training
+    if inc.init_from not in ("base", "existing"):
+        raise ConfigError(f"config.incremental.init_from={inc.init_from!r}: expected 'base' or 'existing'")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if datasets is None:
         datasets = load_train_datasets(config)
     old, new = split_old_new(config, datasets)
     costs: dict[str, dict] = {}
-
     existing = inc.existing
     if not existing:
-        print("[incremental] no existing model given: training one on the old datasets")
-        costs["existing"] = _train(_run_config(config, "existing"), os.path.join(workdir, "existing"), old)
+        costs["existing"] = _train(config, workdir, "existing", old, " (no existing model given) on the old datasets")
         existing = costs["existing"]["model"]
 
     history = load_or_sample_history(workdir, old, inc.history_ratio, inc.history_seed)
     update_data = history.apply(old) + list(new)
-    start_from = {"base": None, "existing": existing}.get(inc.init_from)
-    if inc.init_from not in ("base", "existing"):
-        raise IncrementalConfigError(f"config.incremental.init_from={inc.init_from!r}: expected 'base' or 'existing'")
-    print(f"[incremental] training the update model on {len(new)} new datasets + "
-          f"{inc.history_ratio:.0%} history ({sum(len(d) for d in update_data)} examples)")
-    costs["update"] = _train(_run_config(config, "update", start_from), os.path.join(workdir, "update"), update_data)
-
-    start = time.time()
+    costs["update"] = _train(config, workdir, "update", update_data,
+                             f" on {len(new)} new datasets + {inc.history_ratio:.0%} history "
+                             f"({sum(len(d) for d in update_data)} examples)",
+                             model_path=existing if inc.init_from == "existing" else None)
     merged = os.path.join(workdir, "merged")
-    merge_record = merge(config, spec, [existing, costs["update"]["model"]], merged, workdir)
-    weights = merge_record["weights"] or [0.5, 0.5]  # equal
-    _export(merged, os.path.join(workdir, "export"))
-    merge_cost = round(time.time() - start, 2)
-
+    merge = merge_and_export(config, spec, {"existing": existing, "update": costs["update"]["model"]}, merged,
+                             workdir, tag="incremental", export=os.path.join(workdir, "export"))
+    merge["weights"] = merge["weights"] or [0.5, 0.5]  # equal
     if inc.compare_full_retrain:
-        print("[incremental] training the full retrain on old + new data, for comparison")
-        costs["full_retrain"] = _train(_run_config(config, "full_retrain"), os.path.join(workdir, "full_retrain"),
-                                       list(old) + list(new))
+        costs["full_retrain"] = _train(config, workdir, "full_retrain", list(old) + list(new),
+                                       " on old + new data, for comparison")
 
     results = None
     if inc.evaluate:
-        models = {}
-        if not config.model.random_init:
-            models["base"] = resolve_model_path(config.model.path)
-        models["existing"] = existing
-        models["update"] = costs["update"]["model"]
-        models["incremental"] = merged
+        models = {"existing": existing, "update": costs["update"]["model"], "incremental": merged}
         if "full_retrain" in costs:
             models["full_retrain"] = costs["full_retrain"]["model"]
-        results = evaluate_dev(config, models, os.path.join(workdir, "eval"), inc.eval_tasks)
-    _write_card(config, workdir, existing, costs, weights, results, list(old) + list(new), merge_cost)
+        results = evaluate(config, models, os.path.join(workdir, "eval"), inc.eval_tasks)
+    _write_card(config, workdir, existing, costs, merge, results, list(old) + list(new))
     means = summarize(results) if results else {}
-    summary = {"costs": costs, "merge": dict(merge_record, weights=weights, wall_time_s=merge_cost),
-               "scores": results or {}, "means": means,
+    summary = {"costs": costs, "merge": merge, "scores": results or {}, "means": means,
                "old_datasets": [d.name for d in old], "new_datasets": [d.name for d in new]}
-    write_json(os.path.join(workdir, "summary.json"), summary)
-    _write_markdown(workdir, summary)
-    with open(os.path.join(workdir, "summary.md")) as f:
-        print(f.read())
+    rows = [("base", None), ("existing", costs.get("existing")), ("update", costs["update"]),
+            ("incremental", costs["update"]), ("full_retrain", costs.get("full_retrain"))]
+    table = scored([{"model": label, "steps": cost["steps"] if cost else 0, "examples": cost["examples"] if cost else 0,
+                     "wall_time_s": (cost["wall_time_s"] + (merge["wall_time_s"] if label == "incremental" else 0)
+                                     if cost else 0)}
+                    for label, cost in rows if label in means or cost is not None], results)
+    write_summary(workdir, "incremental", [
+        "# Incremental update summary", "",
+        f"Old datasets: {', '.join(summary['old_datasets'])}; new: {', '.join(summary['new_datasets'])}.",
+        f"Merge: {merge['method']} with weights {merge['weights']} (existing, update).", "",
+        *score_table(table, "training steps"), "",
+        "The incremental model's cost is the update model's training plus the merge; the existing",
+        "model's cost was paid before the update."], summary)
     return summary
 
 
-def _write_card(config: ml_collections.ConfigDict, workdir: str, existing: str, costs: dict, weights: list,
-                results: dict | None, datasets: Sequence[TrainDataset], merge_cost: float) -> None:
+def _write_card(config: ml_collections.ConfigDict, workdir: str, existing: str, costs: dict, merge: dict,
+                results: dict | None, datasets: Sequence[TrainDataset]) -> None:
     """DIR/export's README.md and boom.json: the existing and update models, the merge, dev scores."""
-    from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
-    from boom_jax.training.loop import resolve_model_path
-
     update = costs["update"]
     members = [member_entry({"name": "existing", **costs.get("existing", {})},
                             os.path.dirname(os.path.normpath(existing)) if "existing" in costs else None, workdir, results),
@@ -180,40 +149,9 @@ def _write_card(config: ml_collections.ConfigDict, workdir: str, existing: str, 
     members[0].setdefault("model", existing)
     history = os.path.join(workdir, HISTORY_FILE)
     if os.path.exists(history):  # the update model saw this historical subset plus the new datasets
-        from boom_jax.training.provenance import file_sha256
-
         members[1].update(manifest=HISTORY_FILE, manifest_sha256=file_sha256(history))
     provenance = merged_provenance(
-        config, "incremental", datasets, members, {"method": config.merge.method, "weights": weights},
+        config, "incremental", datasets, members, {"method": config.merge.method, "weights": merge["weights"]},
         model_dir=resolve_model_path(config.model.path), results=results, label="incremental",
-        wall_time_s=float(update.get("wall_time_s", 0.0)) + merge_cost)
+        wall_time_s=float(update.get("wall_time_s", 0.0)) + merge["wall_time_s"])
     write_export_card(os.path.join(workdir, "export"), provenance)
-
-
-def _write_markdown(workdir: str, summary: dict) -> None:
-    def fmt(x):
-        return "-" if x is None else f"{100 * x:.2f}"
-
-    costs, means = summary["costs"], summary["means"]
-    update_cost = costs["update"]
-    lines = ["# Incremental update summary", "",
-             f"Old datasets: {', '.join(summary['old_datasets'])}; new: {', '.join(summary['new_datasets'])}.",
-             f"Merge: {summary['merge']['method']} with weights {summary['merge']['weights']} "
-             "(existing, update).", "",
-             "| model | training steps | examples | wall time (s) | in-domain | out-of-domain | all |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    rows = [("base", None), ("existing", costs.get("existing")), ("update", update_cost),
-            ("incremental", update_cost), ("full_retrain", costs.get("full_retrain"))]
-    for label, cost in rows:
-        if label not in means and cost is None:
-            continue
-        m = means.get(label, {})
-        steps = cost["steps"] if cost else 0
-        examples = cost["examples"] if cost else 0
-        wall = cost["wall_time_s"] + (summary["merge"]["wall_time_s"] if label == "incremental" else 0) if cost else 0
-        lines.append(f"| {label} | {steps} | {examples} | {wall:.1f} | {fmt(m.get('in_domain_mean'))} | "
-                     f"{fmt(m.get('out_of_domain_mean'))} | {fmt(m.get('mean'))} |")
-    lines += ["", "The incremental model's cost is the update model's training plus the merge; the existing",
-              "model's cost was paid before the update."]
-    with open(os.path.join(workdir, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")

@@ -21,10 +21,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 
+from boom_jax import model_io
+from boom_jax.errors import ConfigError
 from boom_jax.merging import methods
-from boom_jax.training.config_validation import ConfigError
+from boom_jax.merging.streaming import merge_models
+from boom_jax.training.model_setup import load_model_for_training, resolve_model_path
 
 AUTO_WEIGHTS = ("auto:cocktail", "auto:greedy")
 BASE_MODEL = "base"
@@ -109,19 +113,11 @@ def base_model_path(config: ml_collections.ConfigDict, spec: MergeSpec, workdir:
         return None
     if spec.base != BASE_MODEL:
         return spec.base
-    from boom_jax.training.loop import resolve_model_path
-
     if not config.model.random_init and config.model.lora_rank == 0:
         return resolve_model_path(config.model.path)
-    from boom_jax import model_io
-
     folder = os.path.join(workdir, BASE_FOLDER)
     if model_io.is_model_folder(folder):
         return folder
-    import jax
-
-    from boom_jax.training.loop import load_model_for_training
-
     cfg, params, tokenizer_dir = load_model_for_training(config, jax.random.PRNGKey(config.seed))
     return model_io.save_model_folder(folder, cfg, jax.device_get(params), tokenizer_dir, overwrite=True)
 
@@ -130,8 +126,6 @@ def merge(config: ml_collections.ConfigDict, spec: MergeSpec, inputs: Sequence[s
           weights: Sequence[float] | None = None) -> dict[str, Any]:
     """Merges `inputs` into the model folder `out` (with its recipe.yml) as config.merge says;
     `weights` (learned ones) replace spec.weights. Returns the merge record (method, weights, ...)."""
-    from boom_jax.merging.streaming import merge_models
-
     chosen = list(weights) if weights is not None else spec.weights
     start = time.time()
     merge_models(list(inputs), out, spec.method, weights=chosen, base=base_model_path(config, spec, workdir),

@@ -20,10 +20,12 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from boom_jax.boom.clusters import ClusterConfigError, dev_loss, dev_split
+from boom_jax import model_io
+from boom_jax.boom.heldout import dev_loss, dev_split
 from boom_jax.boom.merge_config import MergeSpec, base_model_path
 from boom_jax.data.records import TrainDataset
-from boom_jax.training.config_validation import ConfigError
+from boom_jax.errors import ConfigError
+from boom_jax.merging.methods import merge_trees
 
 
 def cocktail_weights(losses: Sequence[float], temperature: float) -> list[float]:
@@ -57,7 +59,7 @@ def heldout_split(datasets: Sequence[TrainDataset], examples: int, seed: int,
     """(training datasets without the held-out examples, the held-out examples of each dataset)."""
     try:
         split = dev_split(datasets, examples, seed, min_train=min_train)
-    except ClusterConfigError as e:
+    except ConfigError as e:
         raise ConfigError(str(e).replace("config.cluster.dev_examples", "config.merge.heldout_examples")) from None
     train = [dataclasses.replace(d, examples=[d.examples[i] for i in split.train[d.name]]) for d in datasets]
     return train, split.dev_datasets(datasets)
@@ -71,9 +73,6 @@ def learn_weights(config: ml_collections.ConfigDict, spec: MergeSpec, models: Se
                   heldout: Sequence[TrainDataset], workdir: str) -> dict[str, Any]:
     """The learned weights of `models` (spec.auto: "cocktail" | "greedy") with what they came from:
     {"mode", "weights", "losses" (per member, mean over datasets), "per_dataset", "trace" (greedy)}."""
-    from boom_jax import model_io
-    from boom_jax.merging.methods import merge_trees
-
     batch = min(int(config.train.batch_size), spec.heldout_examples)
     loaded = [model_io.load_model(p) for p in models]
     cfg, _, tokenizer_dir = loaded[0]

@@ -11,10 +11,12 @@ import shlex
 import sys
 from typing import Sequence
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from boom_jax import cli
+from boom_jax.experiments.runner import run_experiment
+from boom_jax.training.compile_cache import enable_compilation_cache
 
 FLAGS = flags.FLAGS
 
@@ -30,10 +32,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     """Runs (or resumes) the experiment; bad input raises (one line, exit code 2 through boom_jax.cli)."""
     cli.check_arguments(argv, flag_values, "workdir")
-    if "verbosity" in flag_values and not flag_values["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    from boom_jax.experiments.runner import run_experiment
-    from boom_jax.training.compile_cache import enable_compilation_cache
+    cli.quiet_dependencies(flag_values)
 
     enable_compilation_cache()  # the experiment's runs share shapes: each program compiles once
     command = "python -m boom_jax.experiments " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from boom_jax.boom.bag import member_name
 from boom_jax.data.sampling import subset_size
+from boom_jax.errors import ConfigError
 
 STRATEGIES = ("bls", "dataset_sequential", "task_sequential", "two_stage", "dataset_merging", "task_merging",
               "task_operators", "boom", "boom_learned", "incremental")
@@ -21,10 +22,6 @@ STRATEGIES = ("bls", "dataset_sequential", "task_sequential", "two_stage", "data
 # operators merge around the training base model.
 OPERATORS = ("slerp", "multislerp", "karcher", "task_arithmetic", "ties", "sce", "model_stock")
 LEARNED_WEIGHTS = ("cocktail", "greedy")  # boom_learned rows: config.merge.weights="auto:<mode>"
-
-
-class ExperimentConfigError(ValueError):
-    """An experiment section that cannot run; the message names the key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,16 +106,16 @@ def parse_ratio_sets(value: str) -> list[tuple[float, ...]]:
         try:
             pct = [float(x) for x in _names(part)]
         except ValueError:
-            raise ExperimentConfigError(
+            raise ConfigError(
                 f"config.experiment.boom_ratio_sets: set {i} ({part.strip()!r}) is not a list of percentages") from None
         if not pct or any(not 0 < p <= 100 for p in pct):
-            raise ExperimentConfigError(
+            raise ConfigError(
                 f"config.experiment.boom_ratio_sets: set {i} ({part.strip()!r}) needs percentages in (0, 100]")
         if len(set(pct)) != len(pct):
-            raise ExperimentConfigError(f"config.experiment.boom_ratio_sets: set {i} repeats a ratio: {part.strip()!r}")
+            raise ConfigError(f"config.experiment.boom_ratio_sets: set {i} repeats a ratio: {part.strip()!r}")
         sets.append(tuple(sorted(p / 100 for p in pct)))
     if not sets:
-        raise ExperimentConfigError("config.experiment.boom_ratio_sets is empty; e.g. '20,40,60,80,100;80,100'")
+        raise ConfigError("config.experiment.boom_ratio_sets is empty; e.g. '20,40,60,80,100;80,100'")
     return sets
 
 
@@ -140,7 +137,7 @@ def task_type_order(datasets: Sequence[DatasetInfo], order: str) -> list[str]:
     given = _names(order)
     unknown, missing = [t for t in given if t not in present], [t for t in present if t not in given]
     if unknown or missing or len(set(given)) != len(given):
-        raise ExperimentConfigError(f"config.experiment.task_order={order!r} must list every task type once; "
+        raise ConfigError(f"config.experiment.task_order={order!r} must list every task type once; "
                                     f"unknown: {unknown}, missing: {missing} (present: {present})")
     return given
 
@@ -153,7 +150,7 @@ def dataset_order(datasets: Sequence[DatasetInfo], order: str) -> list[str]:
     given = _names(order)
     unknown, missing = [n for n in given if n not in present], [n for n in present if n not in given]
     if unknown or missing or len(set(given)) != len(given):
-        raise ExperimentConfigError(f"config.experiment.dataset_order={order!r} must list every dataset once; "
+        raise ConfigError(f"config.experiment.dataset_order={order!r} must list every dataset once; "
                                     f"unknown: {unknown}, missing: {missing} (present: {present})")
     return given
 
@@ -164,7 +161,7 @@ def first_stage(datasets: Sequence[DatasetInfo], spec: str) -> list[str]:
     chosen = [d.name for d in datasets if d.name in keys or d.task_type in keys]
     unknown = [k for k in keys if not any(k in (d.name, d.task_type) for d in datasets)]
     if unknown or not chosen or len(chosen) == len(datasets):
-        raise ExperimentConfigError(
+        raise ConfigError(
             f"config.experiment.two_stage_first={spec!r} must pick some but not all datasets by name or task "
             f"type (unknown: {unknown}; datasets: {[(d.name, d.task_type) for d in datasets]})")
     return chosen
@@ -188,11 +185,11 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
 
     `incremental` (the config's incremental section) only sizes the incremental update's runs."""
     if not datasets:
-        raise ExperimentConfigError("no training datasets (check config.data.names)")
+        raise ConfigError("no training datasets (check config.data.names)")
     strategies = _names(experiment["strategies"])
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
-        raise ExperimentConfigError(f"config.experiment.strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
+        raise ConfigError(f"config.experiment.strategies: unknown {unknown}; choose from {list(STRATEGIES)}")
     by_name = {d.name: d for d in datasets}
     ordered = [by_name[n] for n in dataset_order(datasets, experiment["dataset_order"])]
     types = task_type_order(datasets, experiment["task_order"])
@@ -208,7 +205,7 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
         infos = [by_name[n] for n in names]
         steps = schedule_steps(infos, batch_size, epochs=epochs)
         if steps == 0:
-            raise ExperimentConfigError(
+            raise ConfigError(
                 f"run {name!r} would train 0 steps: every dataset of {list(names)} has fewer examples than "
                 f"config.train.batch_size={batch_size}; raise config.data.limit or lower the batch size")
         runs[name] = TrainRun(name, schedule, tuple(names), steps, steps * batch_size, tuple(stage1))
@@ -226,7 +223,7 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
     for r, m in zip(needed, members):
         member_steps[m] = schedule_steps(datasets, batch_size, ratio=r, epochs=epochs)
         if member_steps[m] == 0:
-            raise ExperimentConfigError(
+            raise ConfigError(
                 f"bag member {m} would train 0 steps: {r:.0%} of every dataset is fewer than "
                 f"config.train.batch_size={batch_size} examples; raise config.data.limit or drop that ratio")
 
@@ -262,7 +259,7 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
             operators = _names(experiment.get("operators", ",".join(OPERATORS)))
             unknown = [o for o in operators if o not in OPERATORS]
             if unknown or not operators:
-                raise ExperimentConfigError(f"config.experiment.operators: unknown {unknown}; choose from {list(OPERATORS)}")
+                raise ConfigError(f"config.experiment.operators: unknown {unknown}; choose from {list(OPERATORS)}")
             for op in operators:
                 if op == "slerp" and len(inputs) != 2:
                     skipped.append(f"task_{op}: SLERP merges exactly 2 models, the data has {len(inputs)} task types")

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from boom_jax.atomic_io import atomic_write, write_text
+from boom_jax.boom.workflow import markdown_table
+from boom_jax.evaluation.report import results_table, save_results, summarize
 from boom_jax.experiments.plan import OPERATORS
 
 RESULTS_MD = "RESULTS.md"
@@ -25,8 +27,6 @@ CHARTS = {"in_vs_out": "charts/in_vs_out.png", "cost_vs_score": "charts/cost_vs_
 
 def scored_rows(rows: Sequence[dict], results: dict | None) -> list[dict]:
     """The rows with their means (None where a model was not evaluated)."""
-    from boom_jax.evaluation.report import summarize
-
     means = summarize({k: v for k, v in results.items() if v}) if results else {}
     out = []
     for row in rows:
@@ -50,12 +50,10 @@ def results_markdown(rows: Sequence[dict], config_summary: dict, command: str, n
              "## Command", "", "```", command, "```", "", "## Sizes", ""]
     lines += [f"- {k}: {v}" for k, v in config_summary.items()]
     header = ["model", "strategy", "in-domain", "out-of-domain", *types, "all", "steps", "examples", "wall time (s)"]
-    lines += ["", "## Results", "", "| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
-    for r in rows:
-        cells = [r["label"], r["strategy"], _fmt(r["in_domain"]), _fmt(r["out_of_domain"]),
-                 *[_fmt(r["by_type"].get(t)) for t in types], _fmt(r["mean"]), str(r["steps"]), str(r["examples"]),
-                 f"{r['wall_time_s']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Results", ""] + markdown_table(header, [
+        [r["label"], r["strategy"], _fmt(r["in_domain"]), _fmt(r["out_of_domain"]),
+         *[_fmt(r["by_type"].get(t)) for t in types], _fmt(r["mean"]), r["steps"], r["examples"], f"{r['wall_time_s']:.1f}"]
+        for r in rows], left=2)
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     if any(r["mean"] is not None for r in rows):
         lines += ["", "## Charts", "", f"![in-domain vs out-of-domain]({CHARTS['in_vs_out']})", "",
@@ -68,7 +66,7 @@ def results_markdown(rows: Sequence[dict], config_summary: dict, command: str, n
 
 def plot_in_vs_out(rows: Sequence[dict], path: str) -> None:
     """Grouped bars: in-domain and out-of-domain mean per model."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib (pyplot above all) is slow to import and only the charts need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,7 +102,7 @@ def _save_png(fig, path: str) -> None:
 
 def plot_cost_vs_score(rows: Sequence[dict], path: str) -> None:
     """Scatter: training examples (x) vs in-domain and out-of-domain means (y), one point pair per model."""
-    import matplotlib
+    import matplotlib  # lazy: as in plot_in_vs_out
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -200,8 +198,6 @@ def result_notes(config, rows: Sequence[dict], records: dict) -> list[str]:
 def write_results(workdir: str, config, rows: Sequence[dict], results: dict | None, records: dict, command: str,
                   datasets: Sequence[Any], bag_dir: str) -> dict:
     """Writes DIR/results.json, DIR/RESULTS.md and (with scores) DIR/charts/*.png; returns the summary."""
-    from boom_jax.evaluation.report import results_table, save_results
-
     scored = scored_rows(rows, results)
     summary = {"rows": scored, "records": records, "command": command,
                "sizes": config_summary(config, datasets, bag_dir), "scores": results or {}}

@@ -15,23 +15,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import ml_collections
 
 from boom_jax.atomic_io import write_json
+from boom_jax.boom.bag import read_member_record, run_bag
+from boom_jax.boom.incremental import run_incremental
 from boom_jax.boom.merge_config import BASE_MODEL, MergeSpec, merge_spec
-from boom_jax.boom.merge_config import merge as merge_with
-from boom_jax.boom.merge_weights import heldout_split, learn_weights
+from boom_jax.boom.merge_weights import heldout_split
+from boom_jax.boom.workflow import PLAIN_RUN, ensure_trained, log, merge_and_export, read_record, run_config
 from boom_jax.data.records import TrainDataset
-from boom_jax.training.workdir_lock import holds_workdir_lock
-from boom_jax.experiments.plan import (DatasetInfo, ExperimentConfigError, MergeRun, Plan, TrainRun, format_plan,
-                                       make_plan)
+from boom_jax.errors import ConfigError
+from boom_jax.evaluation.report import load_results
+from boom_jax.evaluation.runner import evaluate_dev
+from boom_jax.experiments.plan import DatasetInfo, MergeRun, Plan, TrainRun, format_plan, make_plan
+from boom_jax.experiments.results import write_results
 from boom_jax.merging.methods import MERGE_METHODS
+from boom_jax.training.config_validation import validate_config
+from boom_jax.training.model_setup import resolve_model_path
+from boom_jax.training.train_data import load_train_datasets
+from boom_jax.training.workdir_lock import holds_workdir_lock
 
 RUN_RECORD = "run.json"
 WORKFLOW_SECTIONS = ("experiment", "bag", "incremental", "cluster")
@@ -42,29 +48,12 @@ SHARED_SETTINGS = ("seed", "model.path", "model.random_init", "data.source", "da
                    "train.warmup_ratio")
 
 
-def read_json(path: str) -> Any | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def training_config(config: ml_collections.ConfigDict, name: str, schedule: str = "bls",
                     first_stage: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """A plain training config for one run: the experiment's settings without its workflow sections
     (``first_stage``: the two_stage schedule's stage-1 datasets)."""
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        for section in WORKFLOW_SECTIONS:
-            if section in c:
-                del c[section]
-        c.name = f"{config.name}/{name}"
-        c.data.schedule = schedule
-        c.data.two_stage_first = ",".join(first_stage)
-        c.export.sentence_transformers = False
-        c.eval.every_steps = 0
-        c.eval.at_end = False
-    return c
+    return run_config(config, name, {"data.schedule": schedule, "data.two_stage_first": ",".join(first_stage),
+                                     **PLAIN_RUN}, drop=WORKFLOW_SECTIONS)
 
 
 def dataset_infos(datasets: Sequence[TrainDataset]) -> list[DatasetInfo]:
@@ -88,26 +77,12 @@ def _run_datasets(run: TrainRun, datasets: Sequence[TrainDataset]) -> list[Train
 def ensure_train_run(config: ml_collections.ConfigDict, workdir: str, run: TrainRun,
                      datasets: Sequence[TrainDataset]) -> dict:
     """Trains (resumes, or skips when run.json exists) one run; returns its cost record."""
-    from boom_jax.training.loop import train
-
-    run_dir = os.path.join(workdir, "runs", run.name)
-    record = read_json(os.path.join(run_dir, RUN_RECORD))
-    if record is not None:
-        print(f"[experiment] run {run.name} already finished ({record['steps']} steps); skipping")
-        return record
-    print(f"[experiment] training {run.name}: {run.schedule} on {', '.join(run.datasets)} ({run.steps} steps)")
-    start = time.time()
-    result = train(training_config(config, run.name, run.schedule, run.first_stage), run_dir,
-                   datasets=_run_datasets(run, datasets))
-    if result.preempted:
-        raise SystemExit(f"[experiment] run {run.name} was preempted at step {result.steps}; re-run to resume")
-    record = {"name": run.name, "schedule": run.schedule, "datasets": list(run.datasets),
-              "first_stage": list(run.first_stage), "steps": int(result.steps),
-              "examples": int(result.steps) * int(config.train.batch_size),
-              "wall_time_s": round(time.time() - start, 2), "final_loss": float(result.final_loss),
-              "model": os.path.join(run_dir, "model")}
-    write_json(os.path.join(run_dir, RUN_RECORD), record)
-    return record
+    fields = {"name": run.name, "schedule": run.schedule, "datasets": list(run.datasets),
+              "first_stage": list(run.first_stage)}
+    return ensure_trained(training_config(config, run.name, run.schedule, run.first_stage),
+                          os.path.join(workdir, "runs", run.name), _run_datasets(run, datasets),
+                          record_file=RUN_RECORD, tag="experiment", label=f"run {run.name}",
+                          detail=f": {run.schedule} on {', '.join(run.datasets)} ({run.steps} steps)", fields=fields)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -122,13 +97,13 @@ def check_bag_settings(config: ml_collections.ConfigDict, bag_dir: str, members:
     """A reused bag's members must have been trained with this experiment's settings."""
     mine = _flat(config.to_dict())
     for m in members:
-        theirs = read_json(os.path.join(bag_dir, "members", m, "config.json"))
+        theirs = read_record(os.path.join(bag_dir, "members", m, "config.json"))
         if theirs is None:
             continue
         theirs = _flat(theirs)
         diff = [f"{k}: {theirs.get(k)!r} vs {mine.get(k)!r}" for k in SHARED_SETTINGS if theirs.get(k) != mine.get(k)]
         if diff:
-            raise ExperimentConfigError(
+            raise ConfigError(
                 f"config.experiment.bag_workdir={bag_dir}: member {m} was trained with other settings "
                 f"(bag vs experiment): {'; '.join(diff)}")
 
@@ -136,8 +111,6 @@ def check_bag_settings(config: ml_collections.ConfigDict, bag_dir: str, members:
 def ensure_bag(config: ml_collections.ConfigDict, bag_dir: str, plan: Plan,
                datasets: Sequence[TrainDataset]) -> dict[str, dict]:
     """The bag members the plan needs (trained with boom_jax.boom.bag.run_bag unless all finished)."""
-    from boom_jax.boom.bag import read_member_record, run_bag
-
     if not plan.bag_members:
         return {}
     check_bag_settings(config, bag_dir, plan.bag_members)
@@ -150,7 +123,7 @@ def ensure_bag(config: ml_collections.ConfigDict, bag_dir: str, plan: Plan,
             bag_config.bag.ratios = tuple(plan.bag_ratios)
             bag_config.bag.evaluate = False  # the experiment evaluates every model together
             bag_config.merge.weights = ""  # the experiment merges (and learns weights) itself
-        print(f"[experiment] training the BOOM bag in {bag_dir}: members {', '.join(plan.bag_members)}")
+        log("experiment", f"training the BOOM bag in {bag_dir}: members {', '.join(plan.bag_members)}")
         # One member per call (config.bag.member): run_bag trains or skips it and does not merge, since
         # the experiment merges each ratio set itself.
         # With config.bag.stacked all members train in one program (and run_bag merges them too).
@@ -160,18 +133,16 @@ def ensure_bag(config: ml_collections.ConfigDict, bag_dir: str, plan: Plan,
             run_bag(bag_config, bag_dir, datasets=datasets)
         records = {m: read_member_record(os.path.join(bag_dir, "members", m)) for m in plan.bag_members}
     else:
-        print(f"[experiment] bag members {', '.join(plan.bag_members)} already finished in {bag_dir}; skipping")
+        log("experiment", f"bag members {', '.join(plan.bag_members)} already finished in {bag_dir}; skipping")
     return records
 
 
 def ensure_incremental(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset]) -> dict:
     """The incremental update (boom_jax.boom.incremental) in DIR/runs/incremental; returns its cost record."""
-    from boom_jax.boom.incremental import run_incremental
-
     run_dir = os.path.join(workdir, "runs", "incremental")
-    record = read_json(os.path.join(run_dir, RUN_RECORD))
+    record = read_record(os.path.join(run_dir, RUN_RECORD))
     if record is not None:
-        print("[experiment] incremental update already finished; skipping")
+        log("experiment", "incremental update already finished; skipping")
         return record
     inc_config = training_config(config, "incremental")
     with inc_config.unlocked():
@@ -212,26 +183,21 @@ def ensure_merge(config: ml_collections.ConfigDict, workdir: str, merge: MergeRu
     """Merges the inputs' models into DIR/runs/<name>/model unless already done (config.merge, or the
     merge's operator; learned weights are scored on `heldout`)."""
     run_dir = os.path.join(workdir, "runs", merge.name)
-    record = read_json(os.path.join(run_dir, RUN_RECORD))
+    record = read_record(os.path.join(run_dir, RUN_RECORD))
     if record is not None:
-        print(f"[experiment] merge {merge.name} already done; skipping")
+        log("experiment", f"merge {merge.name} already done; skipping")
         return record
     inputs = [records[n] for n in merge.inputs]
     os.makedirs(run_dir, exist_ok=True)
     spec = merge_run_spec(config, merge, len(inputs))
-    print(f"[experiment] merging {merge.name} ({spec.method}) from {', '.join(merge.inputs)}")
-    start = time.time()
-    learned = None
-    if spec.auto:
-        learned = learn_weights(config, spec, [r["model"] for r in inputs], heldout, workdir)
-    done = merge_with(config, spec, [r["model"] for r in inputs], os.path.join(run_dir, "model"), workdir,
-                      weights=None if learned is None else learned["weights"])
-    merge_time = round(time.time() - start, 2)
+    log("experiment", f"merging {merge.name} ({spec.method}) from {', '.join(merge.inputs)}")
+    done = merge_and_export(config, spec, {n: r["model"] for n, r in zip(merge.inputs, inputs)},
+                            os.path.join(run_dir, "model"), workdir, tag="experiment", heldout=heldout)
     record = {"name": merge.name, "inputs": list(merge.inputs), "method": spec.method, "weights": done["weights"],
-              "params": spec.params, "base": spec.base, "learned": learned,
+              "params": spec.params, "base": spec.base, "learned": done.get("learned"),
               "steps": sum(r["steps"] for r in inputs), "examples": sum(r["examples"] for r in inputs),
-              "merge_wall_time_s": merge_time,
-              "wall_time_s": round(sum(r["wall_time_s"] for r in inputs) + merge_time, 2),
+              "merge_wall_time_s": done["wall_time_s"],
+              "wall_time_s": round(sum(r["wall_time_s"] for r in inputs) + done["wall_time_s"], 2),
               "model": os.path.join(run_dir, "model")}
     write_json(os.path.join(run_dir, RUN_RECORD), record)
     return record
@@ -243,20 +209,16 @@ def evaluate_rows(config: ml_collections.ConfigDict, workdir: str, models: dict[
     Tasks: config.experiment.eval_tasks, capped by config.eval (max_queries, max_documents, max_texts,
     max_seq_length) as boom_jax.evaluation.runner.evaluate_dev applies them.
     """
-    from boom_jax.evaluation import runner
-    from boom_jax.evaluation.report import load_results
-
     results = {}
     for label, path in models.items():
         out = os.path.join(workdir, "eval", label)
         if os.path.exists(os.path.join(out, "results.json")):
-            print(f"[experiment] {label} already evaluated; reading {out}/results.json")
+            log("experiment", f"{label} already evaluated; reading {out}/results.json")
             results[label] = load_results(out)[label]
             continue
-        print(f"[experiment] evaluating {label} ({path})")
-        scores = runner.evaluate_dev(training_config(config, "eval"), {label: path}, out,
-                                     tasks=config.experiment.eval_tasks)
-        results[label] = scores[label]
+        log("experiment", f"evaluating {label} ({path})")
+        results[label] = evaluate_dev(training_config(config, "eval"), {label: path}, out,
+                                      tasks=config.experiment.eval_tasks)[label]
     return results
 
 
@@ -275,10 +237,6 @@ def row_records(plan: Plan, records: dict[str, dict]) -> list[dict]:
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str | None = None,
                    datasets: Sequence[TrainDataset] | None = None) -> dict:
     """Runs (or resumes) the whole comparison and writes DIR/RESULTS.md; returns the results summary."""
-    from boom_jax.experiments.results import write_results
-    from boom_jax.training.config_validation import validate_config
-    from boom_jax.training.loop import load_train_datasets, resolve_model_path
-
     workdir = os.path.abspath(workdir)
     validate_config(training_config(config, "check"))
     if datasets is None:
@@ -292,7 +250,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str
     for merge in plan.merges:  # every merge's method, weights and parameters, before any training
         merge_run_spec(config, merge, len(merge.inputs))
     bag_dir = os.path.abspath(config.experiment.bag_workdir or os.path.join(workdir, "boom"))
-    print(format_plan(plan, bag_dir), flush=True)
+    log("experiment", format_plan(plan, bag_dir))
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
     write_json(os.path.join(workdir, "plan.json"), {
         "bag_dir": bag_dir, "bag_members": list(plan.bag_members), "member_steps": dict(plan.member_steps),
@@ -303,7 +261,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str
     start = time.time()
     records: dict[str, dict] = dict(ensure_bag(config, bag_dir, plan, datasets))
     for i, run in enumerate(plan.train_runs):
-        print(f"[experiment] run {i + 1}/{len(plan.train_runs)}", flush=True)
+        log("experiment", f"run {i + 1}/{len(plan.train_runs)}")
         records[run.name] = ensure_train_run(config, workdir, run, datasets)
     if plan.incremental:
         records["incremental"] = ensure_incremental(config, workdir, datasets)
@@ -313,11 +271,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str
         records["base"] = {"steps": 0, "examples": 0, "wall_time_s": 0.0,
                            "model": resolve_model_path(config.model.path)}
     rows = row_records(plan, records)
-
-    results = None
-    if config.experiment.evaluate:
-        results = evaluate_rows(config, workdir, {r["label"]: r["model"] for r in rows})
-    print(f"[experiment] training, merging and evaluation took {time.time() - start:.0f} s")
+    results = evaluate_rows(config, workdir, {r["label"]: r["model"] for r in rows}) if config.experiment.evaluate else None
+    log("experiment", f"training, merging and evaluation took {time.time() - start:.0f} s")
     command = command or (f"python -m boom_jax.experiments --config=configs/experiment.py --workdir={workdir}")
     return write_results(workdir, config, rows, results, records, command,
                          datasets=dataset_infos(datasets), bag_dir=bag_dir)
