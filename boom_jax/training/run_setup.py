@@ -22,7 +22,10 @@ then counts the devices of one member); `devices` builds the config's mesh on th
 run's target); `make_step=False` skips the shardings and the jitted step (the stacked bag builds its
 own, vmapped); `abstract=True` reads only the model folder's config (params are ShapeDtypeStructs),
 loads no data and no tokenizer (`train_sets`, `batcher`, tokenizers are None; `total_steps` =
-config.train.max_steps or 1000: shapes do not depend on it).
+config.train.max_steps or 1000: shapes do not depend on it); `load_data=False` is a real run without
+data (a benchmark on synthetic batches: real params, no `train_sets` / `batcher`, tokenizers only when
+the model has a tokenizer folder, `total_steps` as in abstract mode). Without data the loss spec is
+None (plain InfoNCE; the loss checks need the data).
 
 Pieces usable alone: `build_optimizer`, `mesh_spec`, `text_lengths`, `text_tokenizers`,
 `make_batcher`, `run_loss`; the model and data steps live in training/model_setup.py and
@@ -185,6 +188,7 @@ def build_run(
     model: tuple[Any, Any, str] | None = None,
     data_report: LoadReport | None = None,
     make_step: bool = True,
+    load_data: bool = True,
 ) -> RunSetup:
     """The run `config` describes, set up once: model, tokenizers, data and batcher, loss, optimizer,
     schedule, mesh, shardings and the jitted step (arguments: the module docstring). Raises
@@ -208,14 +212,15 @@ def build_run(
     rules = get_arch(cfg.arch).sharding_rules
 
     tokenizer = query_tok = passage_tok = train_sets = batcher = loss_spec = None
-    if abstract:
+    if not abstract and tokenizer_dir:
+        tokenizer = load_tokenizer(tokenizer_dir)
+        query_tok, passage_tok = text_tokenizers(config, cfg, tokenizer)
+    if abstract or not load_data:
         total_steps = config.train.max_steps or ABSTRACT_TOTAL_STEPS
     else:
         workdir = os.path.abspath(workdir)
         train_sets = prepare_datasets(config, workdir, datasets, subset, data_report)
         train_sets = apply_passage_prompts(train_sets, document_prompt(cfg))
-        tokenizer = load_tokenizer(tokenizer_dir)
-        query_tok, passage_tok = text_tokenizers(config, cfg, tokenizer)
         loss_spec = run_loss(config, cfg, train_sets)
         batcher = make_batcher(config, workdir, train_sets, query_tok, passage_tok, loss_spec,
                                batch_shard_count(mesh) // jax.process_count())
@@ -224,7 +229,8 @@ def build_run(
     setup = RunSetup(config=config, workdir=workdir, model_config=cfg, params=params, tokenizer_dir=tokenizer_dir,
                      mesh=mesh, rules=rules, rng=rng, optimizer=optimizer, schedule=schedule, trainable=trainable,
                      total_steps=total_steps, loss_spec=loss_spec, tokenizer=tokenizer, query_tokenizer=query_tok,
-                     passage_tokenizer=passage_tok, train_sets=train_sets, batcher=batcher, abstract=abstract)
+                     passage_tokenizer=passage_tok, train_sets=train_sets, batcher=batcher,
+                     abstract=abstract)
     if make_step:
         setup.shardings = train_state_shardings(params, optimizer, rng, mesh, rules)
         setup.train_step = make_train_step(
