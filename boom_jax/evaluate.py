@@ -22,6 +22,9 @@ import sys
 from absl import app, flags, logging
 
 from boom_jax import cli
+from boom_jax.evaluation.report import TABLE_FILE
+from boom_jax.evaluation.subsample import TaskCaps
+from boom_jax.models.truncation import TruncatedEncoder
 from boom_jax.preflight import check_out_not_inside, check_writable_folder
 
 FLAGS = flags.FLAGS
@@ -90,15 +93,14 @@ def model_meta_flags(labels: list[str], names: list[str], revisions: list[str]) 
 
 def is_resumable(out: str) -> bool:
     """Whether --out holds an evaluation's run record (re-running it resumes; the runner checks it matches)."""
-    from boom_jax.evaluation.runner import RUN_FILE
+    from boom_jax.evaluation.runner import RUN_FILE  # lazy: evaluation.runner imports mteb (a slow import)
 
     return os.path.isfile(os.path.join(out, RUN_FILE))
 
 
 def truncated_models(models: dict[str, str], dim: int, max_seq_length: int = 0) -> dict:
     """label -> the path's JAX encoder returning its first ``dim`` coordinates, re-normalized."""
-    from boom_jax.evaluation.runner import load_encoder
-    from boom_jax.models.truncation import TruncatedEncoder
+    from boom_jax.evaluation.runner import load_encoder  # lazy: mteb, as above
 
     if dim < 0:
         raise app.UsageError(f"--truncate_dim={dim} must be >= 0")
@@ -129,9 +131,7 @@ def main(argv: list[str], flag_values: flags.FlagValues = FLAGS) -> None:
     if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep mteb's per-step INFO lines out of the progress bars
 
-    from boom_jax.evaluation.report import TABLE_FILE
-    from boom_jax.evaluation.runner import evaluate_models
-    from boom_jax.evaluation.subsample import TaskCaps
+    from boom_jax.evaluation.runner import evaluate_models  # lazy: mteb, only once the flags are checked
 
     if flag_values.truncate_dim:
         models = truncated_models(models, flag_values.truncate_dim, flag_values.max_seq_length)

@@ -12,7 +12,10 @@ import os
 from absl import app, flags
 
 from boom_jax import cli
+from boom_jax.hf.export import export_sentence_transformers
+from boom_jax.model_io import ModelFolderError, load_model, resolve_model_folder, tokenizer_dir_of
 from boom_jax.preflight import check_out_not_inside, check_writable_folder
+from boom_jax.training.provenance import find_provenance
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -25,10 +28,6 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def export_checkpoint(checkpoint: str, out: str, overwrite: bool = False) -> str:
     """Load `checkpoint` and write its HF + sentence-transformers folder (with the model card and the
     boom.json of the run that made it, when there is one) to `out`; returns `out`."""
-    from boom_jax.hf.export import export_sentence_transformers
-    from boom_jax.model_io import ModelFolderError, load_model, resolve_model_folder, tokenizer_dir_of
-    from boom_jax.training.provenance import find_provenance
-
     out = os.path.abspath(out)
     check_out_not_inside(out, {"--checkpoint": checkpoint})
     if os.path.isdir(out) and os.listdir(out) and not overwrite:

@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from boom_jax import cli
 from boom_jax.merging.methods import MERGE_METHODS
 from boom_jax.merging.recipe import read_recipe
+from boom_jax.merging.streaming import merge_models, merge_recipe
 from boom_jax.preflight import check_out_not_inside
 
 _METHOD_HELP = "Merge method. One of:\n" + "\n".join(
@@ -92,7 +93,6 @@ def main(argv: list[str]) -> None:
     check_out_not_inside(FLAGS.out, read)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the way
-    from boom_jax.merging.streaming import merge_models, merge_recipe
 
     try:
         if FLAGS.recipe:

@@ -20,6 +20,12 @@ import os
 from absl import flags
 
 from boom_jax import cli
+from boom_jax.atomic_io import write_text
+from boom_jax.data.sources import load_datasets
+from boom_jax.encode import load_encoder, read_texts
+from boom_jax.mining import MiningOptions, MiningStats, mine_hard_negatives, parse_range
+from boom_jax.models.encoder import data_mesh
+from boom_jax.training.model_setup import resolve_model_path
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -54,25 +60,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def load_examples(path: str, limit: int = 0) -> list:
     """The (first ``limit``) examples of a JSONL file / folder / glob or a datasets folder, as one dataset."""
-    from boom_jax.data.sources import load_datasets
-
     (dataset,) = load_datasets([{"path": path, "name": "input", "limit": limit or None}])
     return dataset.examples
 
 
 def write_records(path: str, records: list[dict]) -> None:
-    from boom_jax.atomic_io import write_text
-
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def encoder_for(model: str, max_seq_length: int = 0):
     """The model's Encoder ("builtin:minilm" = the packaged all-MiniLM-L6-v2), its inputs cut to
     ``max_seq_length`` tokens when > 0, its rows split over every device JAX sees."""
-    from boom_jax.encode import load_encoder
-    from boom_jax.models.encoder import data_mesh
-    from boom_jax.training.loop import resolve_model_path
-
     return load_encoder(resolve_model_path(model), mesh=data_mesh(),
                         **({"max_seq_length": max_seq_length} if max_seq_length else {}))
 
@@ -80,9 +78,6 @@ def encoder_for(model: str, max_seq_length: int = 0):
 def mine_file(model: str, input_path: str, output: str, options, corpus_path: str | None = None,
               overwrite: bool = False, max_seq_length: int = 0, limit: int = 0, **kwargs) -> "object":
     """Mine ``input_path`` with ``model`` into ``output``; returns the MiningStats."""
-    from boom_jax.encode import read_texts
-    from boom_jax.mining import MiningStats, mine_hard_negatives
-
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"output {output!r} already exists (pass --overwrite to replace it)")
     examples = load_examples(input_path, limit)
@@ -95,8 +90,6 @@ def mine_file(model: str, input_path: str, output: str, options, corpus_path: st
 
 
 def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    from boom_jax.mining import MiningOptions, parse_range
-
     cli.check_arguments(argv, flag_values, "model", "input", "output")
     f = flag_values
     low, high = parse_range(f.range_for_sampling) if f.range_for_sampling else (0, None)

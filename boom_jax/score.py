@@ -14,6 +14,8 @@ import os
 from absl import flags
 
 from boom_jax import cli
+from boom_jax.mine import encoder_for, load_examples, write_records
+from boom_jax.mining import MinedExample, teacher_scores
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -33,9 +35,6 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def score_file(teacher: str, input_path: str, output: str, overwrite: bool = False, max_seq_length: int = 0,
                limit: int = 0, **kwargs) -> int:
     """Score ``input_path`` with ``teacher`` into ``output``; returns the number of records written."""
-    from boom_jax.mine import encoder_for, load_examples, write_records
-    from boom_jax.mining import MinedExample, teacher_scores
-
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"output {output!r} already exists (pass --overwrite to replace it)")
     examples = load_examples(input_path, limit)

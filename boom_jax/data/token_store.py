@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from boom_jax.atomic_io import atomic_write
 from boom_jax.tokenization import bucket_for, finish_token_ids
@@ -255,7 +255,7 @@ def load_or_build_store(texts: Iterable[str], text_tokenizer: Any, cache_dir: st
         try:
             _save_atomic(path, flat, offsets, key)
         except OSError as e:  # a read-only or full disk costs the next run a rebuild, not this one
-            logging.getLogger(__name__).warning("token store not saved to %s: %s", path, e)
+            logging.warning("token store not saved to %s: %s", path, e)
     return TokenStore(distinct, flat, offsets, text_tokenizer)
 
 

@@ -18,7 +18,9 @@ from boom_jax.atomic_io import atomic_folder, write_json
 from boom_jax.hf.model_card import write_card_files
 from boom_jax.hf.st_folder import read_json, write_st_files
 from boom_jax.models.config import ModelConfig
+from boom_jax.models.lora import fold_lora
 from boom_jax.models.registry import get_arch
+from boom_jax.tokenization import load_tokenizer
 
 Params = dict[str, Any]
 # config.json / tokenizer_config.json keys that point transformers at code in the source repository.
@@ -28,8 +30,6 @@ REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
 def flax_to_hf(params: Params, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """HF tensors for `params` (LoRA adapters folded into the kernels first)."""
     if cfg.lora_rank:
-        from boom_jax.models.lora import fold_lora
-
         params = fold_lora(params, cfg)
         cfg = cfg.replace(lora_rank=0)
     return get_arch(cfg.arch).flax_to_hf(params, cfg)
@@ -64,8 +64,6 @@ def export_sentence_transformers(
     the new one is complete. Nothing is left behind when anything fails.
     """
     from safetensors.numpy import save_file
-
-    from boom_jax.tokenization import load_tokenizer
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     _check_out_dir(out_dir, overwrite)

@@ -43,6 +43,7 @@ import numpy as np
 import yaml
 
 from boom_jax.merging import methods
+from boom_jax.models.registry import get_arch
 
 RECIPE_FILE = "recipe.yml"
 MODEL_PARAMETERS = ("weight", "density", "gamma", "epsilon")
@@ -267,8 +268,6 @@ def evaluate(setting: Any, path: str, hf_name: str | None, t: float, where: str)
 def hf_names(cfg: Any) -> dict[str, str]:
     """Leaf path -> Hugging Face tensor name for the architectures with a weight map ({} otherwise)."""
     try:
-        from boom_jax.models.registry import get_arch
-
         entries = get_arch(cfg.arch)._weights().name_map(cfg)
     except (AttributeError, ValueError, KeyError, ImportError):
         return {}

@@ -20,11 +20,16 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"  # unreadable steps are moved here (kept for inspection, out of Orbax's way)
 
-log = logging.getLogger("boom_jax.train")
+
+def _warn(message: str, *args) -> None:
+    """A warning about the run's checkpoints, once (process 0; every host restores the same step)."""
+    if jax.process_index() == 0:
+        absl_logging.warning(message, *args)
 
 
 class CheckpointError(RuntimeError):
@@ -149,11 +154,11 @@ class TrainCheckpointer:
                 _DROP_ASYNCIO_NOISE.paths.add(os.path.join(self.directory, str(step)))
                 _drop_closed_loop_errors()
                 moved = self._set_aside(step)
-                log.warning("checkpoint step %d in %s is damaged (%s); moved to %s, trying the previous step",
+                _warn("checkpoint step %d in %s is damaged (%s); moved to %s, trying the previous step",
                             step, self.directory, reason, moved)
                 continue
             if damaged:
-                log.warning("resuming from step %d, the newest intact checkpoint (damaged: %s)", step, "; ".join(damaged))
+                _warn("resuming from step %d, the newest intact checkpoint (damaged: %s)", step, "; ".join(damaged))
             return step, state, data_state, config
         if damaged:
             raise CheckpointError(f"{self.directory}: no intact checkpoint to resume from ({'; '.join(damaged)}); "

@@ -9,22 +9,27 @@ negatives than a group takes (the batcher then repeats them or draws random nega
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
+import jax
 import ml_collections
+from absl import logging
 
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.validation import LoadReport
 from boom_jax.errors import ConfigError
-
-log = logging.getLogger("boom_jax.train")
 
 # Task types the project knows (schedules group by them; classification / clustering turn off in-batch
 # negatives). Anything else is most likely a typo that would silently get retrieval behaviour.
 TRAIN_TASK_TYPES = ("retrieval", "classification", "clustering", "sts", "pair_classification", "reranking",
                     "bitext_mining", "summarization")
 MIXED_BATCH_SCHEDULES = ("instance_mixing",)  # batches mix datasets: no per-dataset minimum
+
+
+def _warn(message: str, *args) -> None:
+    """A warning about the run's data, once (process 0): every host loads the same data."""
+    if jax.process_index() == 0:
+        logging.warning(message, *args)
 
 
 def dataset_origin(config: ml_collections.ConfigDict, name: str) -> str:
@@ -77,7 +82,7 @@ def check_train_datasets(config: ml_collections.ConfigDict, datasets: Sequence[T
         if short:
             key = (f"config.data.datasets.{d.name}.hard_negatives={d.hard_negatives}" if d.hard_negatives is not None
                    else f"config.data.train_group_size={default_group}")
-            log.warning("dataset %r: %d of %d examples have fewer than the %d hard negatives a group takes (%s; "
+            _warn("dataset %r: %d of %d examples have fewer than the %d hard negatives a group takes (%s; "
                         "fewest: %d); their groups repeat their negatives or use random negatives from other "
                         "examples", d.name, len(short), len(d.examples), wanted, key, min(short))
 
@@ -93,5 +98,5 @@ def check_subset_sizes(config: ml_collections.ConfigDict, datasets: Sequence[Tra
         raise ConfigError(f"config.data.subset_ratio={config.data.subset_ratio}: every dataset of the subset is "
                           f"smaller than one batch (config.train.batch_size={batch}): {', '.join(small)}")
     if small:
-        log.warning("subset ratio %s leaves %s smaller than one batch of %d: no batch from them in this run",
+        _warn("subset ratio %s leaves %s smaller than one batch of %d: no batch from them in this run",
                     config.data.subset_ratio, ", ".join(small), batch)

@@ -12,15 +12,17 @@ which is how the tests check that a 2-host run equals a 1-host run on the same n
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-log = logging.getLogger("boom_jax.distributed")
+from boom_jax.training.sharding import batch_sharding
+
 
 # Environment variables by which jax.distributed.initialize() finds its cluster on its own.
 AUTO_DETECT_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "CLOUD_TPU_TASK_ID",
@@ -77,9 +79,10 @@ def maybe_initialize(
                                    process_id=int(process_id))
     else:
         if not any(k in os.environ for k in AUTO_DETECT_ENV):
-            log.warning("--distributed without a coordinator: relying on JAX's cluster auto-detection")
+            logging.warning("--distributed without a coordinator: relying on JAX's cluster auto-detection")
         jax.distributed.initialize()
-    log.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+    # every process reports itself (not only process 0)
+    logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
 
@@ -99,8 +102,6 @@ def global_batch(batch: dict, mesh: Mesh, sharding: NamedSharding | None = None)
     """
     if jax.process_count() == 1:
         return batch
-    from boom_jax.training.sharding import batch_sharding
-
     sharding = sharding or batch_sharding(mesh)
     local = np.shape(batch["query_index" if "query_index" in batch else "query_ids"])[0]  # queries (packed or not)
     out = {}
@@ -118,8 +119,6 @@ def to_host(tree: Any) -> Any:
     """Numpy copies of a tree of jax arrays on every host, gathering shards held by other hosts."""
     def one(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
-            from jax.experimental import multihost_utils
-
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return np.asarray(x.addressable_shards[0].data)
@@ -131,8 +130,6 @@ def to_host(tree: Any) -> Any:
 def sync(name: str) -> None:
     """A barrier across hosts (no-op with one process), e.g. before process 0 writes shared files."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 

@@ -17,6 +17,7 @@ import ml_collections
 
 from boom_jax.data.records import TrainDataset
 from boom_jax.hf.model_card import PROVENANCE_FORMAT, read_card_metadata, read_provenance
+from boom_jax.model_io import resolve_model_folder
 
 # Hub ids of the built-in models (config.model.path "builtin:NAME").
 BUILTIN_HUB_IDS = {"builtin:minilm": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -51,8 +52,6 @@ def base_model_id(config: ml_collections.ConfigDict, model_dir: str | None = Non
 def find_provenance(path: str | os.PathLike) -> dict[str, Any] | None:
     """boom.json of a model path: the folder's own, else its train / bag workdir's (WORKDIR/model ->
     WORKDIR/boom.json); None when there is none."""
-    from boom_jax.model_io import resolve_model_folder
-
     path = os.fspath(path)
     candidates = [path]
     try:
