@@ -21,7 +21,7 @@ from boom_jax.errors import ConfigError  # the project's one ConfigError (re-exp
 from boom_jax.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES, POOLING_MODES, REMAT_POLICY_NAMES
 from boom_jax.models.lora import LORA_TARGET_MODULES
 from boom_jax.models.registry import arch_names
-from boom_jax.training.loss import loss_spec_from_config
+from boom_jax.training.loss import loss_spec_from_config, loss_weight_keys
 from boom_jax.training.optim import DECAY_SCHEDULES
 from boom_jax.training.step import DROPOUT_RNG_IMPLS
 from configs.common import base_config
@@ -205,7 +205,7 @@ def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = D
 def check_loss(config: ml_collections.ConfigDict) -> None:
     """The loss section: non-negative finite weights, parseable Matryoshka lists (errors name config.loss.*)."""
     loss = config.loss
-    for key in ("info_nce_weight", "kd_weight", "margin_mse_weight", "fake_negative_margin"):
+    for key in (*loss_weight_keys(), "fake_negative_margin"):
         if not (math.isfinite(loss[key]) and loss[key] >= 0):
             _fail(f"config.loss.{key}={loss[key]} must be a finite number >= 0")
     if not (math.isfinite(loss.teacher_temperature) and loss.teacher_temperature > 0):

@@ -117,14 +117,15 @@ class LossSpec:
         if any(d < 1 for d in self.matryoshka_dims):
             raise ValueError(f"loss: matryoshka_dims {self.matryoshka_dims} must be positive")
         if not any(self.term_weights().values()):
-            raise ValueError("loss: every term weight is 0 (info_nce_weight, kd_weight, margin_mse_weight)")
+            raise ValueError(f"loss: every term weight is 0 ({', '.join(loss_weight_keys())})")
 
     def term_weights(self) -> dict[str, float]:
-        return {"info_nce": self.info_nce_weight, "kd": self.kd_weight, "margin_mse": self.margin_mse_weight}
+        """Term name (a LOSS_TERMS key) -> its weight (the `<name>_weight` field)."""
+        return {name: getattr(self, f"{name}_weight") for name in LOSS_TERMS}
 
     @property
     def needs_teacher_scores(self) -> bool:
-        return bool(self.kd_weight or self.margin_mse_weight)
+        return any(self.term_weights()[name] for name in TEACHER_TERMS)
 
     def dims_and_weights(self, width: int) -> list[tuple[int, float]]:
         """(dim, weight) pairs; [(width, 1.0)] without Matryoshka. A dim above ``width`` is an error."""
@@ -284,13 +285,21 @@ def _info_nce_sum(ctx: _Context) -> tuple[jax.Array, jax.Array]:
     return per_query, jnp.ones_like(per_query)
 
 
-# name -> term(ctx) -> (per-query contributions [B], per-query counts [B]); the term's value is the
-# global sum of contributions over the global sum of counts (a mean over the global batch).
+# The loss registry: name -> term(ctx) -> (per-query contributions [B], per-query counts [B]); the term's
+# value is the global sum of contributions over the global sum of counts (a mean over the global batch).
+# Adding a term = one function, one entry here, and a `<name>_weight` field in LossSpec and in
+# configs/common.py's loss section (config_validation checks every `<name>_weight`).
 LOSS_TERMS: dict[str, Callable[[_Context], tuple[jax.Array, jax.Array]]] = {
     "info_nce": _info_nce_sum,
     "kd": kd_per_query,
     "margin_mse": margin_mse_per_query,
 }
+TEACHER_TERMS = ("kd", "margin_mse")  # terms that read the data's teacher scores (pos_scores / neg_scores)
+
+
+def loss_weight_keys() -> tuple[str, ...]:
+    """The config.loss / LossSpec weight keys, one per registered term ("info_nce_weight", ...)."""
+    return tuple(f"{name}_weight" for name in LOSS_TERMS)
 
 
 def _global_mean(values: jax.Array, counts: jax.Array, axes: tuple[str, ...]) -> jax.Array:
@@ -377,10 +386,8 @@ def loss_spec_from_config(loss: Mapping[str, Any], temperature: float) -> LossSp
     margin = float(loss["fake_negative_margin"]) if loss["fake_negative_mask"] else None
     return LossSpec(
         temperature=float(temperature),
-        info_nce_weight=float(loss["info_nce_weight"]),
-        kd_weight=float(loss["kd_weight"]),
+        **{key: float(loss[key]) for key in loss_weight_keys()},
         teacher_temperature=float(loss["teacher_temperature"]),
-        margin_mse_weight=float(loss["margin_mse_weight"]),
         matryoshka_dims=parse_int_list(loss["matryoshka_dims"], "config.loss.matryoshka_dims"),
         matryoshka_weights=parse_float_list(loss["matryoshka_weights"], "config.loss.matryoshka_weights"),
         fake_negative_margin=margin,
@@ -401,7 +408,7 @@ def run_loss_spec(loss: Mapping[str, Any], temperature: float, embedding_dim: in
         raise ValueError(f"config.loss.matryoshka_dims={loss['matryoshka_dims']!r}: {too_wide} exceed the model's "
                          f"embedding width {embedding_dim}")
     if spec.needs_teacher_scores and not any(e.pos_scores for d in datasets for e in d.examples):
-        key = "kd_weight" if spec.kd_weight else "margin_mse_weight"
+        key = next(f"{name}_weight" for name in TEACHER_TERMS if spec.term_weights()[name])
         raise ValueError(f"config.loss.{key}={loss[key]} needs teacher scores, but no training example has "
                          f"pos_scores / neg_scores (write them with python -m boom_jax.score)")
     return spec
