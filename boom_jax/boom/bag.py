@@ -25,13 +25,12 @@ import ml_collections
 from boom_jax.atomic_io import write_json
 from boom_jax.boom.merge_config import merge_spec
 from boom_jax.boom.merge_weights import heldout_split
-from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
+from boom_jax.boom.provenance import member_entry, write_merged_card
 from boom_jax.boom.workflow import (ensure_trained, evaluate, log, merge_and_export, read_record, run_config,
                                     score_table, scored, write_summary)
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import SubsetManifest, member_seed, sample_subsets
 from boom_jax.errors import ConfigError
-from boom_jax.training.model_setup import resolve_model_path
 from boom_jax.training.stacked import StackedMember, train_stacked
 from boom_jax.training.train_data import load_train_datasets
 
@@ -134,11 +133,9 @@ def write_bag_card(config: ml_collections.ConfigDict, workdir: str, records: Seq
     """DIR/export's README.md and boom.json: the bag's members (ratios, seeds, manifest hashes, dev
     scores), the merge and the merged model's dev scores."""
     members = [member_entry(r, member_dir(workdir, r["name"]), workdir, results) for r in records]
-    params = {k: merge[k] for k in ("method", "weights", "params", "base")}
-    provenance = merged_provenance(config, "merged", datasets, members, params,
-                                   model_dir=resolve_model_path(config.model.path), results=results,
-                                   wall_time_s=sum(r["wall_time_s"] for r in records) + merge["wall_time_s"])
-    write_export_card(os.path.join(workdir, "export"), provenance)
+    write_merged_card(config, "merged", workdir, datasets, members,
+                      {k: merge[k] for k in ("method", "weights", "params", "base")}, results=results,
+                      wall_time_s=sum(r["wall_time_s"] for r in records) + merge["wall_time_s"])
 
 
 def bag_summary(workdir: str, records: Sequence[dict], results: dict | None, merge: dict) -> dict:

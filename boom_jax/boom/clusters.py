@@ -37,12 +37,12 @@ from scipy.spatial.distance import squareform
 from boom_jax.atomic_io import atomic_write, write_json
 from boom_jax.boom.heldout import DevSplit, dev_loss, dev_split, model_dev_loss
 from boom_jax.boom.merge_config import merge_spec
-from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
+from boom_jax.boom.provenance import member_entry, write_merged_card
 from boom_jax.boom.workflow import (PLAIN_RUN, ensure_trained, evaluate, log, markdown_table, merge_and_export,
                                     run_config, write_summary)
 from boom_jax.data.records import TrainDataset
 from boom_jax.errors import ConfigError
-from boom_jax.training.model_setup import load_model_for_training, resolve_model_path
+from boom_jax.training.model_setup import load_model_for_training
 from boom_jax.training.train_data import load_train_datasets
 from boom_jax.training.workdir_lock import holds_workdir_lock
 
@@ -297,11 +297,8 @@ def _write_card(config: ml_collections.ConfigDict, workdir: str, records: Sequen
         entry = member_entry(record, os.path.join(workdir, "clusters", f"c{k}"), workdir, results)
         entry["datasets"] = list(group)
         members.append(entry)
-    provenance = merged_provenance(
-        config, "cluster", datasets, members, {"method": config.merge.method}, results=results,
-        model_dir=resolve_model_path(config.model.path),
-        wall_time_s=sum(float(r.get("wall_time_s", 0.0)) for r in records) + merge_time)
-    write_export_card(os.path.join(workdir, "export"), provenance)
+    write_merged_card(config, "cluster", workdir, datasets, members, {"method": config.merge.method}, results=results,
+                      wall_time_s=sum(float(r.get("wall_time_s", 0.0)) for r in records) + merge_time)
 
 
 @holds_workdir_lock  # one run of this workflow per workdir

@@ -22,13 +22,12 @@ from collections.abc import Sequence
 import ml_collections
 
 from boom_jax.boom.merge_config import merge_spec
-from boom_jax.boom.provenance import member_entry, merged_provenance, write_export_card
+from boom_jax.boom.provenance import member_entry, write_merged_card
 from boom_jax.boom.workflow import ensure_trained, evaluate, merge_and_export, run_config, score_table, scored, write_summary
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import SubsetManifest, combine_incremental
 from boom_jax.errors import ConfigError
 from boom_jax.evaluation.report import summarize
-from boom_jax.training.model_setup import resolve_model_path
 from boom_jax.training.provenance import file_sha256
 from boom_jax.training.train_data import load_train_datasets
 from boom_jax.training.workdir_lock import holds_workdir_lock
@@ -150,8 +149,6 @@ def _write_card(config: ml_collections.ConfigDict, workdir: str, existing: str, 
     history = os.path.join(workdir, HISTORY_FILE)
     if os.path.exists(history):  # the update model saw this historical subset plus the new datasets
         members[1].update(manifest=HISTORY_FILE, manifest_sha256=file_sha256(history))
-    provenance = merged_provenance(
-        config, "incremental", datasets, members, {"method": config.merge.method, "weights": merge["weights"]},
-        model_dir=resolve_model_path(config.model.path), results=results, label="incremental",
-        wall_time_s=float(update.get("wall_time_s", 0.0)) + merge["wall_time_s"])
-    write_export_card(os.path.join(workdir, "export"), provenance)
+    write_merged_card(config, "incremental", workdir, datasets, members,
+                      {"method": config.merge.method, "weights": merge["weights"]}, results=results,
+                      wall_time_s=float(update.get("wall_time_s", 0.0)) + merge["wall_time_s"], label="incremental")

@@ -18,6 +18,7 @@ from boom_jax.data.records import TrainDataset
 from boom_jax.hf.loader import config_from_folder
 from boom_jax.hf.model_card import write_card_files
 from boom_jax.merging.recipe import RECIPE_FILE
+from boom_jax.training.model_setup import resolve_model_path
 from boom_jax.training.provenance import SUBSET_MANIFEST, file_sha256, training_provenance
 
 
@@ -73,6 +74,16 @@ def merged_provenance(config: ml_collections.ConfigDict, kind: str, datasets: Se
     if dev:
         out["evaluation"] = dev
     return out
+
+
+def write_merged_card(config: ml_collections.ConfigDict, kind: str, workdir: str, datasets: Sequence[TrainDataset],
+                      members: Sequence[Mapping[str, Any]], merge: Mapping[str, Any], *,
+                      results: Mapping[str, Mapping] | None, wall_time_s: float, label: str = "merged") -> None:
+    """The card of a workflow's merged model, DIR/export: `merged_provenance` over the training base
+    (config.model.path), written by `write_export_card`."""
+    provenance = merged_provenance(config, kind, datasets, members, merge, results=results, label=label,
+                                   model_dir=resolve_model_path(config.model.path), wall_time_s=wall_time_s)
+    write_export_card(os.path.join(workdir, "export"), provenance)
 
 
 def write_export_card(export_dir: str, provenance: Mapping[str, Any], merged_dir: str | None = None) -> None:
