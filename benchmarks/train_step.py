@@ -6,10 +6,11 @@
 
 --data=builtin (default): real batches of the built-in corpus with its real length distribution, texts up
 to --max_len tokens: the first batch of every built-in dataset in the BLS plan (one step each, each batch
-from one dataset as in training). The JAX step trains on packed rows (the batcher's packing, rows of
-max_len tokens); sentence-transformers on the same examples, each column (anchor, positive, negatives)
+from one dataset as in training). The JAX step trains on packed rows (the batcher's packing: each side's
+rows as wide as the smallest length bucket holding its longest text, at most max_len; --pack_adaptive=false:
+always max_len wide); sentence-transformers on the same examples, each column (anchor, positive, negatives)
 padded to its longest text as its data collator does. Each packed batch keeps its row bucket as in
-training (--one_shape grows them all to one row count, so the step compiles once; the empty rows count as
+training (--one_shape grows them all to one row count and width, so the step compiles once; the empty rows count as
 computed positions). Every batch runs once untimed (compiles; PyTorch warm-up), then all are timed. The figure is REAL (non-pad) tokens per second; MFU counts 6 x matmul params
 per real token against the CPU peak estimate. --jax_padded adds the JAX step on the padded batches
 (length buckets) for the packing gain.
@@ -24,7 +25,9 @@ clipping 1.0, dropout as in sentence-transformers' train mode (0.1; --dropout=0 
 CPU s/step is the process CPU time (all threads) per step: a check on s/step when other work shares
 the machine. Each side runs in its own subprocess, so peak RSS (ru_maxrss) is clean. The first step (JAX compile,
 PyTorch warm-up) is reported apart; steps/s is over the following --steps steps. FLOPs per step come
-from XLA's cost analysis of the compiled step (and 6 x non-embedding params x tokens as a cross-check); MFU divides
+from the traced step's matmuls with every loop body counted by its trip count (boom_jax/training/flops.py;
+XLA's cost analysis, printed beside it, counts a scanned layer stack once) and 6 x non-embedding params x tokens
+as a cross-check; MFU divides
 the achieved FLOP/s by an estimated CPU peak (cores x clock x FP32 FLOPs/cycle from the CPU flags).
 
 On an accelerator, the MFU figure for Qwen3-0.6B shapes (random weights, random tokens, JAX side only;
@@ -80,6 +83,8 @@ flags.DEFINE_bool("one_shape", False, "With --data=builtin: grow every packed ba
 flags.DEFINE_integer("batches", 6, "With --data=builtin: how many datasets' first batches to run (6 = all).")
 flags.DEFINE_bool("jax_padded", False, "With --data=builtin: also time the JAX step on the padded batches.")
 flags.DEFINE_bool("packing", True, "With --data=builtin, --side=jax: pack the batches (internal).")
+flags.DEFINE_bool("pack_adaptive", True, "With --data=builtin: each packed side's row length is the smallest length "
+                  "bucket holding its longest text, as in training (False: always --max_len wide).")
 
 FLAGS = flags.FLAGS
 LEARNING_RATE = 2e-5
@@ -121,7 +126,7 @@ def builtin_batches(batch_size: int, group_size: int, max_len: int, packing: boo
 
     tok = TextTokenizer(load_tokenizer(model_path()), max_len)
     batcher = Batcher(builtin_train_datasets(), tok, tok, batch_size, group_size=group_size, seed=0,
-                      packing=packing, show_progress=False)
+                      packing=packing, pack_adaptive=FLAGS.pack_adaptive, show_progress=False)
     plan = batcher.plan(0)
     firsts = {}
     for position, planned in enumerate(plan):
@@ -131,9 +136,10 @@ def builtin_batches(batch_size: int, group_size: int, max_len: int, packing: boo
         from boom_jax.packing import SIDE_FIELDS, pad_packed_rows
 
         for side in ("query", "passage"):
-            rows = max(b[f"{side}_ids"].shape[0] for b in batches)
+            rows, width = (max(b[f"{side}_ids"].shape[i] for b in batches) for i in (0, 1))
+            slots = max(b[f"{side}_lengths"].shape[1] for b in batches)
             for b in batches:
-                grown = pad_packed_rows({f: b[f"{side}_{f}"] for f in SIDE_FIELDS}, 1, rows, tok.pad_id)
+                grown = pad_packed_rows({f: b[f"{side}_{f}"] for f in SIDE_FIELDS}, 1, rows, tok.pad_id, width, slots)
                 b.update({f"{side}_{f}": v for f, v in grown.items()})
     return batches
 
@@ -308,6 +314,7 @@ def run_jax() -> dict:
 
     from boom_jax.hf.loader import load_hf_model
     from boom_jax.models import build_model
+    from boom_jax.training.flops import traced_flops
     from boom_jax.training.loop import count_matmul_params, peak_flops_per_device, random_params
     from boom_jax.training.optim import make_optimizer
     from boom_jax.training.sharding import DEFAULT_MESH, DEFAULT_RULES, make_mesh, shard_batch
@@ -347,11 +354,13 @@ def run_jax() -> dict:
         state, batch = jax.device_put(state, shardings), shard_batch(batch, mesh)
 
     start = time.perf_counter()
-    compiled = step.jitted.lower(state, batch).compile()
+    traced = step.jitted.trace(state, batch)
+    compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    counted = traced_flops(traced)  # scan bodies (scanned / remat layers) times their trip counts
 
     start = time.perf_counter()
     state, metrics = compiled(state, batch)  # the compiled step itself: no second compile
@@ -381,6 +390,8 @@ def run_jax() -> dict:
         "cpu_s_per_step": cpu / FLAGS.steps,
         "peak_rss_mb": peak_rss_mb(),
         "xla_flops_per_step": xla_flops,
+        "traced_flops_per_step": counted.flops,
+        "traced_flops_loops_once": counted.flops_loops_once,
         "params": n_params,
         "matmul_params": n_matmul,
         "losses": [float(x) for x in losses],
@@ -475,7 +486,7 @@ def run_side(side: str, *extra: str) -> dict:
     args += [f"--{name}={getattr(FLAGS, name)}" for name in
              ("batch_size", "group_size", "seq_len", "steps", "dropout", "dtype", "temperature",
               "dropout_rng", "cpu_devices", "profile", "model", "layers", "remat", "data", "max_len", "batches",
-              "one_shape")]
+              "one_shape", "pack_adaptive")]
     args += list(extra)
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -483,7 +494,7 @@ def run_side(side: str, *extra: str) -> dict:
 
 def report_jax_only(jax_r: dict, tokens: int) -> None:
     """The JAX side alone (a random Qwen3-0.6B-shaped model): speed and MFU against the device's peak."""
-    flops = jax_r["xla_flops_per_step"] or 6.0 * jax_r["matmul_params"] * tokens
+    flops = jax_r["traced_flops_per_step"] or 6.0 * jax_r["matmul_params"] * tokens
     print(f"{FLAGS.model} train step ({jax_r['params'] / 1e6:.0f}M params, {jax_r['matmul_params'] / 1e6:.0f}M in "
           f"matmuls): {FLAGS.batch_size} queries x (1 pos + {FLAGS.group_size - 1} hard neg), {FLAGS.seq_len} "
           f"tokens, dtype {FLAGS.dtype}, remat {FLAGS.remat}, on {jax_r['device']}; {tokens} tokens/step")
@@ -492,7 +503,9 @@ def report_jax_only(jax_r: dict, tokens: int) -> None:
     print(f"{'compile + first step s':28s}{jax_r['compile_s'] + jax_r['first_step_s']:14.1f}")
     print(f"{'achieved TFLOP/s':28s}{flops * jax_r['steps_per_s'] / 1e12:14.2f}")
     print(f"{'MFU':28s}{flops * jax_r['steps_per_s'] / jax_r['peak_flops']:14.1%}"
-          f"   (peak {jax_r['peak_flops'] / 1e12:.3g} TFLOP/s; {flops / 1e12:.3g} TFLOP/step from XLA)")
+          f"   (peak {jax_r['peak_flops'] / 1e12:.3g} TFLOP/s; {flops / 1e12:.3g} TFLOP/step of matmuls traced "
+          f"with every loop body times its trip count; XLA's cost analysis, loop bodies once: "
+          f"{jax_r['xla_flops_per_step'] / 1e12:.3g})")
     print(json.dumps({"jax": jax_r}))
 
 
@@ -520,7 +533,7 @@ def main(argv) -> None:
 
     peak, how = cpu_peak_flops()
     approx_flops = 6.0 * jax_r["matmul_params"] * tokens
-    flops = jax_r["xla_flops_per_step"] or approx_flops
+    flops = jax_r["traced_flops_per_step"] or approx_flops
     print(f"{'':28s}{'JAX (boom_jax)':>18s}{'sentence-transformers':>24s}")
     print(f"{'steps/s':28s}{jax_r['steps_per_s']:18.4f}{torch_r['steps_per_s']:24.4f}")
     print(f"{'s/step':28s}{jax_r['step_s']:18.2f}{torch_r['step_s']:24.2f}")
@@ -532,8 +545,9 @@ def main(argv) -> None:
           f"{flops * torch_r['steps_per_s'] / 1e9:24.1f}")
     print(f"{'MFU (est.)':28s}{flops * jax_r['steps_per_s'] / peak:18.1%}{flops * torch_r['steps_per_s'] / peak:24.1%}")
     print(f"speed ratio JAX / sentence-transformers: {jax_r['steps_per_s'] / torch_r['steps_per_s']:.2f}x")
-    print(f"FLOPs/step: XLA cost analysis {jax_r['xla_flops_per_step'] / 1e9:.1f} G, "
-          f"6 x matmul params x tokens {approx_flops / 1e9:.1f} G; CPU peak estimate {peak / 1e9:.0f} GFLOP/s ({how})")
+    print(f"FLOPs/step: traced matmuls (loop bodies x trip counts, training/flops.py) "
+          f"{jax_r['traced_flops_per_step'] / 1e9:.1f} G, XLA cost analysis (loop bodies once) "
+          f"{jax_r['xla_flops_per_step'] / 1e9:.1f} G, 6 x matmul params x tokens {approx_flops / 1e9:.1f} G; CPU peak estimate {peak / 1e9:.0f} GFLOP/s ({how})")
     if jax_r["profile"]:
         print("JAX step profile, seconds by XLA op kind summed over threads (ynn_fusion / dot = matmuls):")
         for kind, s in jax_r["profile"]:

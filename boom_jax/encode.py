@@ -13,9 +13,13 @@ import json
 import os
 import tempfile
 
+import numpy as np
 from absl import flags
 
 from boom_jax import cli
+from boom_jax.hf.encoders import load_encoder
+from boom_jax.model_io import resolve_model_folder
+from boom_jax.models.truncation import TruncatedEncoder
 from boom_jax.preflight import check_out_not_inside, check_writable_folder
 
 
@@ -55,30 +59,11 @@ def read_texts(path: str) -> list[str]:
     return texts
 
 
-def load_encoder(path: str, mesh=None, **overrides):
-    """An Encoder for any model path that boom_jax.model_io.load_model understands (`mesh`: split each
-    call's rows over its devices, see models.encoder.data_mesh; `overrides` replace config fields)."""
-    from boom_jax.model_io import load_model
-    from boom_jax.models.encoder import Encoder
-    from boom_jax.tokenization import load_tokenizer
-
-    cfg, params, tokenizer_dir = load_model(path)
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    if tokenizer_dir is None:
-        raise ValueError(f"{path}: the model has no tokenizer files")
-    return Encoder(cfg, params, load_tokenizer(tokenizer_dir), mesh=mesh)
-
-
 def encode_file(model: str, input_path: str, output: str, prompt_name: str | None = None,
                 prompt: str | None = None, batch_size: int = 32, overwrite: bool = False, truncate_dim: int = 0,
                 **overrides) -> str:
     """Encode `input_path` with `model` into `output` (.npy); returns the output path. `truncate_dim` > 0
     keeps the first that many coordinates, re-normalized when the model normalizes."""
-    import numpy as np
-
-    from boom_jax.model_io import resolve_model_folder
-
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"output {output!r} already exists (pass --overwrite to replace it)")
     check_out_not_inside(output, {"--input": input_path, "--model": model}, out_key="--output")
@@ -87,8 +72,6 @@ def encode_file(model: str, input_path: str, output: str, prompt_name: str | Non
     texts = read_texts(input_path)
     encoder = load_encoder(model, **overrides)
     if truncate_dim:
-        from boom_jax.models.truncation import TruncatedEncoder
-
         encoder = TruncatedEncoder(encoder, truncate_dim)
     embeddings = encoder.encode(texts, prompt=prompt, prompt_name=prompt_name, batch_size=batch_size,
                                 show_progress_bar=True)
@@ -112,6 +95,9 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     out = encode_file(f.model, f.input, f.output, f.prompt_name, f.prompt, f.batch_size, f.overwrite,
                       truncate_dim=f.truncate_dim, **overrides)
     print(f"wrote {out}")
+
+
+__all__ = ["encode_file", "load_encoder", "read_texts"]  # load_encoder: boom_jax/hf/encoders.py's, for callers
 
 
 if __name__ == "__main__":

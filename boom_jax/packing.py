@@ -15,14 +15,20 @@ and part ``k``'s indices point into those rows only (counted from the part's fir
 leading axis split over devices, every device then embeds exactly its own texts and gathers them locally,
 under jit sharding and inside shard_map alike.
 
-Shapes are fixed per budget: ``S`` is fixed per run and the row count is the smallest bucket that holds
+Shapes are fixed per budget: ``S`` is fixed per row length and the row count is the smallest bucket that holds
 the fullest shard (a few buckets per doubling, rounded to ``row_multiple``), so only a handful of programs
 compile. Packing is first-fit decreasing (longest first, ties by input order): deterministic, so a resumed
 run packs exactly as an uninterrupted one.
+
+Row length: a fixed budget, or adaptive: the smallest of a few widths (``width_buckets``: the length
+buckets up to the budget) that holds the side's longest text (``row_width``). Attention, its mask and the
+per-segment pooling cost grow with the row length per token, so a batch of short texts (queries, glosses)
+packs into short rows instead of paying for the budget's width.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping, Sequence
 
@@ -140,23 +146,110 @@ def fill_rows(token_lists: Sequence[Sequence[int]], row: np.ndarray, slot: np.nd
     return ids, segments
 
 
-def pad_packed_rows(side: Mapping[str, np.ndarray], shards: int, rows_per_shard: int, pad_id: int = 0) -> dict:
+def row_width(longest: int, widths: Sequence[int]) -> int:
+    """The row length of an adaptive side: the smallest of ``widths`` (ascending) that holds its longest
+    text, so short texts never pay attention over a wide row; the widest when none does."""
+    if not widths or list(widths) != sorted(widths) or widths[0] < 1:
+        raise ValueError(f"packing: widths {tuple(widths)} must be ascending positive row lengths")
+    return next((w for w in widths if w >= longest), widths[-1])
+
+
+def width_buckets(buckets: Sequence[int], limit: int) -> tuple[int, ...]:
+    """The row lengths an adaptive side may take: the length ``buckets`` below ``limit``, then ``limit``
+    (the row budget), so only a handful of widths (hence compiled shapes) ever occur."""
+    return tuple(sorted(b for b in set(buckets) if 0 < b < limit)) + (int(limit),)
+
+
+ENCODE_TOKENS_PER_TEXT = 64
+"""Token positions per text of ``batch_size`` in one encoding forward pass: a call holds
+``batch_size x 64`` positions (2048 at 32: about what a sentence-transformers batch of 32 mixed-length texts
+pads to, and small enough to stay in a CPU core's caches; measured per token, calls of 4096+ positions
+ran slower on XLA:CPU)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeCall:
+    """One forward pass of the packed encoder: ``texts`` (input positions) placed at (``row``, ``slot``,
+    ``offset``) of ``rows`` x ``row_length`` packed rows with ``segments`` slots per row."""
+
+    texts: np.ndarray
+    row: np.ndarray
+    slot: np.ndarray
+    offset: np.ndarray
+    segments: int
+    row_length: int
+    rows: int
+
+
+def call_buckets(limit: int) -> tuple[int, ...]:
+    """Row counts of an encoding call: powers of two below ``limit``, then ``limit`` (small inputs stay cheap)."""
+    sizes, b = [], 1
+    while b < limit:
+        sizes.append(b)
+        b *= 2
+    return tuple(sizes) + (limit,)
+
+
+def plan_encode_calls(lengths: Sequence[int], batch_size: int, pack_length: int, buckets: Sequence[int],
+                      row_multiple: int = 1) -> list[EncodeCall]:
+    """The forward passes that embed texts of ``lengths`` tokens, packed.
+
+    Texts of up to ``pack_length`` tokens (or up to the bucket of the longest, if shorter) share rows of
+    that bucket; longer ones share rows of the bucket of the longest text (``buckets`` ascending, the last
+    the max length), so a long text never widens the rows of the short ones (a cost model of positions x
+    (1 + width / 400) over the built-in texts rated this below one width class per bucket, whose 129-256
+    token texts fill 256-token rows one each). Each call holds about
+    ``batch_size x ENCODE_TOKENS_PER_TEXT`` positions (at least one row); the last call of a width takes
+    a smaller row bucket (``call_buckets``), rounded up to ``row_multiple`` (devices). Slots per row are
+    fixed per row length (``row_length // 8``), so shapes do not depend on the input size."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if batch_size < 1 or not lengths.size:
+        return []
+    short = row_width(min(pack_length, int(lengths.max())), buckets)
+    calls = []
+    for group in (np.flatnonzero(lengths <= short), np.flatnonzero(lengths > short)):
+        if not group.size:
+            continue
+        row_length = row_width(int(lengths[group].max()), buckets)
+        segments = default_max_segments(row_length, row_length)
+        row, slot, offset = first_fit_decreasing(lengths[group], row_length, segments)
+        num_rows = int(row.max()) + 1
+        per_call = max(1, batch_size * ENCODE_TOKENS_PER_TEXT // row_length)
+        by_row = np.argsort(row, kind="stable")
+        bounds = np.searchsorted(row[by_row], np.arange(0, num_rows + per_call, per_call))
+        for k, start in enumerate(range(0, num_rows, per_call)):
+            local = by_row[bounds[k]:bounds[k + 1]]
+            rows = row_width(min(per_call, num_rows - start), call_buckets(per_call))
+            calls.append(EncodeCall(group[local], row[local] - start, slot[local], offset[local], segments,
+                                    int(row_length), -(-rows // row_multiple) * row_multiple))
+    return calls
+
+
+def pad_packed_rows(side: Mapping[str, np.ndarray], shards: int, rows_per_shard: int, pad_id: int = 0,
+                    row_length: int | None = None, max_segments: int | None = None) -> dict:
     """A packed side grown to ``rows_per_shard`` rows per shard (empty rows at the end of every shard's
-    block; indices are shard-local, so they stay valid). Used to give all stacked members one shape."""
+    block), and to ``row_length`` columns / ``max_segments`` slots (padding at the end of every row, empty
+    slots; indices re-laid for the new slot count). Used to give all stacked members one shape."""
     ids = np.asarray(side["ids"])
-    have = ids.shape[0] // shards
-    if have == rows_per_shard:
+    have, width = ids.shape[0] // shards, ids.shape[1]
+    slots = np.asarray(side["lengths"]).shape[1]
+    row_length, max_segments = row_length or width, max_segments or slots
+    if (have, width, slots) == (rows_per_shard, row_length, max_segments):
         return dict(side)
-    if have > rows_per_shard:
-        raise ValueError(f"packing: cannot shrink {have} rows per shard to {rows_per_shard}")
+    if have > rows_per_shard or width > row_length or slots > max_segments:
+        raise ValueError(f"packing: cannot shrink (rows per shard, row length, slots) {(have, width, slots)} to "
+                         f"{(rows_per_shard, row_length, max_segments)}")
 
-    def grow(x, fill):
-        x = np.asarray(x).reshape((shards, have) + x.shape[1:])
-        extra = np.full((shards, rows_per_shard - have) + x.shape[2:], fill, x.dtype)
-        return np.concatenate([x, extra], axis=1).reshape((shards * rows_per_shard,) + x.shape[2:])
+    def grow(x, fill, columns):
+        x = np.asarray(x).reshape((shards, have, x.shape[1]))
+        out = np.full((shards, rows_per_shard, columns), fill, x.dtype)
+        out[:, :have, :x.shape[2]] = x
+        return out.reshape((shards * rows_per_shard, columns))
 
-    return {"ids": grow(side["ids"], pad_id), "segments": grow(side["segments"], 0),
-            "lengths": grow(side["lengths"], 0), "index": np.asarray(side["index"])}
+    index = np.asarray(side["index"])
+    index = ((index // slots) * max_segments + index % slots).astype(index.dtype)
+    return {"ids": grow(side["ids"], pad_id, row_length), "segments": grow(side["segments"], 0, row_length),
+            "lengths": grow(side["lengths"], 0, max_segments), "index": index}
 
 
 def unpack_reference(side: Mapping[str, np.ndarray], shards: int = 1) -> list[np.ndarray]:
@@ -174,5 +267,6 @@ def unpack_reference(side: Mapping[str, np.ndarray], shards: int = 1) -> list[np
     return out
 
 
-__all__ = ["SIDE_FIELDS", "default_max_segments", "fill_rows", "first_fit_decreasing", "pack_padded", "pad_packed_rows",
-           "row_buckets", "unpack_reference"]
+__all__ = ["ENCODE_TOKENS_PER_TEXT", "EncodeCall", "SIDE_FIELDS", "call_buckets", "default_max_segments", "fill_rows",
+           "first_fit_decreasing", "pack_padded", "pad_packed_rows", "plan_encode_calls", "row_buckets", "row_width",
+           "unpack_reference", "width_buckets"]

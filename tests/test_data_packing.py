@@ -106,9 +106,9 @@ def test_packing_batcher_same_texts_resume_and_store(tokenizers, tmp_path):
 
 def test_packed_encoder_equals_padded_on_minilm(minilm_path):
     from boom_jax.data.builtin import builtin_train_datasets
-    from boom_jax.models.encoder import Encoder
+    from boom_jax.hf.encoders import load_encoder
 
-    encoder = Encoder.from_pretrained(minilm_path)
+    encoder = load_encoder(minilm_path)
     texts = [t for d in builtin_train_datasets(limit=12) for e in d.examples for t in (e.query, e.pos[0])]
     texts = texts[:40] + ["a b " * 200]  # mixed lengths, one truncated to the max length
     packed = encoder.encode(texts, batch_size=16)

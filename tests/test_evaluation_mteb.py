@@ -28,6 +28,7 @@ from boom_jax.evaluation.runner import (
 from boom_jax.evaluation.tasks import task_metadata, to_mteb_tasks
 from boom_jax.hf import export_sentence_transformers
 from boom_jax.models.config import ModelConfig
+from boom_jax.hf.encoders import load_encoder
 from boom_jax.models.encoder import Encoder
 from tests.helpers_tiny_models import make_tiny_bert_folder, make_tiny_qwen3_folder
 
@@ -68,7 +69,7 @@ CLUSTERING = EvalTask(
 
 @pytest.fixture(scope="module")
 def minilm_encoder(minilm_path):
-    return Encoder.from_pretrained(minilm_path)
+    return load_encoder(minilm_path)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +248,7 @@ def _flaky(task: EvalTask, state: dict):
 
 
 def test_stopped_evaluation_resumes_with_only_the_missing_tasks(tmp_path):
-    encoder = Encoder.from_pretrained(make_tiny_bert_folder(tmp_path / "tiny"))
+    encoder = load_encoder(make_tiny_bert_folder(tmp_path / "tiny"))
     out = tmp_path / "eval"
     state = {"fail": True}
     tasks = [PAIRS, _flaky(CLUSTERING, state)]
@@ -313,7 +314,7 @@ def test_tasks_that_cannot_run_offline_are_listed_as_skipped(tmp_path, capsys):
 
     closed = next(t for t in mteb.get_benchmark("RTEB(beta)").tasks if t.metadata.is_public is False)
     assert skip_reason(closed).startswith("closed dataset")
-    encoder = Encoder.from_pretrained(make_tiny_bert_folder(tmp_path / "tiny"))
+    encoder = load_encoder(make_tiny_bert_folder(tmp_path / "tiny"))
     out = tmp_path / "eval"
     results = evaluate_models({"m": encoder}, [PAIRS], out, benchmark="RTEB(beta)", batch_size=8,
                               show_progress_bar=False)

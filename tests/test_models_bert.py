@@ -37,9 +37,9 @@ TEXTS = [
 def minilm(minilm_path):
     from sentence_transformers import SentenceTransformer
 
-    from boom_jax.models.encoder import Encoder
+    from boom_jax.hf.encoders import load_encoder
 
-    encoder = Encoder.from_pretrained(minilm_path)
+    encoder = load_encoder(minilm_path)
     st = SentenceTransformer(minilm_path, device="cpu")
     return encoder, st
 

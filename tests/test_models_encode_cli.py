@@ -8,7 +8,7 @@ import pytest
 
 def test_encode_file_matches_encoder(minilm_path, tmp_path):
     from boom_jax.encode import encode_file
-    from boom_jax.models.encoder import Encoder
+    from boom_jax.hf.encoders import load_encoder
 
     texts = ["A man is eating food.", "", "A man is eating a piece of bread."]
     txt = tmp_path / "in.txt"
@@ -18,7 +18,7 @@ def test_encode_file_matches_encoder(minilm_path, tmp_path):
     out = tmp_path / "sub" / "out.npy"
     encode_file(minilm_path, str(txt), str(out), prompt="query: ", batch_size=2)
     got = np.load(out)
-    want = Encoder.from_pretrained(minilm_path).encode(texts, prompt="query: ", batch_size=2)
+    want = load_encoder(minilm_path).encode(texts, prompt="query: ", batch_size=2)
     assert got.dtype == np.float32 and got.shape == (3, 384)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.npy"]  # no temp file left

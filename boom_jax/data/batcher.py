@@ -17,8 +17,10 @@ With `packing=True` each side is packed instead (boom_jax/packing.py), this host
                                                    local_row * Sq + slot within its shard)
   passage_ids, passage_segments, passage_lengths, passage_index   the same for the b * G passages
   pack_shards                    int              (shards the rows and indices are laid out for)
-Lq, Lp are the row budgets (`pack_length`, default each side's max length), Sq, Sp fixed per run and
-Rq, Rp = pack_shards x a row bucket, so a handful of shapes compile.
+Lq, Lp are the row budgets (`pack_length`, default each side's max length), or with `pack_adaptive` the
+smallest length bucket up to that budget holding the side's longest text in the GLOBAL batch (so every
+host yields the same widths; short texts then never pay attention over a wide row); Sq, Sp are fixed per
+row length and Rq, Rp = pack_shards x a row bucket, so a handful of shapes compile.
 
 Texts are tokenized lazily, one global batch at a time, with batched calls of the (fast) tokenizers, or,
 with a `token_cache_dir`, all at once into persistent token stores (`token_store.py`) that batches are
@@ -36,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from boom_jax.packing import default_max_segments, pack_padded
+from boom_jax.packing import default_max_segments, pack_padded, row_width, width_buckets
 from boom_jax.data.no_duplicates import item_texts, no_duplicates_plan
 from boom_jax.data.records import Example, TrainDataset
 from boom_jax.data.sampling import dataset_rng
@@ -165,7 +167,9 @@ class Batcher:
     each tokenizer's max_length), `pack_segments` the segment slots per row (None: one per 8 tokens, at
     most the texts of a shard), `pack_shards` the data-parallel shards of this host's slice (each packs its
     own texts), `pack_row_multiple` what row counts per shard are a multiple of (the gradient cache's
-    chunk count), `pack_row_buckets` row-count buckets per doubling.
+    chunk count), `pack_row_buckets` row-count buckets per doubling, `pack_adaptive` each side's row length
+    chosen per batch (the smallest of the tokenizer's length buckets up to the budget holding the batch's
+    longest text; False: always the budget).
     `teacher_scores`: batches carry "teacher_scores" float32 [b * G] (each passage's pos_scores / neg_scores
     entry, NaN where there is none) for the distillation losses. `duplicate_masks`: batches carry
     "false_negatives" bool [b, B * G] and "duplicate_queries" bool [b, B] (see :func:`duplicate_masks`;
@@ -195,6 +199,7 @@ class Batcher:
         pack_shards: int = 1,
         pack_row_multiple: int = 1,
         pack_row_buckets: int = 4,
+        pack_adaptive: bool = False,
         teacher_scores: bool = False,
         duplicate_masks: bool = False,
         no_duplicates: bool = False,
@@ -220,6 +225,7 @@ class Batcher:
         self.no_duplicates = bool(no_duplicates)
         self.pack_row_multiple = int(pack_row_multiple)
         self.pack_row_buckets = int(pack_row_buckets)
+        self.pack_adaptive = bool(pack_adaptive)
         self._pack_length = pack_length
         self._pack_segments = pack_segments
         self.datasets = list(datasets)
@@ -349,8 +355,8 @@ class Batcher:
         dataset = planned.dataset
         dataset_id = self._ids[dataset] if dataset is not None else -1
         if self.packing:
-            sides = {"query": self._pack(query_ids[q], query_mask[q], self.query_tokenizer),
-                     "passage": self._pack(passage_ids[p], passage_mask[p], self.passage_tokenizer)}
+            sides = {"query": self._pack(query_ids[q], query_mask[q], self.query_tokenizer, query_mask),
+                     "passage": self._pack(passage_ids[p], passage_mask[p], self.passage_tokenizer, passage_mask)}
             out = {f"{side}_{field}": value for side, packed in sides.items() for field, value in packed.items()}
             out["pack_shards"] = self.pack_shards
         else:
@@ -373,9 +379,10 @@ class Batcher:
             "in_batch_negatives": all(self._by_name[n].in_batch_negatives for n in set(names)),
         }
 
-    def pack_shape(self, tokenizer: Tokenize, texts_per_shard: int) -> tuple[int, int]:
-        """(row length, segment slots) of a packed side: `pack_length` or the tokenizer's max_length, and
-        `pack_segments` or one slot per 8 tokens (at most the texts of a shard)."""
+    def pack_shape(self, tokenizer: Tokenize, texts_per_shard: int, longest: int | None = None) -> tuple[int, int]:
+        """(row length, segment slots) of a packed side: `pack_length` or the tokenizer's max_length (with
+        `pack_adaptive` and `longest` given: the smallest of the tokenizer's buckets up to it that holds
+        `longest` tokens), and `pack_segments` or one slot per 8 tokens (at most the texts of a shard)."""
         length = self._pack_length or getattr(tokenizer, "max_length", None)
         if not length:
             raise ValueError("packing needs pack_length (the row budget) for a tokenizer without max_length")
@@ -383,11 +390,15 @@ class Batcher:
         if max_len and length < max_len:
             raise ValueError(f"pack_length={length} is below the tokenizer's max_length {max_len}: a text must fit "
                              f"in one row")
+        if self.pack_adaptive and longest is not None:
+            length = row_width(int(longest), width_buckets(getattr(tokenizer, "buckets", ()), int(length)))
         return int(length), int(self._pack_segments or default_max_segments(int(length), texts_per_shard))
 
-    def _pack(self, ids: np.ndarray, mask: np.ndarray, tokenizer: Tokenize) -> dict[str, np.ndarray]:
+    def _pack(self, ids: np.ndarray, mask: np.ndarray, tokenizer: Tokenize,
+              global_mask: np.ndarray) -> dict[str, np.ndarray]:
         per_shard = ids.shape[0] // self.pack_shards
-        length, segments = self.pack_shape(tokenizer, per_shard)
+        longest = int(np.asarray(global_mask).astype(bool).sum(axis=1).max(initial=1))
+        length, segments = self.pack_shape(tokenizer, per_shard, longest)
         return pack_padded(ids, mask, length, segments, shards=self.pack_shards,
                            pad_id=int(getattr(tokenizer, "pad_id", 0)), per_octave=self.pack_row_buckets,
                            row_multiple=self.pack_row_multiple)

@@ -18,6 +18,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -28,6 +29,10 @@ from boom_jax.evaluation import metrics
 from boom_jax.evaluation.report import write_report
 from boom_jax.evaluation.subsample import TaskCaps, subsample_task
 from boom_jax.evaluation.tasks import SPLIT, TYPE_FROM_MTEB, task_metadata, to_mteb_task
+from boom_jax.hf.encoders import load_encoder
+from boom_jax.model_io import ModelFolderError
+from boom_jax.models.encoder import Encoder
+from boom_jax.training.provenance import find_provenance
 
 BUILTIN_SELECTORS = {"builtin": None, "builtin_in": "in", "builtin_out": "out"}
 # Benchmarks whose tasks count as out-of-domain in the report (the paper treats RTEB as OOD).
@@ -159,27 +164,12 @@ def _has_tokenizer(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES)
 
 
-def load_encoder(path: str | os.PathLike, max_seq_length: int = 0):
-    """A JAX `Encoder` from a model folder, train workdir, or HF / sentence-transformers folder.
-
-    `max_seq_length` > 0 replaces the model's maximum input length (longer inputs are truncated)."""
-    from boom_jax.model_io import load_model, resolve_model_folder, tokenizer_dir_of
-    from boom_jax.models.encoder import Encoder
-    from boom_jax.tokenization import load_tokenizer
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise EvaluationError(f"model path {path} does not exist")
-    # check the tokenizer before reading the weights: a missing one is the commoner mistake
-    tokenizer_dir = tokenizer_dir_of(resolve_model_folder(path) or path)
-    if tokenizer_dir is None or not _has_tokenizer(tokenizer_dir):
-        raise EvaluationError(
-            f"{path}: no tokenizer files found (expected one of {', '.join(TOKENIZER_FILES)} in the folder or its tokenizer/)"
-        )
-    cfg, params, _ = load_model(path)
-    if max_seq_length:
-        cfg = cfg.replace(max_seq_length=int(max_seq_length))
-    return Encoder(cfg, params, load_tokenizer(tokenizer_dir))
+def _path_encoder(path: str, max_seq_length: int):
+    """The JAX Encoder of a model path (hf.encoders.load_encoder), its errors as EvaluationError."""
+    try:
+        return load_encoder(path, max_seq_length=max_seq_length)
+    except ModelFolderError as e:
+        raise EvaluationError(str(e)) from None
 
 
 def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
@@ -190,8 +180,7 @@ def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
 def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, show_progress_bar: bool,
                                       max_seq_length: int = 0, instruction_template: str | None = None,
                                       meta_overrides: Mapping[str, Any] | None = None):
-    from types import SimpleNamespace
-
+    # lazy: sentence-transformers (torch) only for the PyTorch backend; mteb_encoder imports mteb (slow)
     from sentence_transformers import SentenceTransformer
 
     from boom_jax.evaluation.mteb_encoder import INSTRUCTION_ARCHS, MtebEncoder, model_meta
@@ -206,8 +195,6 @@ def _sentence_transformers_mteb_model(path: str, label: str, batch_size: int, sh
     dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension  # renamed in 6.x
     head = SimpleNamespace(embedding_dim=dim(), max_seq_length=st.max_seq_length,
                            similarity=st.similarity_fn_name or "cosine")
-    from boom_jax.training.provenance import find_provenance
-
     meta = model_meta(label, head, sum(p.numel() for p in st.parameters()), find_provenance(path), instructions,
                       ["Sentence Transformers", "PyTorch"], dict(meta_overrides or {}))
     return MtebEncoder(st, label, batch_size=batch_size, instructions=instructions,
@@ -227,7 +214,7 @@ def to_mteb_model(model: Any, label: str, batch_size: int = 32, backend: str = "
     `meta_overrides`: ModelMeta fields (name, revision, license, ...) over what the model and its
     boom.json say (see mteb_encoder.model_meta).
     """
-    from boom_jax.evaluation.mteb_encoder import MtebEncoder, model_meta
+    from boom_jax.evaluation.mteb_encoder import MtebEncoder, model_meta  # lazy: imports mteb (slow)
 
     if backend not in BACKENDS:
         raise EvaluationError(f"backend={backend!r}; expected one of {BACKENDS}")
@@ -240,16 +227,12 @@ def to_mteb_model(model: Any, label: str, batch_size: int = 32, backend: str = "
                 raise EvaluationError(f"{path}: not a sentence-transformers folder (no modules.json)")
             return _sentence_transformers_mteb_model(path, label, batch_size, show_progress_bar, max_seq_length,
                                                      instruction_template, meta_overrides)
-        from boom_jax.training.provenance import find_provenance
-
         provenance = find_provenance(path)
-        model = load_encoder(path, max_seq_length)
+        model = _path_encoder(path, max_seq_length)
     else:
         provenance = None
     if hasattr(model, "cfg") and hasattr(model, "encode") and not hasattr(model, "mteb_model_meta"):
         if max_seq_length and model.cfg.max_seq_length != max_seq_length:
-            from boom_jax.models.encoder import Encoder
-
             model = Encoder(model.cfg.replace(max_seq_length=int(max_seq_length)), model.params, model.tokenizer)
         wrapped = MtebEncoder(model, label, batch_size=batch_size, show_progress_bar=show_progress_bar,
                               instruction_template=instruction_template)

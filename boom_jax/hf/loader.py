@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from boom_jax.hf.errors import HFFolderError, WeightMapError
 from boom_jax.hf.st_folder import read_json, read_st_settings
@@ -30,8 +31,6 @@ def read_hf_config(folder: str) -> dict[str, Any]:
 
 def read_safetensors(folder: str) -> dict[str, np.ndarray]:
     """All tensors of model.safetensors or of the shards listed in model.safetensors.index.json."""
-    from safetensors.numpy import load_file
-
     single = os.path.join(folder, "model.safetensors")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(single):

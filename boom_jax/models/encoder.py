@@ -4,41 +4,34 @@ Texts are tokenized once and packed (boom_jax/packing.py): longest first, each i
 a token budget with room for it, several texts per row with segment ids (attention stays within a text,
 positions restart per text), so almost no position is padding. Texts of up to `pack_length` tokens
 (default 128) share rows of that length, which keeps the attention's cost per token low; longer texts
-are packed into rows of their own length bucket. The rows go through the model
-`batch_size` at a time ([batch_size, row length], the largest shape the unpadded path uses too; the last
-call takes a smaller row bucket), so jit compiles a handful of shapes once and reuses them. With
+share rows of the bucket of the longest. Each forward pass takes about `batch_size` x 64 token positions
+(`packing.plan_encode_calls`: e.g. 16 rows of 128 at batch_size 32; the last call of a width a smaller
+row bucket), so jit compiles a handful of shapes once and reuses them. With
 `packing=False` texts are sorted by length, cut into batches and each batch is padded to a (batch size,
 length) bucket instead. Results come back in input order, the same either way. With a `mesh`, every call's
 rows are split over the mesh's devices (data parallel, params replicated; row counts rounded up to a
-multiple of the device count), e.g. `data_mesh()` for all the devices JAX sees.
+multiple of the device count), e.g. `data_mesh()` for all the devices JAX sees. Loading one from a folder
+(HF / sentence-transformers, model folder, train workdir) is boom_jax/hf/encoders.py's `load_encoder`, above
+this layer.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
 
 from boom_jax.models.config import ModelConfig
 from boom_jax.models.registry import build_model
-from boom_jax.packing import default_max_segments, fill_rows, first_fit_decreasing
+from boom_jax.packing import call_buckets, fill_rows, plan_encode_calls
 from boom_jax.tokenization import TextTokenizer, bucket_for
 
 Params = dict[str, Any]
-
-
-def batch_buckets(batch_size: int) -> tuple[int, ...]:
-    """Row-count buckets: powers of two below batch_size, then batch_size (small inputs stay cheap)."""
-    sizes, b = [], 1
-    while b < batch_size:
-        sizes.append(b)
-        b *= 2
-    return tuple(sizes) + (batch_size,)
 
 
 @functools.lru_cache(maxsize=16)
@@ -73,7 +66,7 @@ def data_mesh(devices: Sequence[Any] | None = None) -> Mesh | None:
 
 class Encoder:
     """A ready-to-use text encoder (see `encode`). `packing`: pack texts into rows (module docstring);
-    `pack_length`: the row length for texts that fit in it (longer texts get rows of their own bucket);
+    `pack_length`: the row length for texts that fit in it (longer texts share rows of the bucket of the longest);
     `mesh`: split each call's rows over its devices (None = one device)."""
 
     def __init__(self, cfg: ModelConfig, params: Params, tokenizer, buckets: Sequence[int] | None = None,
@@ -91,15 +84,6 @@ class Encoder:
             tokenizer, cfg.max_seq_length, cfg.padding_side, cfg.append_eos, buckets=buckets
         )
         self._apply = jitted_forward(cfg)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "Encoder":
-        """An Encoder from an HF / sentence-transformers folder (`overrides` replace config fields)."""
-        from boom_jax.hf.loader import load_hf_model
-        from boom_jax.tokenization import load_tokenizer
-
-        cfg, params = load_hf_model(path, **overrides)
-        return cls(cfg, params, load_tokenizer(path))
 
     def resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str:
         """The text to put before each input: `prompt`, or cfg.prompts[prompt_name]."""
@@ -133,11 +117,9 @@ class Encoder:
         if self.packing:
             return self._encode_packed(ids, batch_size, show_progress_bar, out)
         order = np.argsort([-len(r) for r in ids], kind="stable")
-        row_buckets = batch_buckets(batch_size)
+        row_buckets = call_buckets(batch_size)
         starts = range(0, len(order), batch_size)
         if show_progress_bar:
-            from tqdm.auto import tqdm
-
             starts = tqdm(starts, desc="encode", unit="batch")
         pending = []
         for start in starts:
@@ -157,38 +139,23 @@ class Encoder:
         return out
 
     def _encode_packed(self, ids: list[list[int]], batch_size: int, progress: bool, out: np.ndarray) -> np.ndarray:
-        """Texts of up to `pack_length` tokens packed into rows of that many tokens, longer ones into rows
-        of the bucket of the longest (short rows keep attention cheap); `batch_size` rows per call."""
-        lengths = np.asarray([len(r) for r in ids])
-        short_len = bucket_for(min(self.pack_length, int(lengths.max())), self.text_tokenizer.buckets)
-        groups = [np.flatnonzero(lengths <= short_len), np.flatnonzero(lengths > short_len)]
-        calls = []  # (texts, row in call, slot, ids, segments, S) per forward pass
-        for group in (g for g in groups if g.size):
-            row_length = bucket_for(int(lengths[group].max()), self.text_tokenizer.buckets)
-            segments = default_max_segments(row_length, row_length)  # fixed per row length: no recompile per input size
-            row, slot, offset = first_fit_decreasing(lengths[group], row_length, segments)
-            num_rows = int(row.max()) + 1
-            by_row = np.argsort(row, kind="stable")
-            bounds = np.searchsorted(row[by_row], np.arange(0, num_rows + batch_size, batch_size))
-            for k, start in enumerate(range(0, num_rows, batch_size)):
-                local = by_row[bounds[k]:bounds[k + 1]]
-                calls.append((group[local], row[local] - start, slot[local], offset[local], segments, row_length,
-                              self._round_rows(bucket_for(min(batch_size, num_rows - start), batch_buckets(batch_size)))))
+        """Texts packed into rows by `packing.plan_encode_calls` (short texts share rows of `pack_length`,
+        longer ones rows of the bucket of the longest; about `batch_size` x 64 positions per call)."""
+        calls = plan_encode_calls([len(r) for r in ids], batch_size, self.pack_length, self.text_tokenizer.buckets,
+                                  row_multiple=1 if self.mesh is None else self.mesh.size)
         if progress:
-            from tqdm.auto import tqdm
-
             calls = tqdm(calls, desc="encode", unit="batch")
         pending = []
-        for texts, rows_in, slots, offsets, segments, row_length, rows in calls:
-            input_ids, segment_ids = fill_rows([ids[i] for i in texts], rows_in, slots, offsets, rows, row_length,
-                                               self.text_tokenizer.pad_id)
-            emb = jitted_packed_forward(self.cfg, segments)(self.params, *self._place(input_ids, segment_ids))
-            pending.append((texts, rows_in, slots, emb))
+        for call in calls:
+            input_ids, segment_ids = fill_rows([ids[i] for i in call.texts], call.row, call.slot, call.offset, call.rows,
+                                               call.row_length, self.text_tokenizer.pad_id)
+            emb = jitted_packed_forward(self.cfg, call.segments)(self.params, *self._place(input_ids, segment_ids))
+            pending.append((call, emb))
             if len(pending) > 2:  # keep a couple of calls in flight, bound memory
-                i, r, sl, e = pending.pop(0)
-                out[i] = np.asarray(e)[r, sl]
-        for i, r, sl, e in pending:
-            out[i] = np.asarray(e)[r, sl]
+                done, e = pending.pop(0)
+                out[done.texts] = np.asarray(e)[done.row, done.slot]
+        for done, e in pending:
+            out[done.texts] = np.asarray(e)[done.row, done.slot]
         return out
 
     def _round_rows(self, rows: int) -> int:
