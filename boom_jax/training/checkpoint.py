@@ -15,6 +15,10 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
+import tempfile
+import threading
+import time
 from typing import Any
 
 import jax
@@ -213,9 +217,6 @@ def _drop_closed_loop_errors() -> None:
     """Once a damaged step was met: the late TensorStore callbacks of its failed reads may still report
     "Event loop is closed" after the capture below ended (through sys.excepthook, sys.unraisablehook or
     threading.excepthook); those reports, and only those, are dropped from then on."""
-    import sys
-    import threading
-
     if getattr(sys.excepthook, "_boom_drops_closed_loop", False):
         return
 
@@ -242,10 +243,6 @@ def _quiet_failed_reads():
     damaged file, TensorStore's other in-flight reads finish after Orbax's event loop has closed and
     each prints an "Event loop is closed" traceback from C: those lines are dropped (after a short
     drain), everything else is written back to stderr."""
-    import sys
-    import tempfile
-    import time
-
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:

@@ -11,6 +11,8 @@ once the lock is held, so a live run's temporary files are never touched.
 from __future__ import annotations
 
 import fcntl
+import functools
+import inspect
 import json
 import os
 import shutil
@@ -94,9 +96,6 @@ def remove_stale_temp(workdir: str) -> list[str]:
 def holds_workdir_lock(fn):
     """Decorator for a workflow `fn(config, workdir, ...)`: holds WORKDIR's lock while it runs, so a
     second run of the same workflow on the same folder is refused at once (WorkdirLockedError)."""
-    import functools
-    import inspect
-
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
