@@ -235,8 +235,9 @@ def stack_batches(batches: Sequence[dict], names: Sequence[str], padding_side: s
 
 
 def _stack_packed(batches: Sequence[dict], names: Sequence[str]) -> dict:
-    """Packed members' batches stacked: each side grown to the most rows per shard of any member (empty
-    rows at the end of every shard's block), so all members run in one program."""
+    """Packed members' batches stacked: each side grown to the most rows per shard, the widest row and the
+    most segment slots of any member (empty rows at the end of every shard's block, padding at the end of
+    every row), so all members run in one program."""
     shards = {int(b["pack_shards"]) for b in batches}
     if len(shards) > 1:
         raise ValueError(f"stacked members' batches are packed for different shard counts {sorted(shards)}")
@@ -245,14 +246,16 @@ def _stack_packed(batches: Sequence[dict], names: Sequence[str]) -> dict:
     for side in ("query", "passage"):
         fields = ("ids", "segments", "lengths", "index")
         packed = [{f: np.asarray(b[f"{side}_{f}"]) for f in fields} for b in batches]
-        widths = {(p["ids"].shape[1], p["lengths"].shape[1], p["index"].shape[0]) for p in packed}
-        if len(widths) > 1:
-            raise ValueError(f"stacked members' packed {side} rows differ in (row length, segments, texts) "
-                             f"{dict(zip(names, ((p['ids'].shape[1], p['lengths'].shape[1], p['index'].shape[0]) for p in packed)))}: "
-                             f"all members need the same batch size, group size and data.pack_* settings")
+        texts = {p["index"].shape[0] for p in packed}
+        if len(texts) > 1:
+            raise ValueError(f"stacked members' packed {side} sides differ in texts "
+                             f"{dict(zip(names, (p['index'].shape[0] for p in packed)))}: "
+                             f"all members need the same batch size and group size")
         rows = max(p["ids"].shape[0] for p in packed) // shards
+        width, slots = (max(p[f].shape[1] for p in packed) for f in ("ids", "lengths"))  # adaptive row widths
         for g, p in zip(grown, packed):
-            g.update({f"{side}_{f}": v for f, v in pad_packed_rows(p, shards, rows).items()})
+            g.update({f"{side}_{f}": v for f, v in pad_packed_rows(p, shards, rows, row_length=width,
+                                                                    max_segments=slots).items()})
     prepared = [prepare_batch(b) for b in grown]
     return {key: np.stack([np.asarray(b[key]) for b in prepared]) for key in prepared[0]}
 
