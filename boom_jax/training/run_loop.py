@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from tqdm.auto import tqdm
 
 from boom_jax.data.batcher import batch_tokens
 from boom_jax.data.records import EvalTask
@@ -288,8 +289,6 @@ def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
     """A tqdm bar on process 0 when `enabled`, else None."""
     if not (enabled and jax.process_index() == 0):
         return None
-    from tqdm.auto import tqdm  # lazy: only for an interactive progress bar
-
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
 

@@ -265,10 +265,11 @@ def _stack_packed(batches: Sequence[dict], names: Sequence[str]) -> dict:
 
 
 def _stacked_program(setups: Sequence[RunSetup], names: Sequence[str], step_fn, applied: np.ndarray,
-                     padding_side: str) -> Program:
+                     padding_side: str, last_losses: Callable[[], Sequence[float]]) -> Program:
     """One stacked step per loop step: each active member's next batch (a finished member is fed an
     active member's batch, its update masked), the lr of each member's own schedule at its applied
-    updates; `applied` is updated in place from the step's metrics."""
+    updates; `applied` is updated in place from the step's metrics. The data state holds every
+    member's batcher state and `last_losses()` (each member's last finite loss, for its record)."""
     totals = [s.total_steps for s in setups]
 
     def next_batch(step: int):
@@ -286,7 +287,8 @@ def _stacked_program(setups: Sequence[RunSetup], names: Sequence[str], step_fn, 
         return state, metrics
 
     def data_state() -> dict:
-        return {"members": {name: s.batcher.state() for name, s in zip(names, setups)}}
+        return {"members": {name: s.batcher.state() for name, s in zip(names, setups)},
+                "final_loss": [float(x) if np.isfinite(x) else None for x in last_losses()]}
 
     return Program(total_steps=max(totals), next_batch=next_batch, step=step, data_state=data_state)
 
@@ -389,10 +391,8 @@ def train_stacked(config: ml_collections.ConfigDict, workdir: str, members: Sequ
         metric_hooks.append(hook)
     del member_params
 
-    program = _stacked_program(setups, names, step_fn, applied, cfg.padding_side)
-    data_state = program.data_state
-    program.data_state = lambda: {**data_state(), "final_loss": [None if not np.isfinite(h.last_loss) else h.last_loss
-                                                                for h in metric_hooks]}
+    program = _stacked_program(setups, names, step_fn, applied, cfg.padding_side,
+                               lambda: [h.last_loss for h in metric_hooks])
     bar = progress_bar(config.log.progress_bar, program.total_steps, start_step, f"{config.name} ({m} members)")
     hooks = [NonFiniteStop(config.train.max_consecutive_skips, ckpt, names),
              MemberHooks(member_hooks, totals, lambda batch, i: batch[2][i]),
