@@ -24,6 +24,7 @@ from absl import app, flags, logging
 from boom_jax import cli
 from boom_jax.evaluation.report import TABLE_FILE
 from boom_jax.evaluation.subsample import TaskCaps
+from boom_jax.hf.encoders import load_encoder
 from boom_jax.models.truncation import TruncatedEncoder
 from boom_jax.preflight import check_out_not_inside, check_writable_folder
 
@@ -100,8 +101,6 @@ def is_resumable(out: str) -> bool:
 
 def truncated_models(models: dict[str, str], dim: int, max_seq_length: int = 0) -> dict:
     """label -> the path's JAX encoder returning its first ``dim`` coordinates, re-normalized."""
-    from boom_jax.evaluation.runner import load_encoder  # lazy: mteb, as above
-
     if dim < 0:
         raise app.UsageError(f"--truncate_dim={dim} must be >= 0")
     return {label: TruncatedEncoder(load_encoder(path, max_seq_length), dim) for label, path in models.items()}

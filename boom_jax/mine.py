@@ -22,7 +22,8 @@ from absl import flags
 from boom_jax import cli
 from boom_jax.atomic_io import write_text
 from boom_jax.data.sources import load_datasets
-from boom_jax.encode import load_encoder, read_texts
+from boom_jax.encode import read_texts
+from boom_jax.hf.encoders import load_encoder
 from boom_jax.mining import MiningOptions, MiningStats, mine_hard_negatives, parse_range
 from boom_jax.models.encoder import data_mesh
 from boom_jax.training.model_setup import resolve_model_path
