@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import ml_dtypes
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from boom_jax import model_io
 from boom_jax.merging import MERGE_METHODS, IncompatibleModelsError, check_compatible
+from boom_jax.merging.methods import MergeError
 from boom_jax.merging.streaming import leaf_groups, merge_models
 from boom_jax.models.config import ModelConfig
 
@@ -172,3 +174,54 @@ def test_cli_merges_and_exports(tiny_bert_folders, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == before
     flags.FLAGS.unparse_flags()
+
+
+def test_first_failing_leaf_is_reported_and_nothing_written(tmp_path, minilm_path):
+    # Two leaves overflow float32 when summed; the leaves merge on several threads, yet the error names
+    # the first in checkpoint order, as a merge leaf by leaf would.
+    trees = []
+    for i in range(2):
+        p = _params(i)
+        p["layer_0"]["kernel"][:] = 3e38
+        p["layer_1"]["kernel"][:] = 3e38
+        trees.append(model_io.save_model_folder(tmp_path / f"m{i}", TINY, p, minilm_path))
+    for group_bytes in (None, 10**6, 1):  # one group per leaf budget, everything in one group, one leaf each
+        out = tmp_path / f"out_{group_bytes}"
+        with pytest.raises(MergeError, match=r"'layer_0/kernel' has \d+ non-finite"):
+            merge_models(trees, out, "linear", weights=[1.0, 1.0], normalize=False, group_bytes=group_bytes,
+                         progress=False)
+        assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["m0", "m1"]  # no temp folders left
+
+
+def test_inputs_in_memory_stay_within_budget(folders, tmp_path, monkeypatch):
+    # Groups are read ahead while earlier ones merge; the bytes read and not yet merged never exceed
+    # (K + 1) x group_bytes (here K = 3 and a base).
+    from boom_jax.merging import methods, streaming
+
+    _, members, base = folders
+    specs = model_io.read_param_specs(members[0])
+    nbytes = {p: int(np.prod(s)) * np.dtype(d).itemsize for p, (s, d) in specs.items()}
+    held, peak, lock = [0], [0], threading.Lock()
+    read, merge_leaf = streaming.ModelSource.read, methods.merge_leaf
+
+    def counting_read(self, paths):
+        with lock:
+            held[0] += sum(nbytes[p] for p in paths)
+            peak[0] = max(peak[0], held[0])
+        return read(self, paths)
+
+    def counting_merge(method, path, leaves, base_leaf, *args, **kwargs):
+        out = merge_leaf(method, path, leaves, base_leaf, *args, **kwargs)
+        with lock:
+            held[0] -= nbytes[path] * (len(leaves) + (base_leaf is not None))
+        return out
+
+    reference = MERGE_METHODS["ties"]([_params(i) for i in range(3)], base=_params(3), density=0.5)
+    monkeypatch.setattr(streaming.ModelSource, "read", counting_read)
+    monkeypatch.setattr(methods, "merge_leaf", counting_merge)
+    budget = max(nbytes.values())
+    out = merge_models(members, tmp_path / "out", "ties", base=base, density=0.5, group_bytes=budget, progress=False)
+    _equal_trees(model_io.load_model(out)[1], reference)
+    assert held[0] == 0
+    assert 0 < peak[0] <= 4 * budget
