@@ -1,5 +1,6 @@
-"""A stacked bag (both members in one program) killed by SIGKILL mid-run resumes from its stacked
-checkpoint to exactly the params, losses and merged model of an uninterrupted stacked bag."""
+"""A stacked bag (both members in one program) stopped by SIGTERM (it saves and exits), resumed, killed
+by SIGKILL mid-run and resumed again ends with exactly the params, losses and merged model of an
+uninterrupted stacked bag."""
 
 import os
 import signal
@@ -17,9 +18,9 @@ from boom_jax.training.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMBERS = ("r050", "r100")
-STEPS = {"r050": 4, "r100": 8}  # 2 datasets x 32 examples, batch 8: half of them and all of them
+STEPS = {"r050": 6, "r100": 12}  # 2 datasets x 48 examples, batch 8: half of them and all of them
 ARGS = ["--config=configs/bag.py:tiny", "--config.bag.stacked=True", "--config.data.names=wordnet_gloss,debian_desc",
-        "--config.data.limit=32", "--config.train.log_every=1", "--config.checkpoint.keep=2", "--verbosity=0"]
+        "--config.data.limit=48", "--config.train.log_every=1", "--config.checkpoint.keep=2", "--verbosity=0"]
 # Two devices: one per member.
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
            HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=REPO)
@@ -37,18 +38,30 @@ def _finish(proc: subprocess.Popen) -> str:
     return out
 
 
+def _wait_for_checkpoint(workdir: str, step: int, proc: subprocess.Popen) -> None:
+    """Until stacked checkpoint `step` is complete (Orbax names the folder once the save is done)."""
+    path = os.path.join(workdir, "stacked", "checkpoints", str(step))
+    deadline = time.time() + 900
+    while not os.path.isdir(path):
+        assert proc.poll() is None, f"the stacked bag exited before its checkpoint {step}:\n{proc.stdout.read()[-4000:]}"
+        assert time.time() < deadline, f"no stacked checkpoint {step}"
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("stacked_resume")
     straight, killed = str(base / "straight"), str(base / "killed")
     proc_straight = _start(straight)
     proc = _start(killed)
-    first = os.path.join(killed, "stacked", "checkpoints", "2")  # Orbax names the folder once the save is complete
-    deadline = time.time() + 900
-    while not os.path.isdir(first):
-        assert proc.poll() is None, f"the stacked bag exited before its checkpoint 2:\n{proc.stdout.read()[-4000:]}"
-        assert time.time() < deadline, "no stacked checkpoint 2"
-        time.sleep(0.02)
+    _wait_for_checkpoint(killed, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out_term, _ = proc.communicate(timeout=600)
+    term_step = latest_step(os.path.join(killed, "stacked"))
+    term = dict(returncode=proc.returncode, out=out_term, step=term_step)
+
+    proc = _start(killed)
+    _wait_for_checkpoint(killed, term_step + 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -56,7 +69,7 @@ def runs(tmp_path_factory):
     member_records = [os.path.exists(os.path.join(killed, "members", m, "member.json")) for m in MEMBERS]
     out_resumed = _finish(_start(killed))
     _finish(proc_straight)
-    return dict(straight=straight, killed=killed, kill_step=kill_step, member_records=member_records,
+    return dict(straight=straight, killed=killed, term=term, kill_step=kill_step, member_records=member_records,
                 out_resumed=out_resumed)
 
 
@@ -67,8 +80,15 @@ def _assert_same_tree(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise on CPU
 
 
+def test_sigterm_saves_and_stops_the_stacked_bag(runs):
+    term = runs["term"]
+    assert term["returncode"] == 1, term["out"][-4000:]  # stopped, not finished: the bag does not go on to merge
+    assert f"were preempted at step {term['step']}" in term["out"]
+    assert 2 <= term["step"] < max(STEPS.values())
+
+
 def test_killed_stacked_bag_resumes_mid_run(runs):
-    assert 2 <= runs["kill_step"] < max(STEPS.values())
+    assert runs["term"]["step"] + 2 <= runs["kill_step"] < max(STEPS.values())
     assert runs["member_records"] == [False, False]  # killed before any member was recorded as finished
     assert f"resumed from step {runs['kill_step']}" in runs["out_resumed"]
 
