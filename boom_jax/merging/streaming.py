@@ -5,7 +5,7 @@ Face / sentence-transformers folders. The streaming merge reads a group of leave
 input (Orbax partial restore), merges them with `methods.merge_leaf` and keeps only the merged model,
 so peak memory is about the output model plus (K + 1) x `group_bytes` of inputs (default: the largest
 tensor). A group holds at most half of that (a bigger leaf alone), so that the next group can be read
-while this one merges; the K + 1 inputs of a group are read at once and its leaves merge on a few
+while this one merges; the inputs of a group are read two at a time and its leaves merge on a few
 threads (numpy releases the GIL), so that reading and merging overlap.
 Hugging Face inputs cannot be read leaf by leaf and are loaded whole. Both paths call the same
 `merge_leaf` on the same arrays, so they agree exactly.
@@ -137,12 +137,15 @@ def _set_leaf(tree: dict, path: str, value: Any) -> None:
 
 # Threads merging the leaves of a group at once (numpy's conversions and products release the GIL).
 MERGE_THREADS = min(4, os.cpu_count() or 1)
+# Inputs read at once: a read holds its compressed and decoded buffers, so more at once would add to the
+# peak per member.
+READ_THREADS = 2
 
 
 def _merge_streaming(sources, base, specs, method, weights, include, exclude, params, group_bytes, progress) -> dict:
-    """The merged tree, group of leaves by group: every input's group read at once (one thread per
-    input), its leaves merged on MERGE_THREADS threads, the next group read meanwhile when the inputs
-    held stay within (K + 1) x budget (a group is at most half the budget, a bigger leaf alone)."""
+    """The merged tree, group of leaves by group: the inputs' reads of a group on READ_THREADS threads,
+    its leaves merged on MERGE_THREADS threads, the next group read meanwhile when the inputs held stay
+    within (K + 1) x budget (a group is at most half the budget, a bigger leaf alone)."""
     readers = sources + ([] if base is None else [base])
     budget = group_bytes or largest_leaf_bytes(specs)
     groups = leaf_groups(specs, max(budget // 2, 1))
@@ -152,7 +155,7 @@ def _merge_streaming(sources, base, specs, method, weights, include, exclude, pa
     pending: list[list[Future]] = []  # reads of the groups after the one being merged
     merged: dict = {}
     bar = tqdm(total=len(specs), desc=f"merging ({method}, streaming)", unit="tensor", disable=not progress)
-    with ThreadPoolExecutor(len(readers), thread_name_prefix="merge-read") as read_pool, \
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="merge-read") as read_pool, \
             ThreadPoolExecutor(MERGE_THREADS, thread_name_prefix="merge-leaf") as merge_pool:
 
         def read_ahead(g: int, now: bool = False) -> None:
