@@ -1,14 +1,11 @@
 """Merging models stored on disk, in memory or leaf by leaf (streaming), into a model folder.
 
 Inputs are model folders, train workdirs (WORKDIR/model), bag workdirs (DIR/members/*/) or Hugging
-Face / sentence-transformers folders. The streaming merge reads a group of leaves at a time from each
-input (Orbax partial restore), merges them with `methods.merge_leaf` and keeps only the merged model,
-so peak memory is about the output model plus (K + 1) x `group_bytes` of inputs (default: the largest
-tensor). A group holds at most half of that (a bigger leaf alone), so that the next group can be read
-while this one merges; the inputs of a group are read two at a time and its leaves merge on a few
-threads (numpy releases the GIL), so that reading and merging overlap.
-Hugging Face inputs cannot be read leaf by leaf and are loaded whole. Both paths call the same
-`merge_leaf` on the same arrays, so they agree exactly.
+Face / sentence-transformers folders. The streaming merge reads a few leaves at a time from each input
+(Orbax partial restore), merges them with `methods.merge_leaf` and keeps only the merged model, so
+peak memory is about the output model plus (K + 1) groups of leaves, a group holding at most
+`group_bytes` (default: the largest tensor). Hugging Face inputs cannot be read leaf by leaf and are
+loaded whole. Both paths call the same `merge_leaf` on the same arrays, so they agree exactly.
 
 The result is written atomically: a model folder (plus, with `export=True`, the sentence-transformers
 folder in OUT/export), built in a temp folder and renamed at the end; an incompatible set of inputs, an
@@ -22,7 +19,6 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -44,13 +40,11 @@ class ModelSource:
     tokenizer_dir: str | None
     folder: str | None = None  # a model folder read leaf by leaf
     params: dict | None = None  # or a whole tree in memory
-    _specs: compat.Spec | None = dataclasses.field(default=None, repr=False)
 
     def specs(self) -> compat.Spec:
-        if self._specs is None:  # read once: the checkpoint metadata costs as much as a small read
-            self._specs = (model_io.read_param_specs(self.folder) if self.folder is not None
-                           else compat.spec_of(self.params))
-        return self._specs
+        if self.folder is not None:
+            return model_io.read_param_specs(self.folder)
+        return compat.spec_of(self.params)
 
     def read(self, paths: Sequence[str]) -> dict[str, np.ndarray]:
         if self.folder is not None:
@@ -92,17 +86,12 @@ def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-def _leaf_bytes(spec: tuple[tuple[int, ...], np.dtype]) -> int:
-    shape, dtype = spec
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-
-
 def leaf_groups(specs: compat.Spec, group_bytes: int) -> list[list[str]]:
     """Leaf paths in checkpoint order, split into groups of at most `group_bytes` (a bigger leaf alone)."""
     groups: list[list[str]] = []
     size = 0
-    for path, spec in specs.items():
-        nbytes = _leaf_bytes(spec)
+    for path, (shape, dtype) in specs.items():
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if not groups or size + nbytes > group_bytes:
             groups.append([])
             size = 0
@@ -112,7 +101,7 @@ def leaf_groups(specs: compat.Spec, group_bytes: int) -> list[list[str]]:
 
 
 def largest_leaf_bytes(specs: compat.Spec) -> int:
-    return max(_leaf_bytes(spec) for spec in specs.values())
+    return max(int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for s, d in specs.values())
 
 
 def _check(sources: list[ModelSource], base: ModelSource | None) -> compat.Spec:
@@ -135,60 +124,21 @@ def _set_leaf(tree: dict, path: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
-# Threads merging the leaves of a group at once (numpy's conversions and products release the GIL).
-MERGE_THREADS = min(4, os.cpu_count() or 1)
-# Inputs read at once: a read holds its compressed and decoded buffers, so more at once would add to the
-# peak per member.
-READ_THREADS = 2
-
-
 def _merge_streaming(sources, base, specs, method, weights, include, exclude, params, group_bytes, progress) -> dict:
-    """The merged tree, group of leaves by group: the inputs' reads of a group on READ_THREADS threads,
-    its leaves merged on MERGE_THREADS threads, the next group read meanwhile when the inputs held stay
-    within (K + 1) x budget (a group is at most half the budget, a bigger leaf alone)."""
-    readers = sources + ([] if base is None else [base])
-    budget = group_bytes or largest_leaf_bytes(specs)
-    groups = leaf_groups(specs, max(budget // 2, 1))
-    group_size = [sum(_leaf_bytes(specs[p]) for p in g) for g in groups]
-    limit = len(readers) * budget
-    held = 0  # bytes of inputs read or being read and not yet merged
-    pending: list[list[Future]] = []  # reads of the groups after the one being merged
     merged: dict = {}
+    budget = group_bytes or largest_leaf_bytes(specs)
     bar = tqdm(total=len(specs), desc=f"merging ({method}, streaming)", unit="tensor", disable=not progress)
-    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="merge-read") as read_pool, \
-            ThreadPoolExecutor(MERGE_THREADS, thread_name_prefix="merge-leaf") as merge_pool:
-
-        def read_ahead(g: int, now: bool = False) -> None:
-            """Starts reading groups g, g + 1, ... (those not yet started) while they fit; with `now`,
-            the first one in any case (a leaf bigger than the budget)."""
-            nonlocal held
-            while g + len(pending) < len(groups):
-                nxt = g + len(pending)
-                if held + len(readers) * group_size[nxt] > limit and not (now and not pending):
-                    break
-                held += len(readers) * group_size[nxt]
-                pending.append([read_pool.submit(r.read, groups[nxt]) for r in readers])
-
-        def merge_one(path: str, reads: list[dict]) -> np.ndarray:
-            leaves = [r.pop(path) for r in reads]  # the group's dicts drop each leaf once merged
-            base_leaf = leaves.pop() if base is not None else None
-            return methods.merge_leaf(method, path, leaves, base_leaf, weights, include, exclude, **params)
-
-        jobs: list[tuple[str, Future]] = []
-        try:
-            for g, group in enumerate(groups):
-                read_ahead(g, now=True)
-                reads = [f.result() for f in pending.pop(0)]
-                jobs = [(path, merge_pool.submit(merge_one, path, reads)) for path in group]
-                del reads
-                for path, job in jobs:  # in leaf order: the first failing leaf is the one reported
-                    _set_leaf(merged, path, job.result())
-                    held -= len(readers) * _leaf_bytes(specs[path])
-                    bar.update(1)
-                    read_ahead(g + 1)
-        finally:  # after an error: no more reads or merges than those already running
-            for f in [f for futures in pending for f in futures] + [job for _, job in jobs]:
-                f.cancel()
+    for group in leaf_groups(specs, budget):
+        # One read per input for the group: at most (K + 1) x group_bytes of inputs in memory.
+        reads = [s.read(group) for s in sources]
+        base_reads = None if base is None else base.read(group)
+        for path in group:
+            leaves = [r.pop(path) for r in reads]
+            base_leaf = None if base_reads is None else base_reads.pop(path)
+            _set_leaf(merged, path, methods.merge_leaf(method, path, leaves, base_leaf, weights, include, exclude, **params))
+            del leaves, base_leaf
+            bar.update(1)
+        del reads, base_reads
     bar.close()
     return merged
 
