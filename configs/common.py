@@ -79,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.pack_length = 0  # row budget in tokens; 0 = each side's max length (query_max_len / passage_max_len)
     c.data.pack_segments = 0  # texts per row at most (fixed per run); 0 = one per 8 tokens of the row
     c.data.pack_row_buckets = 4  # row-count buckets per doubling (fewer: fewer compiled shapes, more empty rows)
+    # each side's rows as wide as the smallest length bucket holding its batch's longest text (pack_length at
+    # most): fewer attention positions, a few more compiled shapes; False = every row pack_length wide
+    c.data.pack_adaptive = True
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global number of queries per step

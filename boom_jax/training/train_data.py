@@ -107,7 +107,7 @@ def prepare_datasets(config: ml_collections.ConfigDict, workdir: str, datasets: 
 
 def packing_options(config: ml_collections.ConfigDict, host_batch_shards: int) -> dict[str, Any]:
     """The Batcher's packing arguments from config.data (packing, pack_length, pack_segments,
-    pack_row_buckets): rows laid out for this host's batch shards, row counts a multiple of the
+    pack_row_buckets, pack_adaptive): rows laid out for this host's batch shards, row counts a multiple of the
     gradient cache's chunk count, row widths adaptive up to pack_length."""
     if not config.data.packing:
         return {}
@@ -115,7 +115,7 @@ def packing_options(config: ml_collections.ConfigDict, host_batch_shards: int) -
     return {"packing": True, "pack_length": config.data.pack_length or None,
             "pack_segments": config.data.pack_segments or None, "pack_shards": host_batch_shards,
             "pack_row_multiple": chunks, "pack_row_buckets": config.data.pack_row_buckets,
-            "pack_adaptive": True}  # each side's rows as wide as its batch's longest text needs (the budget at most)
+            "pack_adaptive": config.data.pack_adaptive}
 
 
 def schedule_options(config: ml_collections.ConfigDict, train_sets: Sequence[TrainDataset]) -> dict[str, Any]:
