@@ -24,6 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from boom_jax.atomic_io import write_json
+from boom_jax.data.builtin import builtin_eval_tasks, builtin_manifest
 from boom_jax.data.records import EvalTask
 from boom_jax.evaluation import metrics
 from boom_jax.evaluation.report import write_report
@@ -59,8 +60,6 @@ def _close_matches(name: str, candidates: Sequence[str], n: int = 5) -> str:
 
 
 def _builtin_tasks(names: Sequence[str] | None = None, domain: str | None = None) -> list[EvalTask]:
-    from boom_jax.data.builtin import builtin_eval_tasks
-
     return builtin_eval_tasks(names=names, domain=domain) if names is not None else builtin_eval_tasks(domain=domain)
 
 
@@ -125,8 +124,6 @@ def resolve_tasks(tasks: Any = None, benchmark: str | None = None, caps: TaskCap
             out += [local(t) for t in _builtin_tasks(domain=BUILTIN_SELECTORS[item])]
         else:
             if builtin_names is None:
-                from boom_jax.data.builtin import builtin_manifest
-
                 builtin_names = list(builtin_manifest()["eval"])
             if item in builtin_names:
                 (task,) = _builtin_tasks(names=[item])
@@ -472,7 +469,7 @@ def evaluate_builtin_retrieval(
     Uses the NumPy metrics directly (no mteb run) but the same prompts and scores mteb would give.
     `tasks` defaults to every built-in retrieval task.
     """
-    from mteb.types import PromptType
+    from mteb.types import PromptType  # lazy: mteb is a slow import, only for evaluation
 
     from boom_jax.evaluation.mteb_encoder import MtebEncoder
 

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from boom_jax import model_io
+from boom_jax.hf import export_sentence_transformers
 from boom_jax.merging import compat, methods, recipe
 from boom_jax.models.config import ModelConfig
 
@@ -205,8 +206,6 @@ def merge_models(
         if export:
             if tokenizer_dir is None:
                 raise model_io.ModelFolderError("cannot export: no input model has a tokenizer")
-            from boom_jax.hf import export_sentence_transformers
-
             export_sentence_transformers(merged, cfg, tokenizer_dir, os.path.join(tmp, EXPORT_DIR))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
