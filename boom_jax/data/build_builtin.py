@@ -43,10 +43,15 @@ from boom_jax.data.extract.text import clip, fingerprint, squash, words
 from boom_jax.data.records import EvalTask
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "boom_jax/data/builtin", "Output folder (replaced atomically).")
-flags.DEFINE_string("cache", os.path.expanduser("~/.cache/boom_jax_build"), "Cache for raw sources.")
-flags.DEFINE_integer("seed", 20261129, "Builder seed.")
-flags.DEFINE_integer("train_size", 4000, "Target examples per training set.")
+
+
+def define_flags() -> None:
+    """The builders' command-line flags (build_builtin's and build_ood's), defined only when one of them
+    runs as a command: importing this module must not claim flag names such as --out for a process."""
+    flags.DEFINE_string("out", "boom_jax/data/builtin", "Output folder (replaced atomically).")
+    flags.DEFINE_string("cache", os.path.expanduser("~/.cache/boom_jax_build"), "Cache for raw sources.")
+    flags.DEFINE_integer("seed", 20261129, "Builder seed.")
+    flags.DEFINE_integer("train_size", 4000, "Target examples per training set.")
 
 DEB_PACKAGES = (
     "wordnet-base", "dict-gcide", "dict-foldoc", "golang-1.19-src", "sword-text-kjv", "sword-text-web",
@@ -600,4 +605,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -38,7 +38,7 @@ from boom_jax.data.extract.near_dup import NearDuplicateIndex
 from boom_jax.data.extract.text import clip, fingerprint, words
 from boom_jax.data.records import EvalTask
 
-FLAGS = flags.FLAGS  # --out, --cache and --seed are defined by build_builtin
+FLAGS = flags.FLAGS  # --out, --cache and --seed: build_builtin.define_flags()
 
 OOD_PACKAGES = ("manpages", "manpages-dev", "fortunes", "debian-handbook")
 HANDBOOK_HTML = "debian-handbook/usr/share/doc/debian-handbook/html/en-US"
@@ -201,4 +201,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    bb.define_flags()
     app.run(main)
