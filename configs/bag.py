@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.passage_max_len = 64
     c.eval.every_steps = 0
     c.eval.at_end = False
-    # dev evaluation of every model: seeded samples of the 12 built-in tasks, inputs cut to 64 tokens
+    # dev evaluation of every model: seeded samples of the 16 built-in tasks, inputs cut to 64 tokens
     c.eval.max_queries = 50
     c.eval.max_documents = 200
     c.eval.max_texts = 120
