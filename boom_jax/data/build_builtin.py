@@ -88,7 +88,7 @@ class TrainSet:
 # ----------------------------------------------------------------------------- raw sources
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
+def run_command(cmd: list[str], cwd: Path) -> None:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"command failed ({result.returncode}): {' '.join(cmd)}\n{result.stderr[-2000:]}")
@@ -102,15 +102,15 @@ def fetch_sources(cache: Path) -> dict[str, str]:
     for package in tqdm(DEB_PACKAGES, desc="debian packages"):
         found = sorted(debs.glob(f"{package}_*.deb"))
         if not found:
-            _run(["apt-get", "download", package], debs)
+            run_command(["apt-get", "download", package], debs)
             found = sorted(debs.glob(f"{package}_*.deb"))
         versions[package] = found[-1].name.split("_")[1].replace("%3a", ":")
         target = unpacked / package
         if not target.exists():
-            _run(["dpkg-deb", "-x", str(found[-1]), str(target)], cache)
+            run_command(["dpkg-deb", "-x", str(found[-1]), str(target)], cache)
     if not (lists / f"{APT_LISTS}binary-amd64_Packages").exists():
         (lists / "partial").mkdir(parents=True, exist_ok=True)
-        _run(["apt-get", f"-o=Dir::State::Lists={lists}", "-o=Acquire::Languages=en",
+        run_command(["apt-get", f"-o=Dir::State::Lists={lists}", "-o=Acquire::Languages=en",
               "-o=Acquire::GzipIndexes=false", "update"], cache)
     release = (lists / "deb.debian.org_debian_dists_bookworm_InRelease").read_text(errors="replace")
     versions["debian-apt-index"] = next((l.split(": ", 1)[1] for l in release.splitlines() if l.startswith("Date:")), "?")
@@ -500,11 +500,11 @@ def remove_leaks(task: EvalTask, train_fps: set[str], near: NearDuplicateIndex) 
     return task, dropped
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_gzip(path: Path, text: str) -> None:
+def write_gzip(path: Path, text: str) -> None:
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle:
         handle.write(text.encode("utf-8"))
 
@@ -545,17 +545,17 @@ def write_corpus(out: Path, sets: list[TrainSet], tasks: list[EvalTask], version
                 "train": {}, "eval": {}}
     for s in sets:
         path = tmp / "train" / f"{s.name}.jsonl.gz"
-        _write_gzip(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in s.records))
+        write_gzip(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in s.records))
         manifest["train"][s.name] = {
             "file": f"train/{s.name}.jsonl.gz", "task_type": s.task_type, "instruction": s.instruction,
             "in_batch_negatives": s.in_batch_negatives, "count": len(s.records), "sources": list(s.sources),
-            "min_negatives": min(len(r["neg"]) for r in s.records), "sha256": _sha256(path),
+            "min_negatives": min(len(r["neg"]) for r in s.records), "sha256": sha256_of(path),
         }
     for t in tasks:
         path = tmp / "eval" / f"{t.name}.json.gz"
-        _write_gzip(path, json.dumps(t.to_dict(), ensure_ascii=False, sort_keys=True))
+        write_gzip(path, json.dumps(t.to_dict(), ensure_ascii=False, sort_keys=True))
         manifest["eval"][t.name] = {"file": f"eval/{t.name}.json.gz", "type": t.type, "domain": t.domain,
-                                    "counts": task_counts(t), "sha256": _sha256(path)}
+                                    "counts": task_counts(t), "sha256": sha256_of(path)}
         if t.name in baselines:
             manifest["eval"][t.name]["bm25_ndcg_at_10"] = baselines[t.name]
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -25,13 +25,12 @@ import collections
 import dataclasses
 import gzip
 import json
-import os
 import subprocess
 from pathlib import Path
 
 from absl import app, flags, logging
 
-from boom_jax.atomic_io import write_text
+from boom_jax.atomic_io import atomic_write, write_text
 from boom_jax.data import build_builtin as bb
 from boom_jax.data.extract import fortunes, handbook, manpages
 from boom_jax.data.extract.near_dup import NearDuplicateIndex
@@ -68,11 +67,11 @@ def fetch_ood_sources(cache: Path) -> dict[str, str]:
     for package in OOD_PACKAGES:
         found = sorted(debs.glob(f"{package}_*.deb"))
         if not found:
-            bb._run(["apt-get", "download", package], debs)
+            bb.run_command(["apt-get", "download", package], debs)
             found = sorted(debs.glob(f"{package}_*.deb"))
         versions[package] = found[-1].name.split("_")[1].replace("%3a", ":")
         if not (unpacked / package).exists():
-            bb._run(["dpkg-deb", "-x", str(found[-1]), str(unpacked / package)], cache)
+            bb.run_command(["dpkg-deb", "-x", str(found[-1]), str(unpacked / package)], cache)
     groff = subprocess.run(["groff", "--version"], capture_output=True, text=True, check=True).stdout
     versions["groff"] = groff.splitlines()[0].split()[-1]
     return versions
@@ -170,11 +169,10 @@ def write_tasks(out: Path, tasks: list[EvalTask], versions: dict[str, str]) -> d
     manifest = json.loads((out / "manifest.json").read_text())
     for task in tasks:
         path = out / "eval" / f"{task.name}.json.gz"
-        tmp = path.with_name(f".{path.name}.tmp")
-        bb._write_gzip(tmp, json.dumps(task.to_dict(), ensure_ascii=False, sort_keys=True))
-        os.replace(tmp, path)
+        text = json.dumps(task.to_dict(), ensure_ascii=False, sort_keys=True)
+        atomic_write(path, lambda tmp, text=text: bb.write_gzip(Path(tmp), text))
         info = {"file": f"eval/{task.name}.json.gz", "type": task.type, "domain": task.domain,
-                "counts": bb.task_counts(task), "sha256": bb._sha256(path)}
+                "counts": bb.task_counts(task), "sha256": bb.sha256_of(path)}
         if task.type == "retrieval":
             info["bm25_ndcg_at_10"] = bb.bm25_ndcg_at_10(task)
         manifest["eval"][task.name] = info
