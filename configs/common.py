@@ -62,9 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.passage_max_len = 512
     c.data.fixed_length = False  # pad every batch to the max lengths (one compiled shape) vs length buckets
     c.data.schedule = "bls"  # batch-level shuffling
-    # schedule "two_stage": stage-1 dataset names and/or task types, comma-separated ("" = the retrieval
-    # datasets); stage 2 = every other dataset
-    c.data.two_stage_first = ""
+    # The schedule's options, each a comma-separated list ("" = the schedule's default); a set option the
+    # schedule does not take is an error (boom_jax/data/schedules.py:SCHEDULE_OPTIONS says which takes which)
+    c.data.schedule_options = ml_collections.ConfigDict()
+    # "dataset_sequential": dataset names in training order; "task_sequential": task types in training order
+    c.data.schedule_options.order = ""
+    # "two_stage": stage-1 dataset names and/or task types ("" = the retrieval datasets); stage 2 = the rest
+    c.data.schedule_options.first_stage = ""
     c.data.subset_ratio = 1.0  # fraction of every dataset this run trains on (a bag member)
     c.data.subset_seed = 0
     # Folder of the token stores (every distinct text tokenized once, reused by later runs);

@@ -5,7 +5,13 @@ import collections
 import pytest
 
 from boom_jax.data.records import Example, TrainDataset
-from boom_jax.data.schedules import SCHEDULES, make_plan, plan_length_per_dataset, stages_from_first
+from boom_jax.data.schedules import (
+    SCHEDULE_OPTIONS, SCHEDULES, check_schedule_options, make_plan, option_names, plan_length_per_dataset,
+    schedule_arguments, stages_from_first,
+)
+from boom_jax.errors import ConfigError
+from boom_jax.train import parse_config
+from boom_jax.training.config_validation import validate_config
 
 
 def make_dataset(name: str, n: int, task_type: str = "retrieval") -> TrainDataset:
@@ -99,19 +105,96 @@ def test_two_stage_first_names_stage_one_and_the_rest_is_stage_two():
         make_plan("two_stage", DATASETS, B, seed=0, first=["nq"], stages=[["nq"], ["msmarco"]])
 
 
-def test_config_key_two_stage_first_becomes_the_stages_and_bad_entries_name_the_key():
+def test_config_option_first_stage_becomes_the_stages_and_bad_entries_name_the_key():
     from boom_jax.training.config_validation import ConfigError
-    from boom_jax.training.loop import schedule_options
+    from boom_jax.training.train_data import schedule_options
     from configs import tiny
 
     config = tiny.get_config()
     config.data.schedule = "two_stage"
-    config.data.two_stage_first = "arxiv, banking"
+    config.data.schedule_options.first_stage = "arxiv, banking"
     assert schedule_options(config, DATASETS) == {"stages": [["banking", "arxiv"], ["msmarco", "nq", "fiqa"]]}
-    config.data.two_stage_first = ""
+    config.data.schedule_options.first_stage = ""
     assert schedule_options(config, DATASETS) == {}  # the default stages (retrieval first)
-    config.data.two_stage_first = "quora"
-    with pytest.raises(ConfigError, match=r"config.data.two_stage_first='quora': \['quora'\] are neither"):
+    config.data.schedule_options.first_stage = "quora"
+    with pytest.raises(ConfigError, match=r"config.data.schedule_options.first_stage='quora': \['quora'\] are neither"):
         schedule_options(config, DATASETS)
     config.data.schedule = "bls"
     assert schedule_options(config, DATASETS) == {}
+
+
+def test_the_registry_declares_each_schedules_options_and_the_defaults_hold_every_one():
+    from configs.common import base_config
+
+    assert set(SCHEDULE_OPTIONS) == set(SCHEDULES)
+    assert sorted(base_config().data.schedule_options.keys()) == option_names() == ["first_stage", "order"]
+    assert all(v == "" for v in base_config().data.schedule_options.values())
+    config = parse_config(["prog", "--config=configs/tiny.py", "--config.data.schedule=two_stage",
+                           "--config.data.schedule_options.first_stage=nq,classification"])
+    assert config.data.schedule_options.to_dict() == {"order": "", "first_stage": "nq,classification"}
+
+
+def test_an_option_the_schedule_does_not_take_is_refused_naming_the_key():
+    from configs import tiny
+
+    config = tiny.get_config()
+    config.data.schedule_options.order = "nq,msmarco"
+    for schedule in ("task_sequential", "dataset_sequential"):
+        config.data.schedule = schedule
+        validate_config(config)
+    for schedule, takes in (("two_stage", "first_stage"), ("bls", "none")):
+        config.data.schedule = schedule
+        with pytest.raises(ConfigError) as err:
+            validate_config(config)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith("config.data.schedule_options.order='nq,msmarco' is not")
+        assert f"{schedule} takes {takes}" in message and "dataset_sequential, task_sequential" in message
+    config.data.schedule_options.order = ""  # "" = not set: every schedule accepts it
+    validate_config(config)
+    with pytest.raises(ConfigError, match="config.data.schedule_options.order=3 must be a comma-separated string"):
+        check_schedule_options("bls", {"order": 3})
+
+
+def test_order_options_set_the_sequential_schedules_order():
+    order = "fiqa,nq,msmarco,banking,arxiv"
+    args = schedule_arguments("dataset_sequential", {"order": order}, DATASETS)
+    assert args == {"order": order.split(",")}
+    plan = make_plan("dataset_sequential", DATASETS, B, seed=0, **args)
+    assert list(dict.fromkeys(b.dataset for b in plan)) == order.split(",")
+    args = schedule_arguments("task_sequential", {"order": "clustering, retrieval,classification"}, DATASETS)
+    plan = make_plan("task_sequential", DATASETS, B, seed=0, **args)
+    assert [b.dataset for b in plan[:12 // B]] == ["arxiv"] * (12 // B) and plan[-1].dataset == "banking"
+    with pytest.raises(ConfigError, match=r"config.data.schedule_options.order='nq': dataset_sequential.order must "
+                                          r"list every dataset once; unknown: \[\], missing: \['msmarco'"):
+        schedule_arguments("dataset_sequential", {"order": "nq"}, DATASETS)
+    with pytest.raises(ConfigError, match=r"config.data.schedule_options.order='sts,retrieval': .*unknown: \['sts'\]"):
+        schedule_arguments("task_sequential", {"order": "sts,retrieval"}, DATASETS)
+    assert schedule_arguments("bls", {"order": order}, DATASETS) == {}  # not its option: the config check refuses it
+
+
+def test_old_workdirs_with_two_stage_first_resume_under_the_new_key():
+    """A checkpoint written before data.schedule_options holds data.two_stage_first: it is compared as
+    data.schedule_options.first_stage, so the same stage 1 resumes and another is refused; the old key on
+    the command line or in a config names the new one."""
+    from boom_jax.training.config_validation import check_override_keys, upgrade_config_dict
+    from boom_jax.training.resume_rules import check_resume_config
+    from configs import tiny
+
+    def new(first: str) -> dict:
+        return {"data": {"schedule": "two_stage", "schedule_options": {"order": "", "first_stage": first}}}
+
+    saved = {"data": {"schedule": "two_stage", "two_stage_first": "arxiv"}}
+    assert upgrade_config_dict(saved) == {"data": {"schedule": "two_stage", "schedule_options": {"first_stage": "arxiv"}}}
+    assert saved == {"data": {"schedule": "two_stage", "two_stage_first": "arxiv"}}  # the saved dict is left alone
+    assert check_resume_config(saved, new("arxiv"), "w", 2) == []
+    with pytest.raises(ConfigError, match=r"config\.data\.schedule_options\.first_stage: 'arxiv' in the checkpoint, "
+                                          r"'' now"):
+        check_resume_config(saved, new(""), "w", 2)
+    with pytest.raises(ConfigError, match=r"^config.data.two_stage_first is not a known key; it is now "
+                                          r"config.data.schedule_options.first_stage$"):
+        check_override_keys(["--config.data.two_stage_first=arxiv"])
+    config = tiny.get_config()
+    with config.unlocked():
+        config.data.two_stage_first = "arxiv"
+    with pytest.raises(ConfigError, match="it is now config.data.schedule_options.first_stage"):
+        validate_config(config)

@@ -139,7 +139,7 @@ def test_two_stage_run_config_carries_its_first_stage_to_the_loop():
     from boom_jax.data.records import Example, TrainDataset
     from boom_jax.data.schedules import make_plan as schedule_plan
     from boom_jax.experiments.runner import _run_datasets, training_config
-    from boom_jax.training.loop import schedule_options
+    from boom_jax.training.train_data import schedule_options
 
     plan = make_plan(DATASETS, default_section(strategies="two_stage", two_stage_first="sts,debian_section"),
                      batch_size=8, include_base=False)
@@ -148,7 +148,7 @@ def test_two_stage_run_config_carries_its_first_stage_to_the_loop():
                                                for i in range(d.size)], True, "") for d in DATASETS]
     config = training_config(experiment_config.get_config(), run.name, run.schedule, run.first_stage)
     assert config.data.schedule == "two_stage"
-    assert config.data.two_stage_first == "bible_paraphrase,debian_section"
+    assert config.data.schedule_options.first_stage == "bible_paraphrase,debian_section"
     chosen = _run_datasets(run, sets)
     batches = schedule_plan("two_stage", chosen, 8, seed=0, **schedule_options(config, chosen))
     order = [b.dataset for b in batches]

@@ -10,15 +10,22 @@ batches are dropped (per dataset for single-dataset schedules) so every batch ha
 - "task_sequential": task type after task type (option `order`: task types), BLS inside each.
 - "two_stage": option `stages`: two (or more) lists of dataset names or task types; BLS inside each
   stage; default stage 1 = retrieval datasets, stage 2 = the rest.
+
+A run's config sets a schedule's options in `config.data.schedule_options` (comma-separated names, "" = the
+schedule's default); `SCHEDULE_OPTIONS` says which options each schedule takes, `check_schedule_options`
+refuses an option the chosen schedule does not take and `schedule_arguments` turns the options into the
+schedule's keyword arguments, checked against the datasets (errors name the config key).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import dataset_rng
+from boom_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +118,8 @@ def _task_types_in_order(datasets: Sequence[TrainDataset]) -> list[str]:
     return list(dict.fromkeys(d.task_type for d in datasets))
 
 
-def task_sequential(
-    datasets: Sequence[TrainDataset], batch_size: int, seed: int, epoch: int = 0, order: Sequence[str] | None = None
-) -> list[PlannedBatch]:
-    """Task type after task type (order: task types; default first appearance), BLS within each type."""
-    _check(datasets, batch_size)
+def _task_order(datasets: Sequence[TrainDataset], order: Sequence[str] | None) -> list[str]:
+    """The task types in training order: `order` (every task type of the data once), default first appearance."""
     present = _task_types_in_order(datasets)
     order = present if order is None else list(order)
     unknown = [t for t in order if t not in present]
@@ -123,8 +127,16 @@ def task_sequential(
     if unknown or missing or len(set(order)) != len(order):
         raise ValueError(f"task_sequential.order must list every task type once; unknown: {unknown}, "
                          f"missing: {missing}, given: {order}")
+    return order
+
+
+def task_sequential(
+    datasets: Sequence[TrainDataset], batch_size: int, seed: int, epoch: int = 0, order: Sequence[str] | None = None
+) -> list[PlannedBatch]:
+    """Task type after task type (order: task types; default first appearance), BLS within each type."""
+    _check(datasets, batch_size)
     plan: list[PlannedBatch] = []
-    for task in order:
+    for task in _task_order(datasets, order):
         group = [d for d in datasets if d.task_type == task]
         batches = [b for d in group for b in _dataset_batches(d, batch_size, seed, epoch)]
         plan.extend(_shuffled(batches, seed, epoch, "task:" + task))
@@ -192,6 +204,69 @@ SCHEDULES: dict[str, Schedule] = {
     "task_sequential": task_sequential,
     "two_stage": two_stage,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleOption:
+    """One key of config.data.schedule_options: a comma-separated list of names ("" = the schedule's default)."""
+
+    help: str
+    # (datasets, the names given) -> the schedule's keyword arguments; ValueError when the names do not fit the data
+    arguments: Callable[[Sequence[TrainDataset], list[str]], dict[str, Any]]
+
+
+def _dataset_order(datasets: Sequence[TrainDataset], names: list[str]) -> dict[str, Any]:
+    return {"order": [d.name for d in _ordered(datasets, names, "dataset_sequential")]}
+
+
+# The options each schedule takes (configs/common.py holds a default "" for every key named here).
+SCHEDULE_OPTIONS: dict[str, dict[str, ScheduleOption]] = {
+    "bls": {},
+    "instance_mixing": {},
+    "dataset_sequential": {"order": ScheduleOption("dataset names in training order (default: as loaded)",
+                                                   _dataset_order)},
+    "task_sequential": {"order": ScheduleOption("task types in training order (default: first appearance)",
+                                                lambda datasets, names: {"order": _task_order(datasets, names)})},
+    "two_stage": {"first_stage": ScheduleOption(
+        "stage-1 dataset names and/or task types (default: the retrieval datasets); stage 2 = every other dataset",
+        lambda datasets, names: {"stages": stages_from_first(datasets, names)})},
+}
+OPTIONS_KEY = "config.data.schedule_options"
+
+
+def option_names() -> list[str]:
+    """Every option key some schedule takes."""
+    return sorted({key for options in SCHEDULE_OPTIONS.values() for key in options})
+
+
+def check_schedule_options(schedule: str, options: Mapping[str, Any]) -> None:
+    """ConfigError naming the key for an option that is not a string, or that is set (not "") although
+    `schedule` does not take it."""
+    taken = SCHEDULE_OPTIONS.get(schedule, {})
+    for key, value in options.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{OPTIONS_KEY}.{key}={value!r} must be a comma-separated string")
+        if value and key not in taken:
+            owners = sorted(name for name, opts in SCHEDULE_OPTIONS.items() if key in opts)
+            raise ConfigError(f"{OPTIONS_KEY}.{key}={value!r} is not an option of config.data.schedule={schedule!r} "
+                              f"(it is one of {', '.join(owners) or 'no schedule'}; {schedule} takes "
+                              f"{', '.join(sorted(taken)) or 'none'}): set it to '' or change the schedule")
+
+
+def schedule_arguments(schedule: str, options: Mapping[str, str], datasets: Sequence[TrainDataset]) -> dict[str, Any]:
+    """The keyword arguments of `schedule` from the options it takes (others are ignored: the config check
+    refuses them), checked against the datasets now, so a bad entry is a ConfigError naming its key before
+    any work."""
+    arguments: dict[str, Any] = {}
+    for key, option in SCHEDULE_OPTIONS.get(schedule, {}).items():
+        names = [s.strip() for s in str(options.get(key, "")).split(",") if s.strip()]
+        if not names:
+            continue
+        try:
+            arguments.update(option.arguments(datasets, names))
+        except ValueError as e:
+            raise ConfigError(f"{OPTIONS_KEY}.{key}={options[key]!r}: {e}") from None
+    return arguments
 
 
 def make_plan(

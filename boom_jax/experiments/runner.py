@@ -52,8 +52,9 @@ def training_config(config: ml_collections.ConfigDict, name: str, schedule: str 
                     first_stage: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """A plain training config for one run: the experiment's settings without its workflow sections
     (``first_stage``: the two_stage schedule's stage-1 datasets)."""
-    return run_config(config, name, {"data.schedule": schedule, "data.two_stage_first": ",".join(first_stage),
-                                     **PLAIN_RUN}, drop=WORKFLOW_SECTIONS)
+    return run_config(config, name, {"data.schedule": schedule,
+                                     "data.schedule_options.first_stage": ",".join(first_stage), **PLAIN_RUN},
+                      drop=WORKFLOW_SECTIONS)
 
 
 def dataset_infos(datasets: Sequence[TrainDataset]) -> list[DatasetInfo]:

@@ -9,12 +9,13 @@ cache chunk vs batch, LoRA on an encoder-only model).
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from typing import Any, Iterable
 
 import ml_collections
 
-from boom_jax.data.schedules import SCHEDULES
+from boom_jax.data.schedules import SCHEDULES, check_schedule_options
 from boom_jax.data.sources import DATA_SOURCES, parse_dataset_specs
 from boom_jax.data.validation import ON_ERROR_MODES
 from boom_jax.errors import ConfigError  # the project's one ConfigError (re-exported here)
@@ -115,13 +116,19 @@ def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
         if path not in SCHEMA:
             if top in sections and "." not in path:
                 _fail(f"config.{path} must be a section (a dict), got {type(value).__name__}")
-            _fail(f"config.{path} is not a known key" + _close_matches(path, SCHEMA))
+            _fail(_unknown_key(path))
         expected = SCHEMA[path]
         if not _type_ok(value, expected):
             _fail(f"config.{path}={value!r} has type {type(value).__name__}; expected {_type_name(expected)}")
     for path in SCHEMA:
         if path not in flat:
             _fail(f"config.{path} is missing (start from configs/common.py:base_config())")
+
+
+def _unknown_key(path: str) -> str:
+    if path in RENAMED_KEYS:
+        return f"config.{path} is not a known key; it is now config.{RENAMED_KEYS[path]}"
+    return f"config.{path} is not a known key" + _close_matches(path, SCHEMA)
 
 
 def _close_matches(path: str, known: Iterable[str]) -> str:
@@ -139,6 +146,7 @@ def check_values(config: ml_collections.ConfigDict, schedules: Iterable[str] = D
     schedules = tuple(schedules)
     if config.data.schedule not in schedules:
         _fail(f"config.data.schedule={config.data.schedule!r} is not a known schedule; expected one of {schedules}")
+    check_schedule_options(config.data.schedule, config.data.schedule_options)
     if not config.model.path:
         _fail("config.model.path is empty: set it to a local model folder (--config.model.path=/path/to/model)")
     positive = ["train.batch_size", "train.epochs", "train.log_every", "data.train_group_size",
@@ -278,6 +286,34 @@ def validate_config(
         check_combinations(config, device_count, arch)
 
 
+# Keys of configs written by earlier releases -> today's key (same value), so their workdirs still resume.
+RENAMED_KEYS = {"data.two_stage_first": "data.schedule_options.first_stage"}
+
+
+def upgrade_config_dict(saved: dict) -> dict:
+    """A saved config dict (a workdir's config.json / a checkpoint's config item) with RENAMED_KEYS moved to
+    today's keys; a dict without them comes back unchanged (a copy is returned when anything moves)."""
+    out = saved
+    for old, new in RENAMED_KEYS.items():
+        *old_path, old_field = old.split(".")
+        node = out
+        for part in old_path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_field not in node:
+            continue
+        out = json.loads(json.dumps(out))  # a deep copy of the JSON-able dict
+        node = out
+        for part in old_path:
+            node = node[part]
+        value = node.pop(old_field)
+        *new_path, new_field = new.split(".")
+        target = out
+        for part in new_path:
+            target = target.setdefault(part, {})
+        target[new_field] = value
+    return out
+
+
 def check_override_keys(argv: Iterable[str], flag_name: str = "config") -> None:
     """Command-line overrides (`--config.train.batch_size=8`) must name known keys.
 
@@ -291,4 +327,4 @@ def check_override_keys(argv: Iterable[str], flag_name: str = "config") -> None:
         path = arg[len(prefix):].split("=", 1)[0]
         if path in SCHEMA or path.startswith(free_form) or path.split(".")[0] in EXTENSION_SECTIONS:
             continue
-        _fail(f"config.{path} is not a known key" + _close_matches(path, SCHEMA))
+        _fail(_unknown_key(path))

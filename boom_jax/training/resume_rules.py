@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from boom_jax.errors import ConfigError
-from boom_jax.training.config_validation import SCHEMA
+from boom_jax.training.config_validation import SCHEMA, upgrade_config_dict
 from boom_jax.training.optim import ScheduleState
 
 # Keys (or whole sections, ending in ".") a resumed run may change.
@@ -67,8 +67,9 @@ def project_change(key: str, old: Any, new: Any) -> bool:
 
 def check_resume_config(saved: dict, new: dict, workdir: str, step: int) -> list[tuple[str, Any, Any]]:
     """The run's allowed differences (keys the project added or dropped left out); ConfigError listing the
-    others when any key that fixes the run changed."""
-    diffs = config_differences(saved, new)
+    others when any key that fixes the run changed. A key an earlier release saved under another name
+    (config_validation.RENAMED_KEYS) is compared under today's name."""
+    diffs = config_differences(upgrade_config_dict(saved), new)
     frozen = [d for d in diffs if not changeable(d[0]) and not project_change(*d)]
     if frozen:
         listed = "; ".join(f"config.{k}: {old!r} in the checkpoint, {now!r} now" for k, old, now in frozen[:10])

@@ -19,7 +19,7 @@ from absl import logging
 from boom_jax.data.builtin import builtin_train_datasets
 from boom_jax.data.records import TrainDataset
 from boom_jax.data.sampling import SubsetManifest, sample_subsets
-from boom_jax.data.schedules import stages_from_first
+from boom_jax.data.schedules import schedule_arguments
 from boom_jax.data.sources import load_datasets
 from boom_jax.data.validation import LoadReport
 from boom_jax.errors import ConfigError
@@ -119,12 +119,7 @@ def packing_options(config: ml_collections.ConfigDict, host_batch_shards: int) -
 
 
 def schedule_options(config: ml_collections.ConfigDict, train_sets: Sequence[TrainDataset]) -> dict[str, Any]:
-    """The batch schedule's options from the config: data.two_stage_first -> the two_stage stages
-    (checked against the datasets here, so a bad entry is an error naming the key before any work)."""
-    first = [s.strip() for s in config.data.two_stage_first.split(",") if s.strip()]
-    if config.data.schedule != "two_stage" or not first:
-        return {}
-    try:
-        return {"stages": stages_from_first(train_sets, first)}
-    except ValueError as e:
-        raise ConfigError(f"config.data.two_stage_first={config.data.two_stage_first!r}: {e}") from None
+    """The batch schedule's keyword arguments from config.data.schedule_options (e.g. two_stage's
+    first_stage -> its stages), checked against the datasets here, so a bad entry is an error naming the
+    key before any work."""
+    return schedule_arguments(config.data.schedule, config.data.schedule_options, train_sets)
