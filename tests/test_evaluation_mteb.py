@@ -97,7 +97,7 @@ def test_jax_wrapper_and_exported_folder_score_alike(minilm_encoder, st_export, 
     expected = ref[RETRIEVAL.name].scores["test"][0]
     for key in ("ndcg_at_1", "ndcg_at_5", "map_at_10", "recall_at_3", "mrr_at_10"):
         assert saved[key] == pytest.approx(expected[key], abs=1e-4), key
-    assert sorted(os.listdir(out)) == ["chart.png", "results", "results.json", "run.json", "table.md"]
+    assert sorted(os.listdir(out)) == ["chart.png", "items", "results", "results.json", "run.json", "table.md"]
     assert report.load_results(out) == json.loads(json.dumps(results))
     assert f"| {RETRIEVAL.name} | retrieval | in | ndcg_at_10 |" in (out / "table.md").read_text()
 

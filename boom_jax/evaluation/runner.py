@@ -10,6 +10,7 @@ the training loop uses: nDCG@10 of the retrieval tasks, computed directly.
 from __future__ import annotations
 
 import copy
+import json
 import dataclasses
 import difflib
 import logging
@@ -23,10 +24,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from boom_jax.atomic_io import write_json
+from boom_jax.atomic_io import write_json, write_text
 from boom_jax.data.builtin import builtin_eval_tasks, builtin_manifest
 from boom_jax.data.records import EvalTask
 from boom_jax.evaluation import metrics
+from boom_jax.evaluation.items import items_path, read_predictions, task_items
 from boom_jax.evaluation.report import write_report
 from boom_jax.evaluation.subsample import TaskCaps, subsample_task
 from boom_jax.evaluation.tasks import SPLIT, TYPE_FROM_MTEB, task_metadata, to_mteb_task
@@ -255,6 +257,17 @@ def _task_entry(mteb_task, task_result) -> dict:
     }
 
 
+def _save_items(task, task_result, prediction_folder: str, path: str) -> None:
+    """Turns mteb's prediction file of a built-in task into its item record (then drops the file);
+    a task mteb read back from its cache made no predictions and keeps the record saved with it."""
+    prediction_file = os.path.join(prediction_folder, task.prediction_file_name)
+    if not os.path.exists(prediction_file):
+        return
+    record = task_items(task.eval_task, read_predictions(prediction_file), task_result.scores[SPLIT][0])
+    write_text(path, json.dumps(record))
+    os.remove(prediction_file)
+
+
 def _temp_sibling(path: str) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -398,15 +411,21 @@ def evaluate_models(
                     skipped[name] = reason
                     log.warning("skipping %s: %s", name, reason)
                     continue
+                # built-in tasks: mteb's predictions give the per-item scores (evaluation.items)
+                predictions = (os.path.join(work, "predictions", label)
+                               if work is not None and _is_local_task(task) else None)
                 model_result = mteb.evaluate(
                     mteb_model, task, cache=cache, encode_kwargs={"batch_size": batch_size},
                     show_progress_bar=show_progress_bar,
                     overwrite_strategy="only-missing" if cache is not None else "always",
+                    prediction_folder=predictions,
                 )
                 by_name = {r.task_name: r for r in model_result.task_results}
                 if name not in by_name:
                     raise RuntimeError(f"mteb returned no result for task {name!r} with model {label!r}")
                 result = by_name[name]
+                if predictions is not None:
+                    _save_items(task, result, predictions, items_path(work, label, name))
                 if cache is not None:  # as saved (mteb rounds scores on disk): a resumed run reports the same
                     result = cache.load_task_result(name, meta) or result
                 results[label][name] = _task_entry(task, result)
@@ -414,6 +433,8 @@ def evaluate_models(
                     task.unload_data()
             del mteb_model
         if work is not None:
+            if os.path.isdir(os.path.join(work, "predictions")):  # emptied by _save_items
+                shutil.rmtree(os.path.join(work, "predictions"))
             write_report(results, work)
             names = [t.metadata.name for t in mteb_tasks]
             write_json(os.path.join(work, RUN_FILE), {
