@@ -241,3 +241,79 @@ def format_difference(comparison: Comparison, scale: float = 100.0, digits: int 
 def mark_significant(comparisons: Mapping[str, Comparison]) -> dict[str, bool]:
     """name -> whether that comparison's interval excludes zero (for tables that mark such rows)."""
     return {name: excludes_zero(c) for name, c in comparisons.items()}
+
+
+# ----------------------------------------------------------------------------- several tasks, several models
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupBootstrap:
+    """Bootstrap of task-group means (e.g. in-domain, out-of-domain) for several models at once.
+
+    `observed[model][group]`: the mean over the group's tasks of each task's metric on all its items,
+    averaged over the model's seeds. `resampled[model][group]`: the same on every resample; all models
+    share the resamples (the same seeds and the same items), so differences between models are paired.
+    """
+
+    observed: dict[str, dict[str, float]]
+    resampled: dict[str, dict[str, np.ndarray]]
+    confidence: float = 0.95
+
+    def interval(self, model: str, group: str) -> Interval:
+        """The model's group mean and its percentile interval over items and seeds."""
+        alpha = 1.0 - self.confidence
+        values = self.resampled[model][group]
+        low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
+        return Interval(self.observed[model][group], float(low), float(high), int(values.size), self.confidence,
+                        "bootstrap")
+
+    def compare(self, a: str, b: str, group: str) -> Comparison:
+        """A - B on the group mean: observed difference, paired percentile interval, two-sided p-value."""
+        return _summarize(self.observed[a][group] - self.observed[b][group],
+                          self.resampled[a][group] - self.resampled[b][group], self.confidence)
+
+
+def bootstrap_groups(models: Mapping[str, Sequence[Mapping[str, Callable[[np.ndarray], float]]]],
+                     n_items: Mapping[str, int], groups: Mapping[str, Sequence[str]],
+                     n_resamples: int = 2_000, seed: int = 0, confidence: float = 0.95) -> GroupBootstrap:
+    """Two-stage bootstrap of group means: every resample draws the seeds (with replacement, shared by
+    all models) and, per task, its items (with replacement, shared by all models and seeds).
+
+    `models[label]`: one {task: metric(item_indices) -> score} per seed (seed k of every model shares
+    its data order); a model with ONE entry (e.g. the pretrained model) has no seed variance and uses it
+    for every seed. `n_items[task]`: the task's item count. `groups`: name -> tasks (a group's value is
+    the plain mean over its tasks, as the report's in-domain / out-of-domain means are).
+    """
+    if not models:
+        raise ValueError("bootstrap_groups needs at least one model")
+    counts = {len(per_seed) for per_seed in models.values()} - {1}
+    if len(counts) > 1:
+        raise ValueError(f"models must have the same number of seeds (or one), got {sorted(counts)}")
+    n_seeds = counts.pop() if counts else 1
+    tasks = sorted({t for names in groups.values() for t in names})
+    missing = [(m, t) for m, per_seed in models.items() for s in per_seed for t in tasks if t not in s]
+    if missing:
+        raise ValueError(f"no item scores for (model, task) {missing[:5]}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+
+    def group_values(seed_counts: np.ndarray, draws: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+        out = {}
+        for label, per_seed in models.items():
+            weights = seed_counts if len(per_seed) > 1 else np.array([seed_counts.sum()])
+            used = np.nonzero(weights)[0]
+            task_score = {t: float(sum(weights[s] * per_seed[s][t](draws[t]) for s in used) / weights.sum())
+                          for t in tasks}
+            out[label] = {g: float(np.mean([task_score[t] for t in names])) for g, names in groups.items()}
+        return out
+
+    observed = group_values(np.ones(n_seeds), {t: np.arange(n_items[t]) for t in tasks})
+    rng = np.random.default_rng(seed)
+    resampled = {label: {g: np.empty(n_resamples) for g in groups} for label in models}
+    for r in range(n_resamples):
+        seed_counts = np.bincount(rng.integers(0, n_seeds, size=n_seeds), minlength=n_seeds).astype(np.float64)
+        draws = {t: rng.integers(0, n_items[t], size=n_items[t]) for t in tasks}
+        for label, by_group in group_values(seed_counts, draws).items():
+            for g, v in by_group.items():
+                resampled[label][g][r] = v
+    return GroupBootstrap(observed, resampled, confidence)
