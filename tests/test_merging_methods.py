@@ -325,3 +325,23 @@ def test_bad_input_errors():
         MERGE_METHODS["linear"](TREES, weights={"embed": [1, 1, 1]})
     with pytest.raises(MergeError, match="unknown merge method 'soup'"):
         methods.get_method("soup")
+
+
+def test_blas_thread_count_changes_no_bits_and_is_restored():
+    # merge_leaf runs its BLAS products on methods.BLAS_THREADS threads; that choice must be one of
+    # speed only: the chunked Gram and combination are the same bits with 1 or 2 BLAS threads, and the
+    # caller's thread count is back after the merge.
+    from threadpoolctl import ThreadpoolController
+
+    ctl = ThreadpoolController()
+    rng = np.random.default_rng(3)
+    n = 3 * methods.CHUNK_ELEMENTS + 7
+    xs = [rng.standard_normal(n).astype(np.float32) for _ in range(5)]
+    coeffs = rng.standard_normal(5)
+    results = []
+    for threads in (1, 2):
+        with ctl.limit(limits=threads, user_api="blas"):
+            results.append((methods.gram_matrix(xs), methods.combine(xs, coeffs), methods.merge_leaf("multislerp", "w", xs)))
+            assert {lib["num_threads"] for lib in ctl.select(user_api="blas").info()} == {threads}
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)

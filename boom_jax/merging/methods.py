@@ -33,6 +33,7 @@ both in chunks, so a leaf costs about one extra tensor of memory instead of K fl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import zlib
@@ -41,6 +42,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from boom_jax.tree_paths import flatten_with_paths  # noqa: F401 (re-exported: merge callers import it here)
 
@@ -62,6 +64,13 @@ RESCALE_EPS = 1e-7  # sparsification rescale: skipped when either L1 norm is bel
 LINEAR_DIVISOR_EPS = 1e-8  # task arithmetic normalize: |sum of weights| below this divides by 1
 SCE_WEIGHT_EPS = 1e-6  # sce: total of the mean squares below this gives uniform weights
 SCE_DIVISOR_EPS = 1e-6  # sce: divisor clamped from below
+
+# The merge's BLAS products ([K, C] x [C, K] Gram chunks, K-vector combinations) run on one thread:
+# they are memory-bound, so a second BLAS thread gains nothing, and on a busy machine its spin-waits
+# for the other core cost more than the product (MiniLM, K = 5: 2.0-2.6 s of merge math with
+# OpenBLAS's 2 threads, 0.75-0.95 s with one, measured under load). OpenBLAS partitions these
+# products by output element, so the results are the same bits with any thread count.
+BLAS_THREADS = 1
 
 Tree = Any
 PatternValue = Any  # a value, or a Mapping from regex (or "default") to a value
@@ -111,6 +120,11 @@ def is_selected(path: str, include: str | Sequence[str] | None, exclude: str | S
 
 # ----------------------------------------------------------------------------------------------
 # Chunked linear algebra over K flattened tensors
+
+
+@functools.cache
+def _blas_threads() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def _flat(x: Any) -> np.ndarray:
@@ -776,7 +790,8 @@ def merge_leaf(
     if m.wants_path:
         leaf_params["path"] = path
     base = None if base_leaf is None else np.asarray(base_leaf)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked just below
+    with (np.errstate(over="ignore", invalid="ignore", divide="ignore"),  # checked just below
+          _blas_threads().limit(limits=BLAS_THREADS, user_api="blas")):
         out = np.asarray(m.leaf_fn(xs, w, base, **leaf_params))
     if not np.all(np.isfinite(out)):
         bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
