@@ -30,10 +30,10 @@ def plan():
 
 def test_default_plan_has_every_strategy_of_the_paper(plan):
     assert [r.label for r in plan.rows] == [
-        "base", "bls", "dataset_sequential", "task_sequential", "two_stage", "dataset_merging", "task_merging",
+        "base", "bls", "dataset_sequential", "task_sequential", "two_stage", "dataset_merging", "task_merging", "cluster_merging",
         "task_multislerp", "task_karcher", "task_task_arithmetic", "task_ties", "task_sce", "task_model_stock",
         "boom_20_40_60_80_100", "boom_40_60_80_100", "boom_80_100", "boom_20_40_60_80_100_cocktail",
-        "boom_20_40_60_80_100_greedy", "incremental"]
+        "boom_20_40_60_80_100_greedy", "incremental_existing", "incremental"]
     assert plan.incremental
 
 
@@ -95,7 +95,7 @@ def test_ratio_sets_parse_and_refuse_bad_values():
 
 def test_bad_sections_name_the_key():
     cases = [
-        (dict(strategies="bls,cluster_merging"), "config.experiment.strategies: unknown \\['cluster_merging'\\]"),
+        (dict(strategies="bls,cluster_soup"), "config.experiment.strategies: unknown \\['cluster_soup'\\]"),
         (dict(task_order="retrieval"), "config.experiment.task_order"),
         (dict(dataset_order="debian_desc"), "config.experiment.dataset_order"),
         (dict(two_stage_first="nope"), "config.experiment.two_stage_first"),
@@ -126,7 +126,7 @@ def test_steps_match_the_schedules_batches():
 def test_configs_default_sizes_are_the_bags():
     from configs import bag
 
-    c, b = experiment_config.get_config(), bag.get_config()
+    c, b = experiment_config.get_config("full"), bag.get_config()
     for key in ("limit", "query_max_len", "passage_max_len", "train_group_size"):
         assert c.data[key] == b.data[key]
     assert c.train.batch_size == b.train.batch_size and c.experiment.bag_workdir == ""

@@ -32,10 +32,15 @@ RECORDS = {"boom_80_100": {"inputs": ["r080", "r100"], "method": "multislerp"}}
 DATASETS = [DatasetInfo("debian_desc", 16, "retrieval")]
 
 
+def _run(scores, seed=0):
+    """One seed's entry as boom_jax.experiments.runner.run_seed returns it."""
+    return {"seed": seed, "rows": ROWS, "records": RECORDS, "results": scores, "items": None, "bag_dir": "/x/boom",
+            "datasets": DATASETS}
+
+
 def test_results_md_table_and_charts_from_saved_scores(tmp_path):
     config = experiment_config.get_config("tiny")
-    summary = write_results(str(tmp_path), config, ROWS, SCORES, RECORDS, "python -m boom_jax.experiments X",
-                            DATASETS, "/x/boom")
+    summary = write_results(str(tmp_path), config, [_run(SCORES)], "python -m boom_jax.experiments X")
     text = (tmp_path / "RESULTS.md").read_text()
     # in-domain = mean(0.5, 0.3) = 40.00; out = 70.00; per type retrieval mean(0.5, 0.7) = 60.00; all 50.00.
     assert ("| bls | BLS (batch-level shuffling, all data) | 40.00 | 70.00 | 30.00 | 60.00 | 50.00 | 10 | 80 | 12.5 |"
@@ -56,7 +61,7 @@ def test_results_md_table_and_charts_from_saved_scores(tmp_path):
 
 def test_results_md_without_scores_has_costs_and_no_charts(tmp_path):
     config = experiment_config.get_config("tiny")
-    write_results(str(tmp_path), config, ROWS, None, RECORDS, "cmd", DATASETS, "/x/boom")
+    write_results(str(tmp_path), config, [_run(None)], "cmd")
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| bls | BLS (batch-level shuffling, all data) | – | – | – | 10 | 80 | 12.5 |" in text
     assert "not evaluated" in text

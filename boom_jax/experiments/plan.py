@@ -17,7 +17,7 @@ from boom_jax.data.sampling import subset_size
 from boom_jax.errors import ConfigError
 
 STRATEGIES = ("bls", "dataset_sequential", "task_sequential", "two_stage", "dataset_merging", "task_merging",
-              "task_operators", "boom", "boom_learned", "incremental")
+              "cluster_merging", "task_operators", "boom", "boom_learned", "incremental")
 # The paper's operator study on task-level merging (config.experiment.operators); the task-vector
 # operators merge around the training base model.
 OPERATORS = ("slerp", "multislerp", "karcher", "task_arithmetic", "ties", "sce", "model_stock")
@@ -82,6 +82,7 @@ class Plan:
     batch_size: int
     incremental_steps: tuple[int, int] = (0, 0)  # (existing model, update model)
     skipped: tuple[str, ...] = ()  # rows that cannot be built here, with the reason
+    cluster: bool = False  # cluster-level merging (probes, clusters, merge: boom_jax.boom.clusters)
 
     @property
     def learned(self) -> bool:
@@ -279,13 +280,18 @@ def make_plan(datasets: Sequence[DatasetInfo], experiment: Mapping, batch_size: 
                 merges.append(MergeRun(label, tuple(member_name(r) for r in ratios)))
                 pct = ",".join(str(int(round(r * 100))) for r in ratios)
                 rows.append(Row(label, f"BOOM {{{pct}}}", label))
+        elif strategy == "cluster_merging":  # boom_jax.boom.clusters in DIR/runs/cluster_merging
+            rows.append(Row(strategy, "cluster-level merging", strategy))
         elif strategy == "incremental":
+            rows.append(Row("incremental_existing", "existing model (old data only, before the update)",
+                            "incremental_existing"))
             rows.append(Row("incremental", "incremental update (40% history + new data, merged)", "incremental"))
     inc_steps = (0, 0)
     if "incremental" in strategies and incremental is not None:
         inc_steps = incremental_steps(datasets, incremental, batch_size, epochs)
     return Plan(members, tuple(needed), member_steps, tuple(runs.values()), tuple(merges), tuple(rows),
-                "incremental" in strategies, batch_size, inc_steps, tuple(skipped))
+                "incremental" in strategies, batch_size, inc_steps, tuple(skipped),
+                cluster="cluster_merging" in strategies)
 
 
 def format_plan(plan: Plan, bag_dir: str) -> str:
@@ -304,6 +310,8 @@ def format_plan(plan: Plan, bag_dir: str) -> str:
         (old, upd), b = plan.incremental_steps, plan.batch_size
         lines.append(f"  run incremental/existing     {old:>6} steps {old * b:>8} examples  bls on the old datasets")
         lines.append(f"  run incremental/update       {upd:>6} steps {upd * b:>8} examples  bls on new data + history")
+    if plan.cluster:
+        lines.append("  run cluster_merging           probes per dataset and pair, one model per cluster, merged")
     for m in plan.merges:
         how = ", ".join(x for x in (m.method, m.weights) if x)
         lines.append(f"  merge {m.name:<22} from {', '.join(m.inputs)}" + (f" ({how})" if how else ""))

@@ -17,18 +17,20 @@ import copy
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 
 from boom_jax.atomic_io import write_json
 from boom_jax.boom.bag import read_member_record, run_bag
+from boom_jax.boom.clusters import PROBE_RECORD, cluster_settings, run_cluster_merge
 from boom_jax.boom.incremental import run_incremental
 from boom_jax.boom.merge_config import BASE_MODEL, MergeSpec, merge_spec
 from boom_jax.boom.merge_weights import heldout_split
 from boom_jax.boom.workflow import PLAIN_RUN, ensure_trained, log, merge_and_export, read_record, run_config
 from boom_jax.data.records import TrainDataset
 from boom_jax.errors import ConfigError
+from boom_jax.evaluation.items import load_items
 from boom_jax.evaluation.report import load_results
 from boom_jax.evaluation.runner import evaluate_dev
 from boom_jax.experiments.plan import DatasetInfo, MergeRun, Plan, TrainRun, format_plan, make_plan
@@ -164,6 +166,40 @@ def ensure_incremental(config: ml_collections.ConfigDict, workdir: str, datasets
     return record
 
 
+def cluster_run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The cluster workflow's config: the experiment's training settings with its cluster section
+    (no evaluation there: the experiment evaluates every row together)."""
+    cluster_config = training_config(config, "cluster_merging")
+    with cluster_config.unlocked():
+        cluster_config.cluster = copy.deepcopy(config.cluster)
+        cluster_config.cluster.evaluate = False
+    return cluster_config
+
+
+def ensure_cluster(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset]) -> dict:
+    """Cluster-level merging (boom_jax.boom.clusters) in DIR/runs/cluster_merging; returns its cost record
+    (probes + one model per cluster + the merge)."""
+    run_dir = os.path.join(workdir, "runs", "cluster_merging")
+    record = read_record(os.path.join(run_dir, RUN_RECORD))
+    if record is not None:
+        log("experiment", "cluster-level merging already finished; skipping")
+        return record
+    report = run_cluster_merge(cluster_run_config(config), run_dir, datasets=datasets)
+    probes = [read_record(os.path.join(run_dir, "probes", name, PROBE_RECORD))
+              for name in sorted(os.listdir(os.path.join(run_dir, "probes")))]
+    models = report["cluster_models"]
+    record = {"name": "cluster_merging", "clusters": report["clusters"],
+              "steps": sum(int(r["steps"]) for r in [*probes, *models]),
+              "examples": sum(int(r["examples"]) for r in [*probes, *models]),
+              "probe_steps": sum(int(r["steps"]) for r in probes), "probe_wall_time_s": report["probe_wall_time_s"],
+              "merge_wall_time_s": report["merge_wall_time_s"],
+              "wall_time_s": round(report["probe_wall_time_s"] + sum(r["wall_time_s"] for r in models)
+                                   + report["merge_wall_time_s"], 2),
+              "model": report["merged"]}
+    write_json(os.path.join(run_dir, RUN_RECORD), record)
+    return record
+
+
 def merge_run_spec(config: ml_collections.ConfigDict, merge: MergeRun, num_models: int | None = None) -> MergeSpec:
     """config.merge as one planned merge applies it: an operator of the study (its mergekit defaults,
     the training base model for the task-vector operators) and/or learned weights."""
@@ -204,15 +240,16 @@ def ensure_merge(config: ml_collections.ConfigDict, workdir: str, merge: MergeRu
     return record
 
 
-def evaluate_rows(config: ml_collections.ConfigDict, workdir: str, models: dict[str, str]) -> dict:
-    """Dev scores of every model, one DIR/eval/<label>/ each (a finished label is read back, not redone).
+def evaluate_rows(config: ml_collections.ConfigDict, folders: Mapping[str, str], models: dict[str, str]) -> dict:
+    """Dev scores of every model, one <folders[label]>/eval/<label>/ each (a finished label is read back,
+    not redone).
 
     Tasks: config.experiment.eval_tasks, capped by config.eval (max_queries, max_documents, max_texts,
     max_seq_length) as boom_jax.evaluation.runner.evaluate_dev applies them.
     """
     results = {}
     for label, path in models.items():
-        out = os.path.join(workdir, "eval", label)
+        out = os.path.join(folders[label], "eval", label)
         if os.path.exists(os.path.join(out, "results.json")):
             log("experiment", f"{label} already evaluated; reading {out}/results.json")
             results[label] = load_results(out)[label]
@@ -234,14 +271,40 @@ def row_records(plan: Plan, records: dict[str, dict]) -> list[dict]:
     return rows
 
 
-@holds_workdir_lock  # one run of this workflow per workdir
-def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str | None = None,
-                   datasets: Sequence[TrainDataset] | None = None) -> dict:
-    """Runs (or resumes) the whole comparison and writes DIR/RESULTS.md; returns the results summary."""
-    workdir = os.path.abspath(workdir)
-    validate_config(training_config(config, "check"))
-    if datasets is None:
-        datasets = load_train_datasets(training_config(config, "data"))
+def experiment_seeds(config: ml_collections.ConfigDict) -> list[int]:
+    """The training seeds of the comparison: config.seed, config.seed + 1, ... (config.experiment.seeds of them)."""
+    n = config.experiment.get("seeds", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"config.experiment.seeds={n!r}: expected a whole number >= 1 (training runs per strategy)")
+    return [int(config.seed) + k for k in range(n)]
+
+
+def seed_config(config: ml_collections.ConfigDict, offset: int) -> ml_collections.ConfigDict:
+    """The experiment's config for its `offset`-th seed: training seed, bag sampling seed and incremental
+    history seed all moved by `offset` (the data, the dev split of the cluster probes and the evaluation
+    samples stay the same, so every seed is scored on the same items)."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.seed = int(config.seed) + offset
+        if "bag" in c:
+            c.bag.seed = int(config.bag.seed) + offset
+        if "incremental" in c:
+            c.incremental.history_seed = int(config.incremental.history_seed) + offset
+        if offset and c.experiment.bag_workdir:  # a reused bag holds one seed's members
+            c.experiment.bag_workdir = ""
+    return c
+
+
+def seed_workdir(workdir: str, seeds: Sequence[int], seed: int) -> str:
+    """Where one seed's runs live: DIR itself for a one-seed experiment, else DIR/seed_<seed>."""
+    return workdir if len(seeds) == 1 else os.path.join(workdir, f"seed_{seed}")
+
+
+def run_seed(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset],
+             shared_eval: str) -> dict:
+    """Trains, merges and evaluates every row of the plan for one seed in `workdir`; returns its rows,
+    cost records, dev scores and item scores (rows that need no training, the pretrained model, are
+    evaluated once in `shared_eval`)."""
     plan = experiment_plan(config, datasets)
     heldout = None
     if plan.learned:  # learned merge weights: every run trains without the held-out examples
@@ -251,29 +314,59 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str
     for merge in plan.merges:  # every merge's method, weights and parameters, before any training
         merge_run_spec(config, merge, len(merge.inputs))
     bag_dir = os.path.abspath(config.experiment.bag_workdir or os.path.join(workdir, "boom"))
-    log("experiment", format_plan(plan, bag_dir))
+    log("experiment", f"seed {config.seed}: " + format_plan(plan, bag_dir))
     os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
     write_json(os.path.join(workdir, "plan.json"), {
-        "bag_dir": bag_dir, "bag_members": list(plan.bag_members), "member_steps": dict(plan.member_steps),
-        "train_runs": [dataclasses.asdict(r) for r in plan.train_runs],
+        "seed": int(config.seed), "bag_dir": bag_dir, "bag_members": list(plan.bag_members),
+        "member_steps": dict(plan.member_steps), "train_runs": [dataclasses.asdict(r) for r in plan.train_runs],
         "merges": [dataclasses.asdict(m) for m in plan.merges], "rows": [dataclasses.asdict(r) for r in plan.rows],
-        "incremental": plan.incremental, "datasets": [dataclasses.asdict(d) for d in dataset_infos(datasets)]})
+        "incremental": plan.incremental, "cluster": plan.cluster,
+        "datasets": [dataclasses.asdict(d) for d in dataset_infos(datasets)]})
 
-    start = time.time()
     records: dict[str, dict] = dict(ensure_bag(config, bag_dir, plan, datasets))
     for i, run in enumerate(plan.train_runs):
-        log("experiment", f"run {i + 1}/{len(plan.train_runs)}")
+        log("experiment", f"seed {config.seed}: run {i + 1}/{len(plan.train_runs)}")
         records[run.name] = ensure_train_run(config, workdir, run, datasets)
     if plan.incremental:
         records["incremental"] = ensure_incremental(config, workdir, datasets)
+        if records["incremental"].get("existing"):
+            records["incremental_existing"] = records["incremental"]["existing"]
+    if plan.cluster:
+        records["cluster_merging"] = ensure_cluster(config, workdir, datasets)
     for merge in plan.merges:
         records[merge.name] = ensure_merge(config, workdir, merge, records, heldout)
     if any(r.label == "base" for r in plan.rows):
         records["base"] = {"steps": 0, "examples": 0, "wall_time_s": 0.0,
                            "model": resolve_model_path(config.model.path)}
     rows = row_records(plan, records)
-    results = evaluate_rows(config, workdir, {r["label"]: r["model"] for r in rows}) if config.experiment.evaluate else None
+    results = items = None
+    if config.experiment.evaluate:
+        folders = {r["label"]: shared_eval if r["label"] == "base" else workdir for r in rows}
+        results = evaluate_rows(config, folders, {r["label"]: r["model"] for r in rows})
+        items = {label: load_items(os.path.join(folder, "eval", label), label) for label, folder in folders.items()}
+    return {"seed": int(config.seed), "rows": rows, "records": records, "results": results, "items": items,
+            "bag_dir": bag_dir, "datasets": dataset_infos(datasets)}
+
+
+@holds_workdir_lock  # one run of this workflow per workdir
+def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str | None = None,
+                   datasets: Sequence[TrainDataset] | None = None) -> dict:
+    """Runs (or resumes) the whole comparison, once per seed, and writes DIR/RESULTS.md; returns the
+    results summary."""
+    workdir = os.path.abspath(workdir)
+    validate_config(training_config(config, "check"))
+    seeds = experiment_seeds(config)
+    if datasets is None:
+        datasets = load_train_datasets(training_config(config, "data"))
+    plan = experiment_plan(config, datasets)  # bad strategies, orders or sizes fail here, before any training
+    if plan.cluster:
+        cluster_settings(cluster_run_config(config))
+    start = time.time()
+    runs = []
+    for k, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            log("experiment", f"seed {k + 1}/{len(seeds)} (seed {seed})")
+        runs.append(run_seed(seed_config(config, k), seed_workdir(workdir, seeds, seed), datasets, workdir))
     log("experiment", f"training, merging and evaluation took {time.time() - start:.0f} s")
     command = command or (f"python -m boom_jax.experiments --config=configs/experiment.py --workdir={workdir}")
-    return write_results(workdir, config, rows, results, records, command,
-                         datasets=dataset_infos(datasets), bag_dir=bag_dir)
+    return write_results(workdir, config, runs, command)
