@@ -4,23 +4,28 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: launch/reproduce.sh [--smoke] [--bag=BAG_WORKDIR] [WORKDIR] [CONFIG_FLAGS...]
+Usage: launch/reproduce.sh [--smoke|--full] [--bag=BAG_WORKDIR] [WORKDIR] [CONFIG_FLAGS...]
 
 Runs `python -m boom_jax.experiments --config=configs/experiment.py --workdir=WORKDIR CONFIG_FLAGS...`
-(BLS, dataset/task-level sequential, two-stage, dataset/task-level merging, BOOM with the ratio sets
-{20,40,60,80,100}, {40,60,80,100} and {80,100}, an incremental update; all evaluated on the built-in
-dev tasks), then prints WORKDIR/RESULTS.md. Re-running the same command resumes: finished runs are
-skipped. About an hour on 2 CPU cores at the default size.
+(3 seeds of: BLS, task-level sequential, task-level merging, cluster-level merging, BOOM with the
+ratio sets {20,40,60,80,100} and {80,100}, an incremental update; all evaluated on the built-in dev
+tasks, with intervals over seeds and paired bootstrap comparisons against BLS), then prints
+WORKDIR/RESULTS.md. Re-running the same command resumes: finished runs are skipped. Sized for about
+90 minutes on 2 CPU cores; on a GPU or TPU pass a larger config, e.g.
+--config.data.limit=0 --config.train.batch_size=256 (see README).
 
   WORKDIR         experiment folder (default: runs/experiment, or runs/experiment_smoke with --smoke)
   --smoke         the tiny-slice variant (configs/experiment.py:smoke), for a quick look
-  --bag=DIR       reuse a bag trained with `python -m boom_jax.train --config=configs/bag.py --workdir=DIR`
-                  (same sizes) instead of training one in WORKDIR/boom
+  --full          every strategy once (configs/experiment.py:full: adds dataset-level sequential and
+                  merging, two-stage, the merge-operator study and learned merge weights)
+  --bag=DIR       with --full: reuse a bag trained with
+                  `python -m boom_jax.train --config=configs/bag.py --workdir=DIR` (same sizes)
+                  instead of training one in WORKDIR/boom
   -h, --help      this help
 
 Examples:
   launch/reproduce.sh
-  launch/reproduce.sh --bag=runs/bag runs/experiment
+  launch/reproduce.sh --full --bag=runs/bag runs/experiment_full
   launch/reproduce.sh runs/exp --config.experiment.strategies=bls,boom
 USAGE
 }
@@ -33,6 +38,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --smoke) config=configs/experiment.py:smoke; shift ;;
+    --full) config=configs/experiment.py:full; shift ;;
     --bag=*) extra+=("--config.experiment.bag_workdir=${1#*=}"); shift ;;
     --config.*) extra+=("$1"); shift ;;
     --) shift; break ;;

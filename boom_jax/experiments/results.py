@@ -337,7 +337,9 @@ def result_notes(config, rows: Sequence[dict], records: dict) -> list[str]:
                      f"dataset and per pair, {cluster['probe_steps']} steps in all, {cluster['probe_wall_time_s']:.1f} s) "
                      f"into {len(cluster['clusters'])} clusters ("
                      + "; ".join(", ".join(c) for c in cluster["clusters"])
-                     + "), one model per cluster, merged; its cost includes the probes.")
+                     + "), one model per cluster, merged; its cost includes the probes. With several seeds the "
+                     "probes (from the base model, on a fixed dev split) are run once and shared, so every seed "
+                     "has these clusters and retrains the cluster models.")
     if "two_stage" in labels:
         notes.append(f"`two_stage`: stage 1 = {config.experiment.two_stage_first}, stage 2 = the rest, BLS within each.")
     notes.append("Examples = steps x global batch; wall times were measured on the machine that ran the experiment.")
@@ -369,7 +371,8 @@ def write_results(workdir: str, config, runs: Sequence[Mapping], command: str) -
     paired = (paired_statistics(results, items, n_resamples=int(config.experiment.get("bootstrap_resamples", 2000)))
               if results and all(items) else {})
     verdicts = claims(paired, scored) if paired else []
-    sizes = config_summary(config, runs[0]["datasets"], runs[0]["bag_dir"])
+    bag_dir = runs[0]["bag_dir"] if len(runs) == 1 else os.path.join(workdir, "seed_<seed>", "boom") + " (one per seed)"
+    sizes = config_summary(config, runs[0]["datasets"], bag_dir)
     sizes["seeds"] = (f"{len(seeds)} ({', '.join(map(str, seeds))}): training seed and bag sampling seed per run"
                       if len(seeds) > 1 else f"1 ({seeds[0]})")
     if paired.get("tasks"):

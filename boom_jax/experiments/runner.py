@@ -176,14 +176,24 @@ def cluster_run_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
     return cluster_config
 
 
-def ensure_cluster(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset]) -> dict:
+def ensure_cluster(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset],
+                   probes_from: str | None = None) -> dict:
     """Cluster-level merging (boom_jax.boom.clusters) in DIR/runs/cluster_merging; returns its cost record
-    (probes + one model per cluster + the merge)."""
+    (probes + one model per cluster + the merge).
+
+    `probes_from`: another seed's cluster folder whose probes this one reuses (linked, not retrained):
+    the probes measure how the datasets interact, from the base model on a fixed dev split, so every
+    seed gets the same clusters and retrains only the cluster models; the row's cost still counts them.
+    """
     run_dir = os.path.join(workdir, "runs", "cluster_merging")
     record = read_record(os.path.join(run_dir, RUN_RECORD))
     if record is not None:
         log("experiment", "cluster-level merging already finished; skipping")
         return record
+    if probes_from is not None and not os.path.exists(os.path.join(run_dir, "probes")):
+        os.makedirs(run_dir, exist_ok=True)
+        os.symlink(os.path.join(probes_from, "probes"), os.path.join(run_dir, "probes"))
+        log("experiment", f"cluster-level merging reuses the probes of {probes_from}")
     report = run_cluster_merge(cluster_run_config(config), run_dir, datasets=datasets)
     probes = [read_record(os.path.join(run_dir, "probes", name, PROBE_RECORD))
               for name in sorted(os.listdir(os.path.join(run_dir, "probes")))]
@@ -301,10 +311,10 @@ def seed_workdir(workdir: str, seeds: Sequence[int], seed: int) -> str:
 
 
 def run_seed(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset],
-             shared_eval: str) -> dict:
+             shared_eval: str, probes_from: str | None = None) -> dict:
     """Trains, merges and evaluates every row of the plan for one seed in `workdir`; returns its rows,
     cost records, dev scores and item scores (rows that need no training, the pretrained model, are
-    evaluated once in `shared_eval`)."""
+    evaluated once in `shared_eval`; `probes_from`: see ensure_cluster)."""
     plan = experiment_plan(config, datasets)
     heldout = None
     if plan.learned:  # learned merge weights: every run trains without the held-out examples
@@ -332,7 +342,7 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence
         if records["incremental"].get("existing"):
             records["incremental_existing"] = records["incremental"]["existing"]
     if plan.cluster:
-        records["cluster_merging"] = ensure_cluster(config, workdir, datasets)
+        records["cluster_merging"] = ensure_cluster(config, workdir, datasets, probes_from)
     for merge in plan.merges:
         records[merge.name] = ensure_merge(config, workdir, merge, records, heldout)
     if any(r.label == "base" for r in plan.rows):
@@ -366,7 +376,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str
     for k, seed in enumerate(seeds):
         if len(seeds) > 1:
             log("experiment", f"seed {k + 1}/{len(seeds)} (seed {seed})")
-        runs.append(run_seed(seed_config(config, k), seed_workdir(workdir, seeds, seed), datasets, workdir))
+        first = os.path.join(seed_workdir(workdir, seeds, seeds[0]), "runs", "cluster_merging")
+        runs.append(run_seed(seed_config(config, k), seed_workdir(workdir, seeds, seed), datasets, workdir,
+                             probes_from=first if k else None))
     log("experiment", f"training, merging and evaluation took {time.time() - start:.0f} s")
     command = command or (f"python -m boom_jax.experiments --config=configs/experiment.py --workdir={workdir}")
     return write_results(workdir, config, runs, command)
