@@ -7,9 +7,13 @@
 For each model size (MiniLM: all-MiniLM-L6-v2's real weights plus per-member noise, 22.7M params;
 synthetic: a BERT-shaped random model of ~0.5 GB) it writes K member model folders once, then runs
 each measurement in its own subprocess so that the peak RSS belongs to that measurement alone:
-  read       read all K checkpoints fully (model_io.read_params), nothing else
+  read       read all K checkpoints fully (model_io.read_params: metadata, then every leaf), nothing else
   in_memory  merge_models(..., streaming=False): load K models, merge, write the model folder
   streaming  merge_models(..., streaming=True): at most (K + 1) x the largest tensor of inputs held
+Both merges are timed from the call to the published output folder: the inputs' compatibility check
+(their metadata), reading, merging and writing the model folder (Orbax, zstd, as every model folder
+is written). The previous run's output folder is removed before the clock starts, so no merge pays
+for deleting another's result.
 Reported: seconds of the operation (imports excluded) and its CPU seconds (all threads; steadier than
 wall time on a loaded machine), the fastest of --repeats runs (modes interleaved), peak RSS growth
 (VmHWM) over the process's RSS just before the operation, read_s / streaming_s (merge throughput
@@ -111,6 +115,7 @@ def _worker(mode: str, inputs: list[str], out: str, method: str) -> dict:
     specs = model_io.read_param_specs(inputs[0])
     # Warm up imports and tensorstore's context (a fixed ~400 MB of pools) outside the measurement.
     model_io.read_leaves(inputs[0], [min(specs, key=lambda p: np.prod(specs[p][0]))])
+    shutil.rmtree(out, ignore_errors=True)
     before = _rss_mb()
     cpu_start = _cpu_s()
     start = time.perf_counter()
