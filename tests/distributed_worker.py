@@ -31,7 +31,9 @@ def main(out: str, steps: int, coordinator: str | None, num_processes: int | Non
     from boom_jax.tokenization import TextTokenizer, load_tokenizer
     from boom_jax.training.checkpoint import TrainCheckpointer
     from boom_jax.training.distributed import global_batch, is_main_process, to_host
-    from boom_jax.training.loop import build_optimizer, load_model_for_training, prepare_datasets
+    from boom_jax.training.model_setup import load_model_for_training
+    from boom_jax.training.run_setup import build_optimizer
+    from boom_jax.training.train_data import prepare_datasets
     from boom_jax.training.sharding import DEFAULT_RULES, make_mesh
     from boom_jax.training.step import init_train_state, make_train_step, module_embed_fn, train_state_shardings
     from configs import tiny

@@ -213,7 +213,7 @@ def test_dev_loss_matches_a_numpy_infonce_over_the_batcher_groups():
     from boom_jax.data.batcher import Batcher
     from boom_jax.models.encoder import jitted_forward
     from boom_jax.tokenization import TextTokenizer, load_tokenizer
-    from boom_jax.training.loop import load_model_for_training
+    from boom_jax.training.model_setup import load_model_for_training
 
     config = tiny_config()
     cfg, params, tokenizer_dir = load_model_for_training(config, jax.random.PRNGKey(0))

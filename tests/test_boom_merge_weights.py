@@ -59,7 +59,7 @@ def greedy_bag(tmp_path_factory):
     from boom_jax.atomic_io import write_json
     from boom_jax.boom.bag import MEMBER_RECORD, bag_members
     from boom_jax.model_io import save_model_folder
-    from boom_jax.training.loop import load_model_for_training
+    from boom_jax.training.model_setup import load_model_for_training
 
     workdir = tmp_path_factory.mktemp("bag_greedy")
     config = tiny_config(weights="auto:greedy")
@@ -98,7 +98,7 @@ def test_bag_learns_and_records_greedy_weights(greedy_bag):
 
 
 def test_heldout_examples_are_removed_from_training():
-    from boom_jax.training.loop import load_train_datasets
+    from boom_jax.training.train_data import load_train_datasets
 
     config = tiny_config()
     datasets = load_train_datasets(config)
@@ -111,7 +111,7 @@ def test_heldout_examples_are_removed_from_training():
 
 
 def test_cocktail_weights_from_the_same_members(greedy_bag):
-    from boom_jax.training.loop import load_train_datasets
+    from boom_jax.training.train_data import load_train_datasets
 
     config, workdir, _ = greedy_bag
     with config.unlocked():
@@ -126,7 +126,7 @@ def test_cocktail_weights_from_the_same_members(greedy_bag):
 
 
 def test_task_arithmetic_around_the_training_base(greedy_bag, tmp_path):
-    from boom_jax.training.loop import random_params
+    from boom_jax.training.model_setup import random_params
 
     config, workdir, summary = greedy_bag
     with config.unlocked():

@@ -11,7 +11,7 @@ from boom_jax.data.sources import load_datasets, map_columns
 from boom_jax.data.validation import DataError
 from boom_jax.models.config import ModelConfig
 from boom_jax.tokenization import TextTokenizer, load_tokenizer
-from boom_jax.training.loop import apply_passage_prompts, document_prompt
+from boom_jax.training.train_data import apply_passage_prompts, document_prompt
 
 ST_ROWS = [
     {"anchor": "what is a cat?", "positive": "A cat is a small feline.", "negative_2": "Cars have wheels.",

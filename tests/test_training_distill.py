@@ -15,7 +15,7 @@ from boom_jax.data.batcher import Batcher, choose_group, choose_passages, duplic
 from boom_jax.data.builtin import builtin_train_datasets
 from boom_jax.models import ModelConfig, build_model
 from boom_jax.tokenization import TextTokenizer, load_tokenizer
-from boom_jax.training.loop import random_params
+from boom_jax.training.model_setup import random_params
 from boom_jax.training.loss import LossSpec, combined_loss
 from boom_jax.training.sharding import BERT_RULES, make_mesh
 from boom_jax.training.step import (

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from boom_jax.packing import pack_padded
 from boom_jax.models import ModelConfig, build_model
-from boom_jax.training.loop import random_params
+from boom_jax.training.model_setup import random_params
 from boom_jax.training.loss import info_nce
 from boom_jax.training.sharding import BERT_RULES, QWEN3_RULES, make_mesh
 from boom_jax.training.step import (

@@ -101,7 +101,7 @@ def test_on_error_skip_from_the_config_counts_by_reason(run):
     assert step0["data/skipped"] == 2 and step0["data/skipped/bad JSON"] == 1 and step0["data/loaded"] == 24
     # a dataset's own on_error wins over the global key
     from boom_jax.data.validation import DataError
-    from boom_jax.training.loop import load_train_datasets
+    from boom_jax.training.train_data import load_train_datasets
 
     c = tiny_files_config(run["data"])
     c.data.datasets.qa.on_error = "raise"

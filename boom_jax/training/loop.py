@@ -56,19 +56,6 @@ from boom_jax.training.run_loop import (
 from boom_jax.training.run_setup import build_run, config_to_dict
 from boom_jax.training.workdir_lock import WorkdirLock, remove_stale_temp
 
-# Kept importable from here for callers that predate run_setup (new code imports the owners).
-from boom_jax.training.model_setup import (  # noqa: E402,F401
-    BUILTIN_MINILM, load_model_for_training, random_params, runtime_overrides,
-)
-from boom_jax.training.run_setup import build_optimizer  # noqa: E402,F401
-from boom_jax.training.throughput import (  # noqa: E402,F401
-    PEAK_FLOPS, count_matmul_params, cpu_peak_flops, peak_flops_per_device,
-)
-from boom_jax.training.train_data import (  # noqa: E402,F401
-    apply_passage_prompts, apply_query_template, document_prompt, load_train_datasets, packing_options,
-    prepare_datasets, query_prompt, schedule_options,
-)
-
 
 @dataclasses.dataclass
 class TrainResult:
