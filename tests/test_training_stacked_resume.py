@@ -19,8 +19,12 @@ from boom_jax.training.metrics import read_metrics
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMBERS = ("r050", "r100")
 STEPS = {"r050": 6, "r100": 12}  # 2 datasets x 48 examples, batch 8: half of them and all of them
+# Padded batches of one fixed length: one compiled step shape (packed rows of varying counts and widths gave
+# ten, most of this test's time); packed batches resume exactly in tests/test_data_packing.py and
+# tests/test_packing_widths.py, and a packed stacked bag equals sequential members in tests/test_training_stacked.py.
 ARGS = ["--config=configs/bag.py:tiny", "--config.bag.stacked=True", "--config.data.names=wordnet_gloss,debian_desc",
-        "--config.data.limit=48", "--config.train.log_every=1", "--config.checkpoint.keep=2", "--verbosity=0"]
+        "--config.data.limit=48", "--config.data.packing=False", "--config.data.fixed_length=True",
+        "--config.train.log_every=1", "--config.checkpoint.keep=2", "--verbosity=0"]
 # Two devices: one per member.
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
            HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=REPO)
