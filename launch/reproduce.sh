@@ -7,7 +7,7 @@ usage() {
 Usage: launch/reproduce.sh [--smoke|--full] [--bag=BAG_WORKDIR] [WORKDIR] [CONFIG_FLAGS...]
 
 Runs `python -m boom_jax.experiments --config=configs/experiment.py --workdir=WORKDIR CONFIG_FLAGS...`
-(3 seeds of: BLS, task-level sequential, task-level merging, cluster-level merging, BOOM with the
+(3 seeds of: BLS, task-level sequential, cluster-level merging, BOOM with the
 ratio sets {20,40,60,80,100} and {80,100}, an incremental update; all evaluated on the built-in dev
 tasks, with intervals over seeds and paired bootstrap comparisons against BLS), then prints
 WORKDIR/RESULTS.md. Re-running the same command resumes: finished runs are skipped. Sized for about
