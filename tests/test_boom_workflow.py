@@ -5,6 +5,7 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 from boom_jax.boom import workflow
@@ -63,6 +64,12 @@ def test_half_finished_run_resumes_and_then_is_skipped(tmp_path):
         again = workflow.ensure_trained(config, str(tmp_path), datasets, **args)
     assert any(m.startswith("resumed from step 2") for m in messages), messages
     assert again["steps"] == 2 and again["model"] == first["model"]  # (no step ran: the loop reports no loss)
+    # ... so the record takes the last logged loss, and its cost is the sum of both attempts
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert again["final_loss"] == logged[-1]["loss"] and np.isfinite(again["final_loss"]) and again["attempts"] == 2
+    attempts = json.loads((tmp_path / "attempts.json").read_text())["attempts"]
+    assert [a["steps"] for a in attempts] == [2, 2] and attempts[0]["wall_time_s"] == first["wall_time_s"]
+    assert again["wall_time_s"] == pytest.approx(sum(a["wall_time_s"] for a in attempts), abs=0.011)
     with captured_logs() as messages:
         reused = workflow.ensure_trained(config, str(tmp_path), [], **args)
     assert (reused["steps"], reused["model"], reused["scored"]) == (2, again["model"], again["model"])

@@ -36,6 +36,7 @@ from boom_jax.hf import export_sentence_transformers
 from boom_jax.model_io import load_model
 from boom_jax.training.distributed import is_main_process
 from boom_jax.training.loop import train
+from boom_jax.training.metrics import read_metrics
 from boom_jax.training.model_setup import resolve_model_path
 
 # A run a workflow trains for its own use: no export of its own, no dev evaluation during training.
@@ -75,6 +76,26 @@ def read_record(path: str) -> dict | None:
         return json.load(f)
 
 
+ATTEMPTS_FILE = "attempts.json"
+
+
+def record_attempt(run_dir: str, wall_time_s: float, steps: int) -> list[dict]:
+    """Appends one training attempt (wall time, step reached) to run_dir/attempts.json and returns them
+    all: a run stopped (SIGTERM, preemption) and resumed costs the sum of its attempts. An attempt
+    killed outright (SIGKILL) leaves no entry."""
+    path = os.path.join(run_dir, ATTEMPTS_FILE)
+    attempts = read_record(path) or {"attempts": []}
+    attempts["attempts"].append({"wall_time_s": round(float(wall_time_s), 2), "steps": int(steps)})
+    write_json(path, attempts)
+    return attempts["attempts"]
+
+
+def last_logged_loss(run_dir: str) -> float:
+    """The last training loss in run_dir/metrics.jsonl (NaN when none was logged)."""
+    losses = [row["loss"] for row in read_metrics(run_dir) if row.get("loss") is not None]
+    return float(losses[-1]) if losses else float("nan")
+
+
 def ensure_trained(config: ml_collections.ConfigDict, run_dir: str, datasets: Sequence[TrainDataset], *,
                    record_file: str, tag: str, label: str, detail: str = "", subset: Any = None,
                    fields: Mapping[str, Any] | None = None, check: Callable[[dict], None] | None = None,
@@ -82,8 +103,10 @@ def ensure_trained(config: ml_collections.ConfigDict, run_dir: str, datasets: Se
     """Trains `config` in `run_dir` on `datasets` (through `subset`), or skips it when
     run_dir/record_file exists (`check(record)` raises when that record does not fit this run).
 
-    The record: `fields`, then steps, examples, wall_time_s, final_loss, model (run_dir/model) and
-    what `after(model)` adds (e.g. dev losses), written last. A preempted run exits; re-run to resume.
+    The record: `fields`, then steps, examples, wall_time_s (the sum over its attempts: a preempted run
+    exits, re-run to resume), final_loss (the last step's; for a run resumed after its last step, the
+    last logged one), attempts, model (run_dir/model) and what `after(model)` adds (e.g. dev losses),
+    written last.
     """
     path = os.path.join(run_dir, record_file)
     record = read_record(path)
@@ -95,13 +118,17 @@ def ensure_trained(config: ml_collections.ConfigDict, run_dir: str, datasets: Se
     log(tag, f"training {label}{detail}")
     start = time.time()
     result = train(config, run_dir, datasets=list(datasets), subset=subset)
+    attempts = record_attempt(run_dir, time.time() - start, int(result.steps))
     if result.preempted:
         raise SystemExit(f"[{tag}] {label} was preempted at step {result.steps}; re-run to resume")
     model = os.path.join(run_dir, "model")
+    final_loss = float(result.final_loss)
+    if final_loss != final_loss:  # resumed after its last step: no step ran in this attempt
+        final_loss = last_logged_loss(run_dir)
     record = {**(fields or {}), "steps": int(result.steps),
               "examples": int(result.steps) * int(config.train.batch_size),
-              "wall_time_s": round(time.time() - start, 2), "final_loss": float(result.final_loss),
-              "model": model}
+              "wall_time_s": round(sum(a["wall_time_s"] for a in attempts), 2), "final_loss": final_loss,
+              "model": model, "attempts": len(attempts)}
     if after is not None:
         record.update(after(model))
     write_json(path, record)
