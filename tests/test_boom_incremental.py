@@ -28,6 +28,10 @@ def tiny_incremental_config():
     c.incremental.evaluate = False
     c.checkpoint.every_steps = 100
     c.data.limit = 20
+    # padded batches of one length: one compiled step per run (packing's varying row counts and widths
+    # compiled several; the workflow, not the batch layout, is under test here)
+    c.data.packing = False
+    c.data.fixed_length = True
     return c
 
 
