@@ -25,7 +25,7 @@ def test_items_reproduce_mtebs_main_scores_on_builtin_tasks(minilm_path, tmp_pat
         n, metric = item_metric(items[task])
         main = results["m"][task]["main_score"]
         assert 0.05 < main < 0.999, task
-        assert metric(np.arange(n)) == pytest.approx(main, abs=2e-6), task  # mteb saves 6 decimals
+        assert metric(np.arange(n)) == pytest.approx(main, abs=1e-5), task  # mteb rounds the saved scores
     assert item_metric(items["wordnet_gloss_retrieval"])[0] == 16  # one item per judged query
     assert item_metric(items["wordnet_webster_pairs"])[0] == 40
     assert not (out / "predictions").exists()  # mteb's prediction files became item records
