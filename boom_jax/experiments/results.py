@@ -45,7 +45,9 @@ def scored_rows(rows: Sequence[dict], results: dict | Sequence[dict] | None) -> 
     for row in rows:
         ms = [m[row["label"]] for m in means if row["label"] in m]
         types = sorted({t for m in ms for t in m["by_type"]})
-        half = {g: (iv["high"] - iv["low"]) / 2 for g, iv in stats.get(row["label"], {}).get("interval", {}).items()}
+        # a row that trains nothing (the pretrained model) has no seeds to vary over
+        half = {g: (iv["high"] - iv["low"]) / 2 for g, iv in stats.get(row["label"], {}).get("interval", {}).items()
+                if row.get("steps")}
         out.append(dict(row, mean=_mean_or_none([m["mean"] for m in ms]),
                         in_domain=_mean_or_none([m["in_domain_mean"] for m in ms]),
                         out_of_domain=_mean_or_none([m["out_of_domain_mean"] for m in ms]),
