@@ -9,6 +9,10 @@ Layout of an experiment workdir (every piece is skipped when finished, so re-run
     DIR/runs/incremental/         boom_jax.boom.incremental's workdir, run.json
     DIR/eval/<label>/results.json dev scores of each reported model
     DIR/RESULTS.md, DIR/results.json, DIR/charts/*.png
+
+With config.experiment.seeds > 1 each seed has this layout in DIR/seed_<seed>/ (experiments/seeds.py),
+the pretrained model is evaluated once in DIR/eval/base and DIR/RESULTS.md covers every seed. The
+bag, incremental and cluster rows come from their own workflows (experiments/workflow_rows.py).
 """
 
 from __future__ import annotations
@@ -22,42 +26,24 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 
 from boom_jax.atomic_io import write_json
-from boom_jax.boom.bag import read_member_record, run_bag
-from boom_jax.boom.clusters import PROBE_RECORD, cluster_settings, run_cluster_merge
-from boom_jax.boom.incremental import run_incremental
+from boom_jax.boom.clusters import cluster_settings
 from boom_jax.boom.merge_config import BASE_MODEL, MergeSpec, merge_spec
 from boom_jax.boom.merge_weights import heldout_split
-from boom_jax.boom.workflow import PLAIN_RUN, ensure_trained, log, merge_and_export, read_record, run_config
+from boom_jax.boom.workflow import ensure_trained, log, merge_and_export, read_record
 from boom_jax.data.records import TrainDataset
-from boom_jax.errors import ConfigError
 from boom_jax.evaluation.items import load_items
 from boom_jax.evaluation.report import load_results
 from boom_jax.evaluation.runner import evaluate_dev
 from boom_jax.experiments.plan import DatasetInfo, MergeRun, Plan, TrainRun, format_plan, make_plan
 from boom_jax.experiments.results import write_results
+from boom_jax.experiments.seeds import experiment_seeds, seed_config, seed_workdir
+from boom_jax.experiments.workflow_rows import (RUN_RECORD, cluster_run_config, ensure_bag, ensure_cluster,
+                                                ensure_incremental, training_config)
 from boom_jax.merging.methods import MERGE_METHODS
 from boom_jax.training.config_validation import validate_config
 from boom_jax.training.model_setup import resolve_model_path
 from boom_jax.training.train_data import load_train_datasets
 from boom_jax.training.workdir_lock import holds_workdir_lock
-
-RUN_RECORD = "run.json"
-WORKFLOW_SECTIONS = ("experiment", "bag", "incremental", "cluster")
-# Settings a reused bag workdir must share with this experiment (else its members are not comparable).
-SHARED_SETTINGS = ("seed", "model.path", "model.random_init", "data.source", "data.names", "data.limit",
-                   "data.train_group_size", "data.query_max_len", "data.passage_max_len", "train.batch_size",
-                   "train.learning_rate", "train.epochs", "train.max_steps", "train.temperature",
-                   "train.warmup_ratio")
-
-
-def training_config(config: ml_collections.ConfigDict, name: str, schedule: str = "bls",
-                    first_stage: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """A plain training config for one run: the experiment's settings without its workflow sections
-    (``first_stage``: the two_stage schedule's stage-1 datasets)."""
-    return run_config(config, name, {"data.schedule": schedule,
-                                     "data.schedule_options.first_stage": ",".join(first_stage), **PLAIN_RUN},
-                      drop=WORKFLOW_SECTIONS)
-
 
 def dataset_infos(datasets: Sequence[TrainDataset]) -> list[DatasetInfo]:
     return [DatasetInfo(d.name, len(d.examples), d.task_type) for d in datasets]
@@ -86,128 +72,6 @@ def ensure_train_run(config: ml_collections.ConfigDict, workdir: str, run: Train
                           os.path.join(workdir, "runs", run.name), _run_datasets(run, datasets),
                           record_file=RUN_RECORD, tag="experiment", label=f"run {run.name}",
                           detail=f": {run.schedule} on {', '.join(run.datasets)} ({run.steps} steps)", fields=fields)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def check_bag_settings(config: ml_collections.ConfigDict, bag_dir: str, members: Sequence[str]) -> None:
-    """A reused bag's members must have been trained with this experiment's settings."""
-    mine = _flat(config.to_dict())
-    for m in members:
-        theirs = read_record(os.path.join(bag_dir, "members", m, "config.json"))
-        if theirs is None:
-            continue
-        theirs = _flat(theirs)
-        diff = [f"{k}: {theirs.get(k)!r} vs {mine.get(k)!r}" for k in SHARED_SETTINGS if theirs.get(k) != mine.get(k)]
-        if diff:
-            raise ConfigError(
-                f"config.experiment.bag_workdir={bag_dir}: member {m} was trained with other settings "
-                f"(bag vs experiment): {'; '.join(diff)}")
-
-
-def ensure_bag(config: ml_collections.ConfigDict, bag_dir: str, plan: Plan,
-               datasets: Sequence[TrainDataset]) -> dict[str, dict]:
-    """The bag members the plan needs (trained with boom_jax.boom.bag.run_bag unless all finished)."""
-    if not plan.bag_members:
-        return {}
-    check_bag_settings(config, bag_dir, plan.bag_members)
-    records = {m: read_member_record(os.path.join(bag_dir, "members", m)) for m in plan.bag_members}
-    if any(r is None for r in records.values()):
-        bag_config = training_config(config, "boom")
-        with bag_config.unlocked():
-            bag_config.name = config.name
-            bag_config.bag = copy.deepcopy(config.bag)
-            bag_config.bag.ratios = tuple(plan.bag_ratios)
-            bag_config.bag.evaluate = False  # the experiment evaluates every model together
-            bag_config.merge.weights = ""  # the experiment merges (and learns weights) itself
-        log("experiment", f"training the BOOM bag in {bag_dir}: members {', '.join(plan.bag_members)}")
-        # One member per call (config.bag.member): run_bag trains or skips it and does not merge, since
-        # the experiment merges each ratio set itself.
-        # With config.bag.stacked all members train in one program (and run_bag merges them too).
-        for index in ([-1] if config.bag.stacked else range(len(plan.bag_members))):
-            with bag_config.unlocked():
-                bag_config.bag.member = index
-            run_bag(bag_config, bag_dir, datasets=datasets)
-        records = {m: read_member_record(os.path.join(bag_dir, "members", m)) for m in plan.bag_members}
-    else:
-        log("experiment", f"bag members {', '.join(plan.bag_members)} already finished in {bag_dir}; skipping")
-    return records
-
-
-def ensure_incremental(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset]) -> dict:
-    """The incremental update (boom_jax.boom.incremental) in DIR/runs/incremental; returns its cost record."""
-    run_dir = os.path.join(workdir, "runs", "incremental")
-    record = read_record(os.path.join(run_dir, RUN_RECORD))
-    if record is not None:
-        log("experiment", "incremental update already finished; skipping")
-        return record
-    inc_config = training_config(config, "incremental")
-    with inc_config.unlocked():
-        inc_config.incremental = copy.deepcopy(config.incremental)
-        inc_config.incremental.evaluate = False
-    start = time.time()
-    summary = run_incremental(inc_config, run_dir, datasets=datasets)
-    costs, merge = summary["costs"], summary["merge"]
-    update = costs["update"]
-    record = {"name": "incremental", "steps": update["steps"], "examples": update["examples"],
-              "wall_time_s": round(update["wall_time_s"] + merge["wall_time_s"], 2),
-              "update": update, "merge_wall_time_s": merge["wall_time_s"], "existing": costs.get("existing"),
-              "full_retrain": costs.get("full_retrain"), "old_datasets": summary["old_datasets"],
-              "new_datasets": summary["new_datasets"], "history_ratio": float(config.incremental.history_ratio),
-              "merge_weights": merge["weights"], "total_wall_time_s": round(time.time() - start, 2),
-              "model": os.path.join(run_dir, "merged")}
-    write_json(os.path.join(run_dir, RUN_RECORD), record)
-    return record
-
-
-def cluster_run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The cluster workflow's config: the experiment's training settings with its cluster section
-    (no evaluation there: the experiment evaluates every row together)."""
-    cluster_config = training_config(config, "cluster_merging")
-    with cluster_config.unlocked():
-        cluster_config.cluster = copy.deepcopy(config.cluster)
-        cluster_config.cluster.evaluate = False
-    return cluster_config
-
-
-def ensure_cluster(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset],
-                   probes_from: str | None = None) -> dict:
-    """Cluster-level merging (boom_jax.boom.clusters) in DIR/runs/cluster_merging; returns its cost record
-    (probes + one model per cluster + the merge).
-
-    `probes_from`: another seed's cluster folder whose probes this one reuses (linked, not retrained):
-    the probes measure how the datasets interact, from the base model on a fixed dev split, so every
-    seed gets the same clusters and retrains only the cluster models; the row's cost still counts them.
-    """
-    run_dir = os.path.join(workdir, "runs", "cluster_merging")
-    record = read_record(os.path.join(run_dir, RUN_RECORD))
-    if record is not None:
-        log("experiment", "cluster-level merging already finished; skipping")
-        return record
-    if probes_from is not None and not os.path.exists(os.path.join(run_dir, "probes")):
-        os.makedirs(run_dir, exist_ok=True)
-        os.symlink(os.path.join(probes_from, "probes"), os.path.join(run_dir, "probes"))
-        log("experiment", f"cluster-level merging reuses the probes of {probes_from}")
-    report = run_cluster_merge(cluster_run_config(config), run_dir, datasets=datasets)
-    probes = [read_record(os.path.join(run_dir, "probes", name, PROBE_RECORD))
-              for name in sorted(os.listdir(os.path.join(run_dir, "probes")))]
-    models = report["cluster_models"]
-    record = {"name": "cluster_merging", "clusters": report["clusters"],
-              "steps": sum(int(r["steps"]) for r in [*probes, *models]),
-              "examples": sum(int(r["examples"]) for r in [*probes, *models]),
-              "probe_steps": sum(int(r["steps"]) for r in probes), "probe_wall_time_s": report["probe_wall_time_s"],
-              "merge_wall_time_s": report["merge_wall_time_s"],
-              "wall_time_s": round(report["probe_wall_time_s"] + sum(r["wall_time_s"] for r in models)
-                                   + report["merge_wall_time_s"], 2),
-              "model": report["merged"]}
-    write_json(os.path.join(run_dir, RUN_RECORD), record)
-    return record
 
 
 def merge_run_spec(config: ml_collections.ConfigDict, merge: MergeRun, num_models: int | None = None) -> MergeSpec:
@@ -279,35 +143,6 @@ def row_records(plan: Plan, records: dict[str, dict]) -> list[dict]:
                      "steps": rec.get("steps", 0), "examples": rec.get("examples", 0),
                      "wall_time_s": rec.get("wall_time_s", 0.0), "model": rec.get("model")})
     return rows
-
-
-def experiment_seeds(config: ml_collections.ConfigDict) -> list[int]:
-    """The training seeds of the comparison: config.seed, config.seed + 1, ... (config.experiment.seeds of them)."""
-    n = config.experiment.get("seeds", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"config.experiment.seeds={n!r}: expected a whole number >= 1 (training runs per strategy)")
-    return [int(config.seed) + k for k in range(n)]
-
-
-def seed_config(config: ml_collections.ConfigDict, offset: int) -> ml_collections.ConfigDict:
-    """The experiment's config for its `offset`-th seed: training seed, bag sampling seed and incremental
-    history seed all moved by `offset` (the data, the dev split of the cluster probes and the evaluation
-    samples stay the same, so every seed is scored on the same items)."""
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        c.seed = int(config.seed) + offset
-        if "bag" in c:
-            c.bag.seed = int(config.bag.seed) + offset
-        if "incremental" in c:
-            c.incremental.history_seed = int(config.incremental.history_seed) + offset
-        if offset and c.experiment.bag_workdir:  # a reused bag holds one seed's members
-            c.experiment.bag_workdir = ""
-    return c
-
-
-def seed_workdir(workdir: str, seeds: Sequence[int], seed: int) -> str:
-    """Where one seed's runs live: DIR itself for a one-seed experiment, else DIR/seed_<seed>."""
-    return workdir if len(seeds) == 1 else os.path.join(workdir, f"seed_{seed}")
 
 
 def run_seed(config: ml_collections.ConfigDict, workdir: str, datasets: Sequence[TrainDataset],
