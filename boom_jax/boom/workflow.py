@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -123,7 +124,7 @@ def ensure_trained(config: ml_collections.ConfigDict, run_dir: str, datasets: Se
         raise SystemExit(f"[{tag}] {label} was preempted at step {result.steps}; re-run to resume")
     model = os.path.join(run_dir, "model")
     final_loss = float(result.final_loss)
-    if final_loss != final_loss:  # resumed after its last step: no step ran in this attempt
+    if math.isnan(final_loss):  # resumed after its last step: no step ran in this attempt
         final_loss = last_logged_loss(run_dir)
     record = {**(fields or {}), "steps": int(result.steps),
               "examples": int(result.steps) * int(config.train.batch_size),

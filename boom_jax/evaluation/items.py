@@ -115,11 +115,6 @@ def _ap(labels: np.ndarray, scores: np.ndarray) -> float:
     return metrics.average_precision(labels, scores) if labels.any() else 0.0
 
 
-def item_means(record: Mapping[str, Any]) -> np.ndarray | None:
-    """The per-item scores of a "mean" record (whose average is the main score), else None."""
-    return np.asarray(record["scores"], dtype=np.float64) if record.get("kind") == "mean" else None
-
-
 def items_path(out_dir: str, label: str, task: str) -> str:
     """Where an evaluation folder keeps one model's item record of one task."""
     return os.path.join(out_dir, "items", label, f"{task}.json")

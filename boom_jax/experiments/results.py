@@ -35,12 +35,14 @@ def _mean_or_none(values: Sequence[float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def scored_rows(rows: Sequence[dict], results: dict | Sequence[dict] | None) -> list[dict]:
+def scored_rows(rows: Sequence[dict], results: dict | Sequence[dict] | None,
+                stats: Mapping[str, dict] | None = None) -> list[dict]:
     """The rows with their means (None where a model was not evaluated); with one results dict per
-    seed, the means over seeds, and `half` = {group: half-width of the 95% interval over seeds}."""
+    seed, the means over seeds, and `half` = {group: half-width of the 95% interval over seeds} from
+    `stats` (evidence.seed_statistics of those results)."""
     per_seed = [results] if isinstance(results, Mapping) else list(results or [])
     means = [summarize({k: v for k, v in r.items() if v}) for r in per_seed if r]
-    stats = seed_statistics(per_seed) if len(means) > 1 else {}
+    stats = (stats or {}) if len(means) > 1 else {}
     out = []
     for row in rows:
         ms = [m[row["label"]] for m in means if row["label"] in m]
@@ -367,7 +369,8 @@ def write_results(workdir: str, config, runs: Sequence[Mapping], command: str) -
     seeds = [run["seed"] for run in runs]
     rows = combined_rows(runs)
     results = [run["results"] for run in runs if run["results"]]
-    scored = scored_rows(rows, results)
+    stats = seed_statistics(results) if results else {}
+    scored = scored_rows(rows, results, stats)
     records = runs[0]["records"]
     items = [run.get("items") for run in runs]
     paired = (paired_statistics(results, items, n_resamples=int(config.experiment.get("bootstrap_resamples", 2000)))
@@ -382,7 +385,7 @@ def write_results(workdir: str, config, runs: Sequence[Mapping], command: str) -
         sizes["dev tasks"] = ", ".join(f"{GROUPS[g]} {n}" for g, n in counts.items())
     summary = {"rows": scored, "records": records, "command": command, "sizes": sizes, "seeds": seeds,
                "scores": results[0] if len(results) == 1 else results, "per_seed_records": [r["records"] for r in runs],
-               "seed_statistics": seed_statistics(results) if results else {}, "paired": paired, "claims": verdicts}
+               "seed_statistics": stats, "paired": paired, "claims": verdicts}
     write_text(os.path.join(workdir, SUMMARY_JSON), json.dumps(summary, indent=2, sort_keys=True, default=str))
     per_task = None
     if results:

@@ -208,12 +208,12 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, command: str
         cluster_settings(cluster_run_config(config))
     start = time.time()
     runs = []
+    first_cluster = os.path.join(seed_workdir(workdir, seeds, seeds[0]), "runs", "cluster_merging")
     for k, seed in enumerate(seeds):
         if len(seeds) > 1:
             log("experiment", f"seed {k + 1}/{len(seeds)} (seed {seed})")
-        first = os.path.join(seed_workdir(workdir, seeds, seeds[0]), "runs", "cluster_merging")
         runs.append(run_seed(seed_config(config, k), seed_workdir(workdir, seeds, seed), datasets, workdir,
-                             probes_from=first if k else None))
+                             probes_from=first_cluster if k else None))
     log("experiment", f"training, merging and evaluation took {time.time() - start:.0f} s")
     command = command or (f"python -m boom_jax.experiments --config=configs/experiment.py --workdir={workdir}")
     return write_results(workdir, config, runs, command)

@@ -8,8 +8,8 @@ cache chunk vs batch, LoRA on an encoder-only model).
 
 from __future__ import annotations
 
+import copy
 import difflib
-import json
 import math
 from typing import Any, Iterable
 
@@ -291,26 +291,21 @@ RENAMED_KEYS = {"data.two_stage_first": "data.schedule_options.first_stage"}
 
 
 def upgrade_config_dict(saved: dict) -> dict:
-    """A saved config dict (a workdir's config.json / a checkpoint's config item) with RENAMED_KEYS moved to
-    today's keys; a dict without them comes back unchanged (a copy is returned when anything moves)."""
-    out = saved
+    """A copy of a saved config dict (a workdir's config.json / a checkpoint's config item) with
+    RENAMED_KEYS moved to today's keys."""
+    out = copy.deepcopy(saved)
     for old, new in RENAMED_KEYS.items():
-        *old_path, old_field = old.split(".")
+        *parents, field = old.split(".")
         node = out
-        for part in old_path:
+        for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or old_field not in node:
-            continue
-        out = json.loads(json.dumps(out))  # a deep copy of the JSON-able dict
-        node = out
-        for part in old_path:
-            node = node[part]
-        value = node.pop(old_field)
-        *new_path, new_field = new.split(".")
-        target = out
-        for part in new_path:
-            target = target.setdefault(part, {})
-        target[new_field] = value
+        if isinstance(node, dict) and field in node:
+            value = node.pop(field)
+            *parents, field = new.split(".")
+            target = out
+            for part in parents:
+                target = target.setdefault(part, {})
+            target[field] = value
     return out
 
 
