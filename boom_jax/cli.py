@@ -149,6 +149,23 @@ def _innermost_message(text: str) -> str:
     return one_line(text)
 
 
+def _unknown_override(argv: Sequence[str], err: BaseException) -> str | None:
+    """For ml_collections' error on an override of an unknown key (`--config.data.nope=1` -> a KeyError
+    'nope', possibly inside an AttributeError): the message naming the whole key, e.g. "config.data.nope
+    is not a known key"; None for any other error."""
+    inner = err.args[0] if isinstance(err, AttributeError) and err.args and isinstance(err.args[0], KeyError) else err
+    if not isinstance(inner, KeyError):
+        return None
+    text = inner.args[0] if inner.args and isinstance(inner.args[0], str) else ""
+    key, _, hint = text.partition("\n")  # ml_collections may add 'Did you mean "x" instead of "y"?'
+    key = key.strip("'\"")
+    for arg in argv:
+        name = arg.split("=", 1)[0].lstrip("-")
+        if key and "." in name and name.rsplit(".", 1)[-1] == key:
+            return f"{name} is not a known key (--{name})" + (f"; {hint.strip()}" if hint.strip() else "")
+    return None
+
+
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> list[str]:
     """absl's flag parsing with bad flags (and config files that fail to load) as one line + exit 2."""
     flag_values = flag_values or flags.FLAGS
@@ -156,10 +173,15 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues | None = None
         rest = flag_values(list(argv))
     except (flags.Error, KeyError, ValueError, TypeError, AttributeError, OSError) as err:
         # all from the command line (ml_collections raises KeyError / AttributeError for a bad override)
-        message = describe(err) if isinstance(err, (KeyError, OSError)) else _innermost_message(str(err))
+        unknown = _unknown_override(argv, err)
+        message = unknown or (describe(err) if isinstance(err, (KeyError, OSError)) else _innermost_message(str(err)))
         sys.stderr.write(f"error: {message}\n")
         raise SystemExit(EXIT_BAD_INPUT) from None
     load_error = _config_load_error(flag_values)
+    unknown = _unknown_override(argv, load_error) if load_error is not None else None
+    if unknown is not None:
+        sys.stderr.write(f"error: {unknown}\n")
+        raise SystemExit(EXIT_BAD_INPUT)
     if load_error is not None:
         message = str(load_error)
         if "No such file or directory" in message or isinstance(load_error, FileNotFoundError):

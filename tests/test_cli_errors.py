@@ -326,3 +326,16 @@ def test_bugs_keep_their_traceback():
 
     with pytest.raises(KeyError):
         cli.guard(buggy)(["prog"])
+
+
+def test_an_unknown_override_key_is_named_whole_by_every_config_command(tmp_path):
+    """ml_collections reports `--config.data.nope=1` as KeyError('nope'); the one line names the whole key
+    (commands without train's own override check, e.g. the experiments)."""
+    proc = subprocess.run([sys.executable, "-m", "boom_jax.experiments", "--config=configs/experiment.py:tiny",
+                           "--config.experiment.seedz=3", f"--workdir={tmp_path / 'ex'}"], cwd=ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        'error: config.experiment.seedz is not a known key (--config.experiment.seedz); '
+        'Did you mean "seeds" instead of "seedz"?']
+    assert not (tmp_path / "ex").exists()
