@@ -9,7 +9,9 @@ synthetic: a BERT-shaped random model of ~0.5 GB) it writes K member model folde
 each measurement in its own subprocess so that the peak RSS belongs to that measurement alone:
   read       read all K checkpoints fully (model_io.read_params: metadata, then every leaf), nothing else
   in_memory  merge_models(..., streaming=False): load K models, merge, write the model folder
-  streaming  merge_models(..., streaming=True): at most (K + 1) x the largest tensor of inputs held
+  streaming  merge_models(..., streaming=True): one input's group of leaves (at most the largest
+             tensor) read at a time, the next one read ahead; multislerp / linear keep a float64 sum of
+             the group, the other methods (--method) all K inputs' groups
 Both merges are timed from the call to the published output folder: the inputs' compatibility check
 (their metadata), reading, merging and writing the model folder (Orbax, zstd, as every model folder
 is written). The previous run's output folder is removed before the clock starts, so no merge pays

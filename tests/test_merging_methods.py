@@ -345,3 +345,42 @@ def test_blas_thread_count_changes_no_bits_and_is_restored():
             assert {lib["num_threads"] for lib in ctl.select(user_api="blas").info()} == {threads}
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("use_base", [False, True])
+def test_member_by_member_sums_equal_the_gram_formulas(use_base):
+    # linear and multislerp fold one member at a time into a float64 sum (LeafMerge with a reducer);
+    # they give the Gram-matrix formulas' results to rounding, over several chunks, with a base and
+    # unnormalized weights, and keep no member alive.
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(5)
+    n = 2 * methods.CHUNK_ELEMENTS + 11
+    xs = [rng.standard_normal(n).astype(np.float32) + 0.3 * i for i in range(4)]
+    base = rng.standard_normal(n).astype(np.float32) if use_base else None
+    w = np.array([1.0, 2.0, 3.0, 0.5])
+    for name, gram_formula, params in (
+        ("multislerp", methods._multislerp_leaf, {}),
+        ("linear", methods._linear_leaf, {"normalize": False}),
+    ):
+        merge = methods.LeafMerge(name, "w", 4, base, weights=list(w), **params)
+        alive = []
+        for x in xs:
+            y = x.copy()
+            alive.append(weakref.ref(y))
+            merge.add(y)
+            del y
+        gc.collect()
+        assert merge.mode == "reduce" and not any(r() is not None for r in alive)
+        got = merge.finish()
+        want = gram_formula(xs, w, base, **params)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+        np.testing.assert_array_equal(got, methods.merge_leaf(name, "w", xs, base, weights=list(w), **params))
+
+
+def test_leaf_merge_wants_every_member():
+    merge = methods.LeafMerge("multislerp", "w", 3)
+    merge.add(np.ones(4, np.float32))
+    with pytest.raises(MergeError, match="1 of 3 models"):
+        merge.finish()

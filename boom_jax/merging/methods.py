@@ -28,16 +28,20 @@ and every merged leaf is checked finite, so a merge never returns NaN or infinit
 The spherical and linear methods only ever produce a linear combination of the K inputs (and the
 base). They are computed from the K x K Gram matrix of the flattened tensors and one combination pass,
 both in chunks, so a leaf costs about one extra tensor of memory instead of K float64 copies.
+`linear` and `multislerp` (mergekit's tangent projection) are sums over the members with per-member
+scalars, so they are reduced one member at a time (`LeafMerge` with a method's `reducer`): a leaf
+holds a float64 sum, not K inputs, which is what lets the streaming merge read one member at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import re
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -269,6 +273,90 @@ def _multislerp_log(stack: Stack, gram, norms, w) -> np.ndarray:
     tsize = float(np.sqrt(max(float(tangent_sum @ cos @ tangent_sum), 0.0)))
     direction = np.cos(tsize) * mu + np.sinc(tsize / np.pi) * tangent_sum
     return stack.combine(float(w @ norms) * direction * inv)
+
+
+class _WeightedSum:
+    """sum_i c_i (x_i - base) + base over members fed one at a time (`add`), in float64 chunks."""
+
+    def __init__(self, coeffs: np.ndarray, base: Any = None):
+        self.coeffs = np.asarray(coeffs, dtype=np.float64)
+        self.base = None if base is None else _flat(base)
+        self.acc: np.ndarray | None = None
+        self.count = 0
+
+    def _centred(self, flat: np.ndarray, sl: slice, out: np.ndarray | None = None) -> np.ndarray:
+        """float64 flat[sl] - base[sl], into `out` when given."""
+        chunk = np.copyto(out, flat[sl]) or out if out is not None else flat[sl].astype(np.float64)
+        if self.base is not None:
+            chunk -= self.base[sl]
+        return chunk
+
+    def _accumulate(self, x: Any, coeff: float) -> None:
+        flat = _flat(x)
+        first = self.acc is None
+        if first:
+            # The first member writes the sum (no zero fill); later ones add to it.
+            self.acc, self.shape, self.dtype = np.empty(flat.size), np.shape(x), flat.dtype
+        for sl in _chunk_slices(flat.size):
+            target = self.acc[sl]
+            if first:
+                self._centred(flat, sl, out=target)
+                target *= coeff
+            else:
+                chunk = self._centred(flat, sl)
+                chunk *= coeff
+                target += chunk
+        self.count += 1
+
+    def add(self, x: Any) -> None:
+        self._accumulate(x, float(self.coeffs[self.count]))
+
+    def _total(self, scale: float = 1.0) -> np.ndarray:
+        out = np.empty(self.acc.size, dtype=self.dtype)
+        for sl in _chunk_slices(self.acc.size):
+            chunk = self.acc[sl] * scale
+            if self.base is not None:
+                chunk += self.base[sl]
+            out[sl] = chunk
+        return out.reshape(self.shape)
+
+    def result(self) -> np.ndarray | None:
+        return self._total()
+
+
+class _MultislerpSum(_WeightedSum):
+    """mergekit's multislerp one member at a time. Its tangent vectors sum to zero in exact arithmetic
+    (sum_i w_i (u_i - (u_i . m) m) = M - |M| m for M = sum_i w_i u_i and m = M / |M|), so the result is
+    |x|_w M / |M|: each member adds w_i / (|x_i| + eps) x_i to M and w_i |x_i| to |x|_w. The
+    Gram formula (`_multislerp_leaf`) gives the same to rounding; it is used when |M| < eps."""
+
+    def __init__(self, weights: np.ndarray, base: Any, eps: float):
+        super().__init__(weights, base)
+        self.eps, self.norm_sum = eps, 0.0
+
+    def add(self, x: Any) -> None:
+        flat = _flat(x)
+        norm = math.sqrt(sum(float(c @ c) for c in (self._centred(flat, sl) for sl in _chunk_slices(flat.size))))
+        w = float(self.coeffs[self.count])
+        self._accumulate(x, w / (norm + self.eps))
+        self.norm_sum += w * norm
+
+    def result(self) -> np.ndarray | None:
+        mean_norm = math.sqrt(float(self.acc @ self.acc))
+        if mean_norm < self.eps:
+            return None  # the weighted mean of the unit vectors vanishes: the Gram formula's fallback
+        return self._total(self.norm_sum / mean_norm)
+
+
+def _linear_reducer(weights, base, normalize: bool = True) -> _WeightedSum:
+    return _WeightedSum(weights / weights.sum() if normalize else weights, base)
+
+
+def _multislerp_reducer(weights, base, tangent: str = "projection", eps: float = MULTISLERP_EPS,
+                        normalize_weights: bool = True) -> _MultislerpSum | None:
+    if tangent != "projection" or len(weights) == 1:
+        return None
+    return _MultislerpSum(weights / weights.sum() if normalize_weights else weights, base, eps)
 
 
 def _karcher_leaf(xs, weights, base, max_iter: int = 10, tol: float = 1e-5) -> np.ndarray:
@@ -639,6 +727,9 @@ class MergeMethod:
     negative_weights: bool = False  # task negation: the weights may be < 0
     takes_weights: bool = True  # False: the method computes its own weights (sce)
     mergekit_name: str | None = ""  # "" = the same name in mergekit; None = no mergekit counterpart
+    # (weights, base, **params) -> an object taking one member at a time (add, result), or None where
+    # these parameters need all K leaves at once; see LeafMerge.
+    reducer: Callable[..., Any] | None = None
 
     def __call__(
         self,
@@ -667,14 +758,15 @@ def _gta(name: str, sparsification: str | None, consensus: bool, normalize: bool
 
 
 _METHODS = [
-    MergeMethod("linear", _linear_leaf, "weighted average of the parameters (normalize=False: weighted sum)", params=("normalize",)),
+    MergeMethod("linear", _linear_leaf, "weighted average of the parameters (normalize=False: weighted sum)", params=("normalize",),
+                reducer=_linear_reducer),
     MergeMethod("slerp", _slerp_leaf, "spherical interpolation from the first model (t=0) to the second (t=1); t default weights[1]",
                 params=("t", "dot_threshold")),
     MergeMethod("nuslerp", _nuslerp_leaf, "slerp of 2 models at t = w1/(w0+w1), of their task vectors when a base is given",
                 params=("nuslerp_flatten", "nuslerp_row_wise")),
     MergeMethod("multislerp", _multislerp_leaf,
                 "spherical weighted mean: tangent-plane projection at the mean direction (mergekit), tangent='log' for the true log map",
-                params=("tangent", "eps", "normalize_weights")),
+                params=("tangent", "eps", "normalize_weights"), reducer=_multislerp_reducer),
     MergeMethod("karcher", _karcher_leaf, "iterative Karcher (Riemannian) mean on the sphere, weighted mean norm", params=("max_iter", "tol")),
     _gta("task_arithmetic", None, False, False, False, "base + lambda_ * sum_i w_i (theta_i - base); weights as given (default 1/K)"),
     _gta("ties", "magnitude", True, True, False, "trim task vectors to the top density, elect signs, disjoint weighted mean"),
@@ -754,6 +846,108 @@ def leaf_weights(method: MergeMethod, weights: PatternValue, path: str, k: int) 
     return w
 
 
+class LeafMerge:
+    """The merge of one parameter (leaf `path` of K models), fed one member's leaf at a time.
+
+    `add` takes the members in order; `finish` returns the merged numpy array in the leaf's dtype.
+    A method with a `reducer` (linear, multislerp) folds each member into a float64 sum and keeps
+    none of them; any other method keeps the K leaves until `finish`. Where a reducer cannot answer
+    (multislerp's vanishing mean direction), `finish` calls the method's leaf function on
+    `all_leaves()`, the K leaves read again. Raises MergeError when a parameter is out of range or
+    the merged values are not finite."""
+
+    def __init__(
+        self,
+        method: str | MergeMethod,
+        path: str,
+        k: int,
+        base_leaf: Any = None,
+        weights: PatternValue = None,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        **params: Any,
+    ):
+        m = method if isinstance(method, MergeMethod) else get_method(method)
+        if k < 1:
+            raise MergeError(f"{m.name}: nothing to merge (no input models)")
+        unknown = sorted(set(params) - set(m.params))
+        if unknown:
+            raise MergeError(f"{m.name}: unknown parameter(s) {unknown}; accepted: {list(m.params) or 'none'}")
+        if m.needs_base and base_leaf is None:
+            raise MergeError(f"{m.name} works on task vectors and needs a base model (base=...)")
+        if weights is not None and not m.takes_weights:
+            raise MergeError(f"{m.name}: takes no weights (it computes its own); remove them")
+        self.m, self.path, self.k, self.weights, self.params = m, path, k, weights, params
+        self.base = None if base_leaf is None else np.asarray(base_leaf)
+        self.selected = is_selected(path, include, exclude)
+        self.mode = ""  # set by the first member: copy, equal, reduce or collect
+        self.kept: np.ndarray | None = None  # copy / equal: the leaf to return
+        self.leaves: list[np.ndarray] = []  # collect: the K leaves
+        self.reducer: Any = None
+        self.unequal = False
+        self.count = 0
+
+    def _start(self, x: np.ndarray) -> None:
+        self.dtype, self.shape = x.dtype, x.shape
+        if not self.selected:
+            self.mode, self.kept = "copy", x if self.base is None else self.base
+            return
+        if not jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
+            self.mode, self.kept = "equal", x
+            return
+        self.w = leaf_weights(self.m, self.weights, self.path, self.k)
+        self.leaf_params = {k: resolve_for_path(v, self.path, k) for k, v in self.params.items()}
+        for name, value in self.leaf_params.items():
+            PARAM_CHECKS.get(name, lambda n, v: None)(name, value)
+        if self.m.wants_path:
+            self.leaf_params["path"] = self.path
+        if self.m.reducer is not None:
+            self.reducer = self.m.reducer(self.w, self.base, **self.leaf_params)
+        self.mode = "collect" if self.reducer is None else "reduce"
+
+    def add(self, leaf: Any) -> None:
+        """Takes the next member's leaf (members in the order of the weights)."""
+        x = np.asarray(leaf)
+        if self.count == 0:
+            self._start(x)
+        elif self.mode == "equal":
+            self.unequal = self.unequal or not np.array_equal(self.kept, x)
+        if self.mode == "reduce":
+            with _merge_math():
+                self.reducer.add(x)
+        elif self.mode == "collect":
+            self.leaves.append(x)
+        self.count += 1
+
+    def finish(self, all_leaves: Callable[[], Sequence[Any]] | None = None) -> np.ndarray:
+        """The merged leaf; `all_leaves` gives the K leaves again where a reducer needs them."""
+        if self.count != self.k:
+            raise MergeError(f"{self.path!r}: {self.count} of {self.k} models' leaves were given")
+        if self.mode in ("copy", "equal"):
+            if self.unequal:
+                raise MergeError(f"{self.path!r}: cannot merge differing non-float parameters of dtype {self.dtype}")
+            return np.array(self.kept, copy=True)
+        with _merge_math():
+            out = self.reducer.result() if self.mode == "reduce" else None
+            if out is None:
+                xs = self.leaves if self.mode == "collect" else [np.asarray(x) for x in all_leaves()]
+                out = np.asarray(self.m.leaf_fn(xs, self.w, self.base, **self.leaf_params))
+        self.leaves, self.reducer = [], None
+        if not np.all(np.isfinite(out)):
+            bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+            raise MergeError(f"{self.m.name}: merged parameter {self.path!r} has {bad} non-finite value(s) of {np.size(out)}; "
+                             f"check the inputs, weights and parameters ({ {k: v for k, v in self.params.items()} or 'defaults'})")
+        return out.astype(self.dtype, copy=False).reshape(self.shape)
+
+
+@contextlib.contextmanager
+def _merge_math() -> Iterator[None]:
+    """Floating-point warnings off (merged values are checked finite) and BLAS on BLAS_THREADS."""
+    with (np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+          _blas_threads().limit(limits=BLAS_THREADS, user_api="blas")):
+        yield
+
+
 def merge_leaf(
     method: str | MergeMethod,
     path: str,
@@ -767,37 +961,10 @@ def merge_leaf(
     """Merge one parameter (the same leaf `path` of K models) into a numpy array of its dtype.
 
     Raises MergeError when a parameter is out of range or the merged values are not finite."""
-    m = method if isinstance(method, MergeMethod) else get_method(method)
-    unknown = sorted(set(params) - set(m.params))
-    if unknown:
-        raise MergeError(f"{m.name}: unknown parameter(s) {unknown}; accepted: {list(m.params) or 'none'}")
-    if m.needs_base and base_leaf is None:
-        raise MergeError(f"{m.name} works on task vectors and needs a base model (base=...)")
-    if weights is not None and not m.takes_weights:
-        raise MergeError(f"{m.name}: takes no weights (it computes its own); remove them")
-    xs = [np.asarray(x) for x in leaves]
-    first = xs[0]
-    if not is_selected(path, include, exclude):
-        return np.array(first if base_leaf is None else np.asarray(base_leaf), copy=True)
-    if not jax.numpy.issubdtype(first.dtype, jax.numpy.floating):
-        if all(np.array_equal(first, x) for x in xs[1:]):
-            return np.array(first, copy=True)
-        raise MergeError(f"{path!r}: cannot merge differing non-float parameters of dtype {first.dtype}")
-    w = leaf_weights(m, weights, path, len(xs))
-    leaf_params = {k: resolve_for_path(v, path, k) for k, v in params.items()}
-    for name, value in leaf_params.items():
-        PARAM_CHECKS.get(name, lambda n, v: None)(name, value)
-    if m.wants_path:
-        leaf_params["path"] = path
-    base = None if base_leaf is None else np.asarray(base_leaf)
-    with (np.errstate(over="ignore", invalid="ignore", divide="ignore"),  # checked just below
-          _blas_threads().limit(limits=BLAS_THREADS, user_api="blas")):
-        out = np.asarray(m.leaf_fn(xs, w, base, **leaf_params))
-    if not np.all(np.isfinite(out)):
-        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
-        raise MergeError(f"{m.name}: merged parameter {path!r} has {bad} non-finite value(s) of {np.size(out)}; "
-                         f"check the inputs, weights and parameters ({ {k: v for k, v in params.items()} or 'defaults'})")
-    return out.astype(first.dtype, copy=False).reshape(first.shape)
+    merge = LeafMerge(method, path, len(leaves), base_leaf, weights, include, exclude, **params)
+    for leaf in leaves:
+        merge.add(leaf)
+    return merge.finish(lambda: leaves)
 
 
 def merge_trees(

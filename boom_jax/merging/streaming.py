@@ -1,11 +1,13 @@
 """Merging models stored on disk, in memory or leaf by leaf (streaming), into a model folder.
 
 Inputs are model folders, train workdirs (WORKDIR/model), bag workdirs (DIR/members/*/) or Hugging
-Face / sentence-transformers folders. The streaming merge reads a few leaves at a time from each input
-(Orbax partial restore), merges them with `methods.merge_leaf` and keeps only the merged model, so
-peak memory is about the output model plus (K + 1) groups of leaves, a group holding at most
-`group_bytes` (default: the largest tensor). Hugging Face inputs cannot be read leaf by leaf and are
-loaded whole. Both paths call the same `merge_leaf` on the same arrays, so they agree exactly.
+Face / sentence-transformers folders. The streaming merge reads a group of leaves (at most
+`group_bytes`, default: the largest tensor) of one input at a time (Orbax partial restore), the next
+read running in a background thread while this one is merged, and feeds them to `methods.LeafMerge`,
+keeping only the merged model. Peak memory is the output model plus, for linear and multislerp
+(reduced one member at a time), a float64 sum of one group and two groups of inputs, whatever K; for
+the other methods K + 2 groups of inputs. Hugging Face inputs cannot be read leaf by leaf and are
+loaded whole. Both paths run the same `LeafMerge` on the same arrays, so they agree exactly.
 
 The result is written atomically: a model folder (plus, with `export=True`, the sentence-transformers
 folder in OUT/export), built in a temp folder and renamed at the end; an incompatible set of inputs, an
@@ -18,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -125,21 +128,49 @@ def _set_leaf(tree: dict, path: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
+def _reads_in_order(sources: list[ModelSource], base: ModelSource | None, groups: list[list[str]]) -> Iterator[tuple[int, int, dict]]:
+    """(group, input, its leaves of the group) for every group, the base (input -1) before the
+    members; the next read runs in a background thread while the caller merges this one."""
+    first = -1 if base is not None else 0
+    jobs = [(g, i) for g in range(len(groups)) for i in range(first, len(sources))]
+
+    def read(job: tuple[int, int]) -> dict:
+        g, i = job
+        return (base if i < 0 else sources[i]).read(groups[g])
+
+    with ThreadPoolExecutor(1, thread_name_prefix="merge-read") as pool:
+        pending = pool.submit(read, jobs[0]) if jobs else None
+        for n, job in enumerate(jobs):
+            leaves = pending.result()
+            pending = pool.submit(read, jobs[n + 1]) if n + 1 < len(jobs) else None
+            yield job[0], job[1], leaves
+
+
 def _merge_streaming(sources, base, specs, method, weights, include, exclude, params, group_bytes, progress) -> dict:
     merged: dict = {}
     budget = group_bytes or largest_leaf_bytes(specs)
+    groups = leaf_groups(specs, budget)
+    k = len(sources)
     bar = tqdm(total=len(specs), desc=f"merging ({method}, streaming)", unit="tensor", disable=not progress)
-    for group in leaf_groups(specs, budget):
-        # One read per input for the group: at most (K + 1) x group_bytes of inputs in memory.
-        reads = [s.read(group) for s in sources]
-        base_reads = None if base is None else base.read(group)
-        for path in group:
-            leaves = [r.pop(path) for r in reads]
-            base_leaf = None if base_reads is None else base_reads.pop(path)
-            _set_leaf(merged, path, methods.merge_leaf(method, path, leaves, base_leaf, weights, include, exclude, **params))
-            del leaves, base_leaf
-            bar.update(1)
-        del reads, base_reads
+    base_leaves: dict = {}
+    merges: dict[str, methods.LeafMerge] = {}
+    for g, i, leaves in _reads_in_order(sources, base, groups):
+        if i < 0:
+            base_leaves = leaves
+            continue
+        if i == 0:
+            merges = {p: methods.LeafMerge(method, p, k, base_leaves.get(p), weights, include, exclude, **params)
+                      for p in groups[g]}
+        for path in groups[g]:
+            merges[path].add(leaves.pop(path))
+        del leaves
+        if i == k - 1:
+            for path in groups[g]:  # checkpoint order: the first failing leaf is the one reported
+                merge = merges.pop(path)
+                _set_leaf(merged, path, merge.finish(lambda path=path: [s.read([path])[path] for s in sources]))
+                del merge
+                bar.update(1)
+            base_leaves = {}
     bar.close()
     return merged
 
