@@ -286,7 +286,11 @@ class _WeightedSum:
 
     def _centred(self, flat: np.ndarray, sl: slice, out: np.ndarray | None = None) -> np.ndarray:
         """float64 flat[sl] - base[sl], into `out` when given."""
-        chunk = np.copyto(out, flat[sl]) or out if out is not None else flat[sl].astype(np.float64)
+        if out is None:
+            chunk = flat[sl].astype(np.float64)
+        else:
+            chunk = out
+            np.copyto(chunk, flat[sl])
         if self.base is not None:
             chunk -= self.base[sl]
         return chunk
@@ -818,7 +822,7 @@ def check_settings(method: str | MergeMethod, k: int | None, weights: PatternVal
             continue
         w = np.asarray(value, dtype=np.float64).reshape(-1)
         if k is not None and w.size != k:
-            raise MergeError(f"{m.name}: weights: expected {k} values (one per model), got {w.size}: {list(w)}")
+            raise MergeError(f"{m.name}: weights: expected {k} values (one per model), got {w.size}: {list(map(float, w))}")
         _check_weight_values(m, w, "")
     for name, value in params.items():
         try:
@@ -838,7 +842,7 @@ def leaf_weights(method: MergeMethod, weights: PatternValue, path: str, k: int) 
         return np.full(k, 1.0 / k)
     w = np.asarray(value, dtype=np.float64).reshape(-1)
     if w.size != k:
-        raise MergeError(f"weights for {path!r}: expected {k} values (one per model), got {w.size}: {list(w)}")
+        raise MergeError(f"weights for {path!r}: expected {k} values (one per model), got {w.size}: {list(map(float, w))}")
     _check_weight_values(method, w, f" for {path!r}")
     total = w.sum()
     if method.name in ("linear", "slerp", "multislerp", "karcher", "model_stock") and total == 0:

@@ -168,7 +168,6 @@ def _merge_streaming(sources, base, specs, method, weights, include, exclude, pa
             for path in groups[g]:  # checkpoint order: the first failing leaf is the one reported
                 merge = merges.pop(path)
                 _set_leaf(merged, path, merge.finish(lambda path=path: [s.read([path])[path] for s in sources]))
-                del merge
                 bar.update(1)
             base_leaves = {}
     bar.close()
