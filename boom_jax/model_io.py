@@ -26,7 +26,7 @@ import numpy as np
 from boom_jax.atomic_io import atomic_folder, publish_folder, temp_folder, write_json, write_text
 from boom_jax.hf.loader import load_hf_model
 from boom_jax.models.config import ModelConfig
-from boom_jax.tree_paths import flatten_with_paths
+from boom_jax.tree_paths import flatten_with_paths, set_path
 
 Params = dict[str, Any]
 
@@ -227,11 +227,7 @@ def _require_model_folder(path: str | os.PathLike) -> str:
 def _nested(paths: Iterable[str], value_fn) -> dict:
     tree: dict = {}
     for p in paths:
-        node = tree
-        keys = p.split("/")
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value_fn(p)
+        set_path(tree, p, value_fn(p))
     return tree
 
 

@@ -42,3 +42,11 @@ def flatten_with_paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
 def map_with_path_strings(fn: Callable[[str, Any], Any], tree: Any) -> Any:
     """`tree` with each leaf replaced by `fn(path string, leaf)`."""
     return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_string(p), x), tree)
+
+
+def set_path(tree: dict, path: str, value: Any) -> None:
+    """Puts `value` at "a/b/c" in a nested dict, creating the inner dicts."""
+    keys = path.split("/")
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[keys[-1]] = value

@@ -276,80 +276,131 @@ def _multislerp_log(stack: Stack, gram, norms, w) -> np.ndarray:
 
 
 class _WeightedSum:
-    """sum_i c_i (x_i - base) + base over members fed one at a time (`add`), in float64 chunks."""
+    """sum_i c_i (x_i - base) + base over members fed one at a time (`add`), in float64 chunks.
+
+    The sum is held as `scale * acc`, `scale` being the first member's coefficient: the first member
+    is only cast into `acc` (one pass), each later one adds c_i / scale times itself through one
+    reused chunk buffer (no allocation per chunk), and `scale` is applied once, when the float32
+    result is written."""
 
     def __init__(self, coeffs: np.ndarray, base: Any = None):
         self.coeffs = np.asarray(coeffs, dtype=np.float64)
         self.base = None if base is None else _flat(base)
         self.acc: np.ndarray | None = None
+        self.scale = 1.0
         self.count = 0
+        self._buffers: tuple[np.ndarray, np.ndarray] | None = None
 
-    def _centred(self, flat: np.ndarray, sl: slice, out: np.ndarray | None = None) -> np.ndarray:
-        """float64 flat[sl] - base[sl], into `out` when given."""
-        if out is None:
-            chunk = flat[sl].astype(np.float64)
-        else:
-            chunk = out
-            np.copyto(chunk, flat[sl])
+    def _buffer(self, sl: slice, which: int = 0) -> np.ndarray:
+        if self._buffers is None:
+            n = min(CHUNK_ELEMENTS, self.acc.size)
+            self._buffers = (np.empty(n), np.empty(n if self.base is not None else 0))
+        return self._buffers[which][: sl.stop - sl.start]
+
+    def _centred(self, flat: np.ndarray, sl: slice, out: np.ndarray) -> np.ndarray:
+        """float64 flat[sl] - base[sl] written into `out` (both cast first: float64 arithmetic)."""
+        np.copyto(out, flat[sl])
         if self.base is not None:
-            chunk -= self.base[sl]
-        return chunk
+            base = self._buffer(sl, 1)
+            np.copyto(base, self.base[sl])
+            out -= base
+        return out
 
-    def _accumulate(self, x: Any, coeff: float) -> None:
-        flat = _flat(x)
-        first = self.acc is None
-        if first:
-            # The first member writes the sum (no zero fill); later ones add to it.
-            self.acc, self.shape, self.dtype = np.empty(flat.size), np.shape(x), flat.dtype
+    def _start(self, flat: np.ndarray, shape: tuple) -> None:
+        self.acc, self.shape, self.dtype = np.empty(flat.size), shape, flat.dtype
+
+    def _first(self, flat: np.ndarray, coeff: float, squares: bool = False) -> float:
+        """acc = centred first member (scale = coeff); returns its sum of squares when asked."""
+        total = 0.0
         for sl in _chunk_slices(flat.size):
+            chunk = self._centred(flat, sl, self.acc[sl])
+            if squares:
+                total += float(chunk @ chunk)
+        self._set_scale(coeff)
+        return total
+
+    def _set_scale(self, coeff: float) -> None:
+        if coeff != 0.0 and math.isfinite(coeff):
+            self.scale = coeff
+        else:  # nothing to divide the later coefficients by: apply it now
+            self.acc *= coeff
+            self.scale = 1.0
+
+    def _add_scaled(self, flat: np.ndarray, coeff: float, squares: bool = False) -> float:
+        """acc += coeff / scale * (flat - base); returns the new acc's sum of squares when asked
+        (taken chunk by chunk while the chunk is in cache, instead of another pass over acc)."""
+        factor, total = coeff / self.scale, 0.0
+        for sl in _chunk_slices(flat.size):
+            chunk = self._centred(flat, sl, self._buffer(sl))
+            chunk *= factor
             target = self.acc[sl]
-            if first:
-                self._centred(flat, sl, out=target)
-                target *= coeff
-            else:
-                chunk = self._centred(flat, sl)
-                chunk *= coeff
-                target += chunk
-        self.count += 1
+            target += chunk
+            if squares:
+                total += float(target @ target)
+        return total
 
     def add(self, x: Any) -> None:
-        self._accumulate(x, float(self.coeffs[self.count]))
+        flat, coeff = _flat(x), float(self.coeffs[self.count])
+        if self.acc is None:
+            self._start(flat, np.shape(x))
+            self._first(flat, coeff)
+        else:
+            self._add_scaled(flat, coeff)
+        self.count += 1
 
-    def _total(self, scale: float = 1.0) -> np.ndarray:
+    def _total(self, factor: float) -> np.ndarray:
+        """factor * acc + base, written as the members' dtype."""
         out = np.empty(self.acc.size, dtype=self.dtype)
         for sl in _chunk_slices(self.acc.size):
-            chunk = self.acc[sl] * scale
-            if self.base is not None:
-                chunk += self.base[sl]
-            out[sl] = chunk
+            if self.base is None:
+                np.multiply(self.acc[sl], factor, out=out[sl], casting="same_kind")
+            else:
+                chunk = self._buffer(sl)
+                np.multiply(self.acc[sl], factor, out=chunk)
+                base = self._buffer(sl, 1)
+                np.copyto(base, self.base[sl])
+                chunk += base
+                out[sl] = chunk
         return out.reshape(self.shape)
 
     def result(self) -> np.ndarray | None:
-        return self._total()
+        return self._total(self.scale)
 
 
 class _MultislerpSum(_WeightedSum):
     """mergekit's multislerp one member at a time. Its tangent vectors sum to zero in exact arithmetic
     (sum_i w_i (u_i - (u_i . m) m) = M - |M| m for M = sum_i w_i u_i and m = M / |M|), so the result is
-    |x|_w M / |M|: each member adds w_i / (|x_i| + eps) x_i to M and w_i |x_i| to |x|_w. The
-    Gram formula (`_multislerp_leaf`) gives the same to rounding; it is used when |M| < eps."""
+    |x|_w M / |M|: each member adds w_i / (|x_i| + eps) x_i to M and w_i |x_i| to |x|_w. The first
+    member's norm is summed while it is cast into the sum; a later one needs its norm before it is
+    added, so it is read twice. The Gram formula (`_multislerp_leaf`) gives the same to rounding; it
+    is used when |M| < eps."""
 
     def __init__(self, weights: np.ndarray, base: Any, eps: float):
         super().__init__(weights, base)
-        self.eps, self.norm_sum = eps, 0.0
+        self.eps, self.norm_sum, self.acc_squares = eps, 0.0, 0.0
 
     def add(self, x: Any) -> None:
-        flat = _flat(x)
-        norm = math.sqrt(sum(float(c @ c) for c in (self._centred(flat, sl) for sl in _chunk_slices(flat.size))))
-        w = float(self.coeffs[self.count])
-        self._accumulate(x, w / (norm + self.eps))
+        flat, w = _flat(x), float(self.coeffs[self.count])
+        if self.acc is None:
+            self._start(flat, np.shape(x))
+            norm = math.sqrt(self._first(flat, 1.0, squares=True))
+            self._set_scale(w / (norm + self.eps))
+        else:
+            squares = 0.0
+            for sl in _chunk_slices(flat.size):
+                chunk = self._centred(flat, sl, self._buffer(sl))
+                squares += float(chunk @ chunk)
+            norm = math.sqrt(squares)
+            last = self.count == len(self.coeffs) - 1
+            self.acc_squares = self._add_scaled(flat, w / (norm + self.eps), squares=last)
         self.norm_sum += w * norm
+        self.count += 1
 
     def result(self) -> np.ndarray | None:
-        mean_norm = math.sqrt(float(self.acc @ self.acc))
+        mean_norm = abs(self.scale) * math.sqrt(self.acc_squares)  # |M|, M = scale * acc
         if mean_norm < self.eps:
             return None  # the weighted mean of the unit vectors vanishes: the Gram formula's fallback
-        return self._total(self.norm_sum / mean_norm)
+        return self._total(self.scale * self.norm_sum / mean_norm)
 
 
 def _linear_reducer(weights, base, normalize: bool = True) -> _WeightedSum:

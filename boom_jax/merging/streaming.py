@@ -31,6 +31,7 @@ from boom_jax import model_io
 from boom_jax.hf import export_sentence_transformers
 from boom_jax.merging import compat, methods, recipe
 from boom_jax.models.config import ModelConfig
+from boom_jax.tree_paths import set_path
 
 EXPORT_DIR = "export"
 
@@ -108,53 +109,58 @@ def largest_leaf_bytes(specs: compat.Spec) -> int:
     return max(int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for s, d in specs.values())
 
 
-def _check(sources: list[ModelSource], base: ModelSource | None) -> compat.Spec:
-    specs = [s.specs() for s in sources]
+def _check(sources: list[ModelSource], base: ModelSource | None, first_specs: compat.Spec) -> None:
     compat.check_compatible(
-        specs,
+        [first_specs] + [s.specs() for s in sources[1:]],
         configs=[s.cfg for s in sources],
         names=[s.name for s in sources],
         base=None if base is None else base.specs(),
         base_config=None if base is None else base.cfg,
         base_name=f"base {base.name}" if base is not None else "base",
     )
-    return specs[0]
 
 
-def _set_leaf(tree: dict, path: str, value: Any) -> None:
-    keys = path.split("/")
-    for k in keys[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[keys[-1]] = value
-
-
-def _reads_in_order(sources: list[ModelSource], base: ModelSource | None, groups: list[list[str]]) -> Iterator[tuple[int, int, dict]]:
+class _ReadAhead:
     """(group, input, its leaves of the group) for every group, the base (input -1) before the
-    members; the next read runs in a background thread while the caller merges this one."""
-    first = -1 if base is not None else 0
-    jobs = [(g, i) for g in range(len(groups)) for i in range(first, len(sources))]
+    members, read in a background thread one job ahead of the consumer. The first read starts when
+    the object is made, so it runs while the caller checks the inputs' metadata (Python-bound, while
+    reading is mostly TensorStore's threads); a failed check discards it (`close`)."""
 
-    def read(job: tuple[int, int]) -> dict:
+    def __init__(self, sources: list[ModelSource], base: ModelSource | None, groups: list[list[str]]):
+        self.sources, self.base, self.groups = sources, base, groups
+        first = -1 if base is not None else 0
+        self.jobs = [(g, i) for g in range(len(groups)) for i in range(first, len(sources))]
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="merge-read")
+        self.pending = self.pool.submit(self._read, self.jobs[0]) if self.jobs else None
+
+    def _read(self, job: tuple[int, int]) -> dict:
         g, i = job
-        return (base if i < 0 else sources[i]).read(groups[g])
+        return (self.base if i < 0 else self.sources[i]).read(self.groups[g])
 
-    with ThreadPoolExecutor(1, thread_name_prefix="merge-read") as pool:
-        pending = pool.submit(read, jobs[0]) if jobs else None
-        for n, job in enumerate(jobs):
-            leaves = pending.result()
-            pending = pool.submit(read, jobs[n + 1]) if n + 1 < len(jobs) else None
+    def __iter__(self) -> Iterator[tuple[int, int, dict]]:
+        for n, job in enumerate(self.jobs):
+            leaves = self.pending.result()
+            self.pending = self.pool.submit(self._read, self.jobs[n + 1]) if n + 1 < len(self.jobs) else None
             yield job[0], job[1], leaves
 
+    def close(self) -> None:
+        self.pending = None  # a read in flight finishes in the thread; its result or error is dropped
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
-def _merge_streaming(sources, base, specs, method, weights, include, exclude, params, group_bytes, progress) -> dict:
+    def __enter__(self) -> "_ReadAhead":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _merge_streaming(reads: _ReadAhead, sources, method, weights, include, exclude, params, progress) -> dict:
     merged: dict = {}
-    budget = group_bytes or largest_leaf_bytes(specs)
-    groups = leaf_groups(specs, budget)
-    k = len(sources)
-    bar = tqdm(total=len(specs), desc=f"merging ({method}, streaming)", unit="tensor", disable=not progress)
+    groups, k = reads.groups, len(sources)
+    bar = tqdm(total=sum(map(len, groups)), desc=f"merging ({method}, streaming)", unit="tensor", disable=not progress)
     base_leaves: dict = {}
     merges: dict[str, methods.LeafMerge] = {}
-    for g, i, leaves in _reads_in_order(sources, base, groups):
+    for g, i, leaves in reads:
         if i < 0:
             base_leaves = leaves
             continue
@@ -163,11 +169,10 @@ def _merge_streaming(sources, base, specs, method, weights, include, exclude, pa
                       for p in groups[g]}
         for path in groups[g]:
             merges[path].add(leaves.pop(path))
-        del leaves
         if i == k - 1:
             for path in groups[g]:  # checkpoint order: the first failing leaf is the one reported
                 merge = merges.pop(path)
-                _set_leaf(merged, path, merge.finish(lambda path=path: [s.read([path])[path] for s in sources]))
+                set_path(merged, path, merge.finish(lambda path=path: [s.read([path])[path] for s in sources]))
                 bar.update(1)
             base_leaves = {}
     bar.close()
@@ -208,38 +213,33 @@ def merge_models(
     methods.check_settings(m, len(paths), weights, **params)
     sources = [open_source(p, in_memory=not streaming) for p in paths]
     base_source = None if base is None else open_source(base, in_memory=not streaming)
-    specs = _check(sources, base_source)
-    # Fail on bad weights / parameters before reading any tensor.
-    first = next(iter(specs))
-    methods.leaf_weights(m, weights, first, len(sources))
-    if streaming:
-        merged = _merge_streaming(sources, base_source, specs, method, weights, include, exclude, params, group_bytes, progress)
-    else:
-        merged = m(
-            [s.read_all() for s in sources],
-            weights=weights,
-            base=None if base_source is None else base_source.read_all(),
-            include=include,
-            exclude=exclude,
-            **params,
-        )
     cfg = sources[0].cfg
     tokenizer_dir = next((s.tokenizer_dir for s in sources if s.tokenizer_dir), None)
-    readme = _readme(method, paths, weights, base, params)
-    recipe_yml = recipe.recipe_text(method, paths, weights, base, include, exclude, params)
-    tmp = model_io.temp_sibling(out_dir)
-    try:
-        model_io.write_model_files(tmp, cfg, tokenizer_dir, readme)
-        with open(os.path.join(tmp, recipe.RECIPE_FILE), "w") as f:
-            f.write(recipe_yml)
-        model_io.write_params(os.path.join(tmp, model_io.PARAMS_DIR), merged)
-        if export:
-            if tokenizer_dir is None:
-                raise model_io.ModelFolderError("cannot export: no input model has a tokenizer")
-            export_sentence_transformers(merged, cfg, tokenizer_dir, os.path.join(tmp, EXPORT_DIR))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if export and tokenizer_dir is None:
+        raise model_io.ModelFolderError("cannot export: no input model has a tokenizer")
+    specs = sources[0].specs()
+    groups = leaf_groups(specs, group_bytes or largest_leaf_bytes(specs)) if streaming else []
+    with _ReadAhead(sources, base_source, groups) as reads:  # the first group is read during the checks
+        _check(sources, base_source, specs)
+        methods.leaf_weights(m, weights, next(iter(specs)), len(sources))  # bad weights fail before merging
+        tmp = model_io.temp_sibling(out_dir)
+        try:
+            model_io.write_model_files(tmp, cfg, tokenizer_dir, _readme(method, paths, weights, base, params))
+            with open(os.path.join(tmp, recipe.RECIPE_FILE), "w") as f:
+                f.write(recipe.recipe_text(method, paths, weights, base, include, exclude, params))
+            params_dir = os.path.join(tmp, model_io.PARAMS_DIR)
+            if streaming:
+                merged = _merge_streaming(reads, sources, method, weights, include, exclude, params, progress)
+            else:
+                merged = m([s.read_all() for s in sources], weights=weights,
+                           base=None if base_source is None else base_source.read_all(),
+                           include=include, exclude=exclude, **params)
+            model_io.write_params(params_dir, merged)
+            if export:
+                export_sentence_transformers(merged, cfg, tokenizer_dir, os.path.join(tmp, EXPORT_DIR))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     if os.path.isdir(out_dir) and not os.listdir(out_dir):
         os.rmdir(out_dir)
     model_io.publish(tmp, out_dir, overwrite)
