@@ -384,3 +384,26 @@ def test_leaf_merge_wants_every_member():
     merge.add(np.ones(4, np.float32))
     with pytest.raises(MergeError, match="1 of 3 models"):
         merge.finish()
+
+
+@pytest.mark.parametrize("name", ["multislerp", "linear"])
+def test_sums_use_given_memory_and_leave_caller_arrays_alone(name):
+    # The streaming merge hands LeafMerge one float64 block for its sums (scratch) and lets it write
+    # the result over the last member's leaf (reuse_last, its own read): same result, no new arrays.
+    # By default the caller's leaves are left as they were.
+    rng = np.random.default_rng(11)
+    n = methods.CHUNK_ELEMENTS + 5
+    xs = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    originals = [x.copy() for x in xs]
+    plain = methods.merge_leaf(name, "w", xs, weights=[1.0, 2.0, 3.0])
+    for x, original in zip(xs, originals):
+        np.testing.assert_array_equal(x, original)
+    scratch = np.zeros(n + 7)
+    merge = methods.LeafMerge(name, "w", 3, weights=[1.0, 2.0, 3.0], scratch=scratch, reuse_last=True)
+    owned = [x.copy() for x in xs]
+    for x in owned:
+        merge.add(x)
+    got = merge.finish()
+    np.testing.assert_array_equal(got, plain)
+    assert np.shares_memory(got, owned[-1])  # written over the last member's leaf
+    assert np.any(scratch[:n] != 0) and not np.any(scratch[n:])  # summed in the given block

@@ -201,26 +201,37 @@ def test_first_failing_leaf_is_reported_and_nothing_written(tmp_path, minilm_pat
 
 def _count_held_inputs(monkeypatch):
     """[bytes of read leaves still alive], [their peak]: every array a ModelSource read returns is
-    counted until it is garbage (weakref.finalize), so whatever the merge keeps is counted."""
-    from boom_jax.merging import streaming
+    counted until it is garbage (weakref.finalize), so whatever the merge keeps is counted; a read
+    array the merged leaf was written over (LeafMerge's reuse_last) counts as output from then on."""
+    from boom_jax.merging import methods, streaming
 
     held, peak, lock = [0], [0], threading.Lock()
-    read = streaming.ModelSource.read
+    as_input: dict[int, int] = {}  # data address -> bytes, for read arrays still counted as inputs
+    read, finish = streaming.ModelSource.read, methods.LeafMerge.finish
 
-    def release(nbytes):
+    def release(address):
         with lock:
-            held[0] -= nbytes
+            held[0] -= as_input.pop(address, 0)
 
     def counting_read(self, paths):
         out = read(self, paths)
         with lock:
-            held[0] += sum(a.nbytes for a in out.values())
+            for a in out.values():
+                as_input[a.__array_interface__["data"][0]] = a.nbytes
+                held[0] += a.nbytes
             peak[0] = max(peak[0], held[0])
         for a in out.values():
-            weakref.finalize(a, release, a.nbytes)
+            weakref.finalize(a, release, a.__array_interface__["data"][0])
         return out
 
+    def finish_as_output(self, *args, **kwargs):
+        merged = finish(self, *args, **kwargs)
+        with lock:
+            held[0] -= as_input.pop(merged.__array_interface__["data"][0], 0)
+        return merged
+
     monkeypatch.setattr(streaming.ModelSource, "read", counting_read)
+    monkeypatch.setattr(methods.LeafMerge, "finish", finish_as_output)
     return held, peak
 
 

@@ -283,9 +283,11 @@ class _WeightedSum:
     reused chunk buffer (no allocation per chunk), and `scale` is applied once, when the float32
     result is written."""
 
-    def __init__(self, coeffs: np.ndarray, base: Any = None):
+    def __init__(self, coeffs: np.ndarray, base: Any = None, scratch: np.ndarray | None = None):
         self.coeffs = np.asarray(coeffs, dtype=np.float64)
         self.base = None if base is None else _flat(base)
+        self.scratch = scratch  # float64 memory to sum into, instead of a new array (LeafMerge)
+        self.out: np.ndarray | None = None  # where to write the result, instead of a new array
         self.acc: np.ndarray | None = None
         self.scale = 1.0
         self.count = 0
@@ -307,7 +309,9 @@ class _WeightedSum:
         return out
 
     def _start(self, flat: np.ndarray, shape: tuple) -> None:
-        self.acc, self.shape, self.dtype = np.empty(flat.size), shape, flat.dtype
+        fits = self.scratch is not None and self.scratch.size >= flat.size
+        self.acc = self.scratch[: flat.size] if fits else np.empty(flat.size)
+        self.shape, self.dtype = shape, flat.dtype
 
     def _first(self, flat: np.ndarray, coeff: float, squares: bool = False) -> float:
         """acc = centred first member (scale = coeff); returns its sum of squares when asked."""
@@ -350,7 +354,7 @@ class _WeightedSum:
 
     def _total(self, factor: float) -> np.ndarray:
         """factor * acc + base, written as the members' dtype."""
-        out = np.empty(self.acc.size, dtype=self.dtype)
+        out = self.out if self.out is not None else np.empty(self.acc.size, dtype=self.dtype)
         for sl in _chunk_slices(self.acc.size):
             if self.base is None:
                 np.multiply(self.acc[sl], factor, out=out[sl], casting="same_kind")
@@ -375,8 +379,8 @@ class _MultislerpSum(_WeightedSum):
     added, so it is read twice. The Gram formula (`_multislerp_leaf`) gives the same to rounding; it
     is used when |M| < eps."""
 
-    def __init__(self, weights: np.ndarray, base: Any, eps: float):
-        super().__init__(weights, base)
+    def __init__(self, weights: np.ndarray, base: Any, eps: float, scratch: np.ndarray | None = None):
+        super().__init__(weights, base, scratch)
         self.eps, self.norm_sum, self.acc_squares = eps, 0.0, 0.0
 
     def add(self, x: Any) -> None:
@@ -403,15 +407,15 @@ class _MultislerpSum(_WeightedSum):
         return self._total(self.scale * self.norm_sum / mean_norm)
 
 
-def _linear_reducer(weights, base, normalize: bool = True) -> _WeightedSum:
-    return _WeightedSum(weights / weights.sum() if normalize else weights, base)
+def _linear_reducer(weights, base, scratch, normalize: bool = True) -> _WeightedSum:
+    return _WeightedSum(weights / weights.sum() if normalize else weights, base, scratch)
 
 
-def _multislerp_reducer(weights, base, tangent: str = "projection", eps: float = MULTISLERP_EPS,
+def _multislerp_reducer(weights, base, scratch, tangent: str = "projection", eps: float = MULTISLERP_EPS,
                         normalize_weights: bool = True) -> _MultislerpSum | None:
     if tangent != "projection" or len(weights) == 1:
         return None
-    return _MultislerpSum(weights / weights.sum() if normalize_weights else weights, base, eps)
+    return _MultislerpSum(weights / weights.sum() if normalize_weights else weights, base, eps, scratch)
 
 
 def _karcher_leaf(xs, weights, base, max_iter: int = 10, tol: float = 1e-5) -> np.ndarray:
@@ -782,7 +786,7 @@ class MergeMethod:
     negative_weights: bool = False  # task negation: the weights may be < 0
     takes_weights: bool = True  # False: the method computes its own weights (sce)
     mergekit_name: str | None = ""  # "" = the same name in mergekit; None = no mergekit counterpart
-    # (weights, base, **params) -> an object taking one member at a time (add, result), or None where
+    # (weights, base, scratch, **params) -> an object taking one member at a time (add, result), or None where
     # these parameters need all K leaves at once; see LeafMerge.
     reducer: Callable[..., Any] | None = None
 
@@ -908,8 +912,12 @@ class LeafMerge:
     A method with a `reducer` (linear, multislerp) folds each member into a float64 sum and keeps
     none of them; any other method keeps the K leaves until `finish`. Where a reducer cannot answer
     (multislerp's vanishing mean direction), `finish` calls the method's leaf function on
-    `all_leaves()`, the K leaves read again. Raises MergeError when a parameter is out of range or
-    the merged values are not finite."""
+    `all_leaves()`, the K leaves read again. `scratch`, float64 memory of at least the leaf's size,
+    is where a reducer sums instead of a new array (a streaming merge reuses one block for every
+    group, so its pages are faulted in once); it must stay untouched until `finish`. With
+    `reuse_last` (the leaves are the merge's own reads, not the caller's arrays) a reducer writes the
+    result over the last member's leaf instead of a new array. Raises
+    MergeError when a parameter is out of range or the merged values are not finite."""
 
     def __init__(
         self,
@@ -920,6 +928,8 @@ class LeafMerge:
         weights: PatternValue = None,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
+        scratch: np.ndarray | None = None,
+        reuse_last: bool = False,
         **params: Any,
     ):
         m = method if isinstance(method, MergeMethod) else get_method(method)
@@ -939,6 +949,7 @@ class LeafMerge:
         self.kept: np.ndarray | None = None  # copy / equal: the leaf to return
         self.leaves: list[np.ndarray] = []  # collect: the K leaves
         self.reducer: Any = None
+        self.scratch, self.reuse_last = scratch, reuse_last
         self.unequal = False
         self.count = 0
 
@@ -957,7 +968,7 @@ class LeafMerge:
         if self.m.wants_path:
             self.leaf_params["path"] = self.path
         if self.m.reducer is not None:
-            self.reducer = self.m.reducer(self.w, self.base, **self.leaf_params)
+            self.reducer = self.m.reducer(self.w, self.base, self.scratch, **self.leaf_params)
         self.mode = "collect" if self.reducer is None else "reduce"
 
     def add(self, leaf: Any) -> None:
@@ -970,6 +981,8 @@ class LeafMerge:
         if self.mode == "reduce":
             with _merge_math():
                 self.reducer.add(x)
+            if self.reuse_last and self.count == self.k - 1 and x.flags.writeable and x.flags.c_contiguous:
+                self.reducer.out = x.reshape(-1)  # consumed: the result is written over it
         elif self.mode == "collect":
             self.leaves.append(x)
         self.count += 1

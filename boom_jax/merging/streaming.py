@@ -160,13 +160,20 @@ def _merge_streaming(reads: _ReadAhead, sources, method, weights, include, exclu
     bar = tqdm(total=sum(map(len, groups)), desc=f"merging ({method}, streaming)", unit="tensor", disable=not progress)
     base_leaves: dict = {}
     merges: dict[str, methods.LeafMerge] = {}
+    sums = np.empty(0)
+    owned = sources[-1].folder is not None  # its reads are fresh arrays: the result may overwrite them
     for g, i, leaves in reads:
         if i < 0:
             base_leaves = leaves
             continue
         if i == 0:
-            merges = {p: methods.LeafMerge(method, p, k, base_leaves.get(p), weights, include, exclude, **params)
-                      for p in groups[g]}
+            # One float64 block holds the sums of every group in turn: its pages are faulted in once.
+            ends = np.cumsum([leaves[p].size for p in groups[g]])
+            if sums.size < ends[-1]:
+                sums = np.empty(ends[-1])
+            merges = {p: methods.LeafMerge(method, p, k, base_leaves.get(p), weights, include, exclude,
+                                           scratch=sums[end - leaves[p].size:end], reuse_last=owned, **params)
+                      for p, end in zip(groups[g], ends)}
         for path in groups[g]:
             merges[path].add(leaves.pop(path))
         if i == k - 1:
