@@ -253,7 +253,8 @@ def test_inputs_in_memory_stay_within_budget(folders, tmp_path, monkeypatch):
 @pytest.mark.parametrize("method", ["multislerp", "linear"])
 def test_reduced_merges_hold_two_groups_whatever_k(folders, tmp_path, monkeypatch, method):
     # linear and multislerp fold each member into a float64 sum: the inputs alive at any time are the
-    # group being merged and the one read ahead, for K = 2 as for K = 3.
+    # group being merged and the one read ahead, for K = 2 as for K = 3 (a read the merged leaf was
+    # written over is output, not input, from then on).
     _, members, _ = folders
     specs = model_io.read_param_specs(members[0])
     budget = max(int(np.prod(s)) * np.dtype(d).itemsize for s, d in specs.values())

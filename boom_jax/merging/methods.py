@@ -308,22 +308,21 @@ class _WeightedSum:
             out -= base
         return out
 
-    def _start(self, flat: np.ndarray, shape: tuple) -> None:
+    def _first(self, flat: np.ndarray, shape: tuple, squares: bool = False) -> float:
+        """acc = the centred first member (its coefficient goes to `_set_scale`); returns its sum of
+        squares when asked."""
         fits = self.scratch is not None and self.scratch.size >= flat.size
         self.acc = self.scratch[: flat.size] if fits else np.empty(flat.size)
         self.shape, self.dtype = shape, flat.dtype
-
-    def _first(self, flat: np.ndarray, coeff: float, squares: bool = False) -> float:
-        """acc = centred first member (scale = coeff); returns its sum of squares when asked."""
         total = 0.0
         for sl in _chunk_slices(flat.size):
             chunk = self._centred(flat, sl, self.acc[sl])
             if squares:
                 total += float(chunk @ chunk)
-        self._set_scale(coeff)
         return total
 
     def _set_scale(self, coeff: float) -> None:
+        """The first member's coefficient becomes the sum's pending scale."""
         if coeff != 0.0 and math.isfinite(coeff):
             self.scale = coeff
         else:  # nothing to divide the later coefficients by: apply it now
@@ -346,8 +345,8 @@ class _WeightedSum:
     def add(self, x: Any) -> None:
         flat, coeff = _flat(x), float(self.coeffs[self.count])
         if self.acc is None:
-            self._start(flat, np.shape(x))
-            self._first(flat, coeff)
+            self._first(flat, np.shape(x))
+            self._set_scale(coeff)
         else:
             self._add_scaled(flat, coeff)
         self.count += 1
@@ -386,8 +385,7 @@ class _MultislerpSum(_WeightedSum):
     def add(self, x: Any) -> None:
         flat, w = _flat(x), float(self.coeffs[self.count])
         if self.acc is None:
-            self._start(flat, np.shape(x))
-            norm = math.sqrt(self._first(flat, 1.0, squares=True))
+            norm = math.sqrt(self._first(flat, np.shape(x), squares=True))
             self._set_scale(w / (norm + self.eps))
         else:
             squares = 0.0
@@ -786,8 +784,8 @@ class MergeMethod:
     negative_weights: bool = False  # task negation: the weights may be < 0
     takes_weights: bool = True  # False: the method computes its own weights (sce)
     mergekit_name: str | None = ""  # "" = the same name in mergekit; None = no mergekit counterpart
-    # (weights, base, scratch, **params) -> an object taking one member at a time (add, result), or None where
-    # these parameters need all K leaves at once; see LeafMerge.
+    # (weights, base, scratch, **params) -> an object taking one member at a time (add, result), or
+    # None where these parameters need all K leaves at once; see LeafMerge.
     reducer: Callable[..., Any] | None = None
 
     def __call__(
@@ -916,8 +914,8 @@ class LeafMerge:
     is where a reducer sums instead of a new array (a streaming merge reuses one block for every
     group, so its pages are faulted in once); it must stay untouched until `finish`. With
     `reuse_last` (the leaves are the merge's own reads, not the caller's arrays) a reducer writes the
-    result over the last member's leaf instead of a new array. Raises
-    MergeError when a parameter is out of range or the merged values are not finite."""
+    result over the last member's leaf instead of a new array. Raises MergeError when a parameter is
+    out of range or the merged values are not finite."""
 
     def __init__(
         self,

@@ -2,12 +2,15 @@
 
 Inputs are model folders, train workdirs (WORKDIR/model), bag workdirs (DIR/members/*/) or Hugging
 Face / sentence-transformers folders. The streaming merge reads a group of leaves (at most
-`group_bytes`, default: the largest tensor) of one input at a time (Orbax partial restore), the next
-read running in a background thread while this one is merged, and feeds them to `methods.LeafMerge`,
-keeping only the merged model. Peak memory is the output model plus, for linear and multislerp
-(reduced one member at a time), a float64 sum of one group and two groups of inputs, whatever K; for
-the other methods K + 2 groups of inputs. Hugging Face inputs cannot be read leaf by leaf and are
-loaded whole. Both paths run the same `LeafMerge` on the same arrays, so they agree exactly.
+`group_bytes`, default: the largest tensor) of one input at a time (Orbax partial restore), the first
+while the inputs' metadata is checked and each next one in a background thread while this one is
+merged, and feeds them to `methods.LeafMerge`, keeping only the merged model. linear and multislerp
+reduce one member at a time into float64 sums held in one block reused by every group (its pages
+are faulted in once) and write each result over the last member's read of that leaf. Peak memory is
+the output model plus, for those two, the float64 sums of one group and two groups of inputs,
+whatever K; for the other methods K + 2 groups of inputs. Hugging Face inputs cannot be read leaf by
+leaf and are loaded whole. Both paths run the same `LeafMerge` on the same arrays, so they agree
+exactly.
 
 The result is written atomically: a model folder (plus, with `export=True`, the sentence-transformers
 folder in OUT/export), built in a temp folder and renamed at the end; an incompatible set of inputs, an
