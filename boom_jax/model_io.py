@@ -207,7 +207,11 @@ def _checkpoint_tree_metadata(params_dir: str) -> Any:
 
     with ocp.PyTreeCheckpointer() as ckpt:
         meta = ckpt.metadata(os.path.abspath(params_dir))
-    return getattr(meta, "item_metadata", meta).tree
+    tree = getattr(getattr(meta, "item_metadata", meta), "tree", None)
+    if tree is None:  # an empty or partly copied params/ folder: Orbax finds no metadata
+        raise ModelFolderError(f"{params_dir}: no readable parameter checkpoint (Orbax's metadata is missing; "
+                               "was the folder copied or written only in part?)")
+    return tree
 
 
 def read_param_specs(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -61,7 +62,11 @@ def files(tmp_path_factory):
     (root / "locked").mkdir()
     (root / "datacfg.py").write_text(DATA_CONFIG.format(root=ROOT, data=str(root / "data")))
     (root / "badconfig.py").write_text("def get_config(arg=None):\n    raise ValueError('badconfig.py: broken on purpose')\n")
-    return {"root": str(root), "hf": hf, "model": model, "no_tok": no_tok, "bare": str(bare)}
+    damaged = root / "damaged"  # a model folder whose params/ holds no checkpoint (copied in part)
+    (damaged / "params").mkdir(parents=True)
+    (damaged / "model_config.json").write_text((root / "model" / "model_config.json").read_text())
+    shutil.copytree(root / "model" / "tokenizer", damaged / "tokenizer")
+    return {"root": str(root), "hf": hf, "model": model, "no_tok": no_tok, "bare": str(bare), "damaged": str(damaged)}
 
 
 DATA_CONFIG = """
@@ -206,6 +211,7 @@ CASES = [
     # --- export
     ("export-missing", ["export", "--checkpoint={root}/nomodel", "--out={root}/exp"], "nomodel"),
     ("export-not-a-model", ["export", "--checkpoint={root}/data", "--out={root}/exp"], "not a model"),
+    ("export-damaged", ["export", "--checkpoint={damaged}", "--out={root}/exp"], "damaged/params: no readable parameter checkpoint"),
     ("export-no-tokenizer", ["export", "--checkpoint={no_tok}", "--out={root}/exp"], "no tokenizer files"),
     ("export-out-is-input", ["export", "--checkpoint={model}", "--out={model}", "--overwrite"], "--out="),
     ("export-out-inside-input", ["export", "--checkpoint={model}", "--out={model}/export", "--overwrite"], "is inside the input"),
@@ -236,6 +242,7 @@ CASES = [
     ("merge-bad-weights", ["merge", "--method=linear", "--weights=a,b", "--out={root}/m", "{model}", "{hf}"], "--weights=a,b"),
     ("merge-no-inputs", ["merge", "--method=linear", "--out={root}/m"], "no INPUT models given"),
     ("merge-missing-input", ["merge", "--method=linear", "--out={root}/m", "{model}", "{root}/nomodel"], "nomodel"),
+    ("merge-damaged-input", ["merge", "--method=linear", "--out={root}/m", "{model}", "{damaged}"], "damaged/params: no readable parameter checkpoint"),
     ("merge-nan-lambda", ["merge", "--method=task_arithmetic", "--base={hf}", "--param=lambda_=nan", "--out={root}/m",
                           "{model}"], "lambda_"),
     ("merge-density-range", ["merge", "--method=ties", "--base={hf}", "--param=density=1.5", "--out={root}/m",
