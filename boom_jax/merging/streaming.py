@@ -232,24 +232,23 @@ def merge_models(
     with _ReadAhead(sources, base_source, groups) as reads:  # the first group is read during the checks
         _check(sources, base_source, specs)
         methods.leaf_weights(m, weights, next(iter(specs)), len(sources))  # bad weights fail before merging
-        tmp = model_io.temp_sibling(out_dir)
-        try:
-            model_io.write_model_files(tmp, cfg, tokenizer_dir, _readme(method, paths, weights, base, params))
-            with open(os.path.join(tmp, recipe.RECIPE_FILE), "w") as f:
-                f.write(recipe.recipe_text(method, paths, weights, base, include, exclude, params))
-            params_dir = os.path.join(tmp, model_io.PARAMS_DIR)
-            if streaming:
-                merged = _merge_streaming(reads, sources, method, weights, include, exclude, params, progress)
-            else:
-                merged = m([s.read_all() for s in sources], weights=weights,
-                           base=None if base_source is None else base_source.read_all(),
-                           include=include, exclude=exclude, **params)
-            model_io.write_params(params_dir, merged)
-            if export:
-                export_sentence_transformers(merged, cfg, tokenizer_dir, os.path.join(tmp, EXPORT_DIR))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        if streaming:
+            merged = _merge_streaming(reads, sources, method, weights, include, exclude, params, progress)
+        else:
+            merged = m([s.read_all() for s in sources], weights=weights,
+                       base=None if base_source is None else base_source.read_all(),
+                       include=include, exclude=exclude, **params)
+    tmp = model_io.temp_sibling(out_dir)
+    try:
+        model_io.write_model_files(tmp, cfg, tokenizer_dir, _readme(method, paths, weights, base, params))
+        with open(os.path.join(tmp, recipe.RECIPE_FILE), "w") as f:
+            f.write(recipe.recipe_text(method, paths, weights, base, include, exclude, params))
+        model_io.write_params(os.path.join(tmp, model_io.PARAMS_DIR), merged)
+        if export:
+            export_sentence_transformers(merged, cfg, tokenizer_dir, os.path.join(tmp, EXPORT_DIR))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.isdir(out_dir) and not os.listdir(out_dir):
         os.rmdir(out_dir)
     model_io.publish(tmp, out_dir, overwrite)
