@@ -237,7 +237,7 @@ def _count_held_inputs(monkeypatch):
 
 def test_inputs_in_memory_stay_within_budget(folders, tmp_path, monkeypatch):
     # Methods that need all K leaves (ties) hold the K members' and the base's groups, plus the next
-    # group being read ahead: at most (K + 2) x group_bytes of inputs (here K = 3 and a base).
+    # two being read ahead: at most (K + 3) x group_bytes of inputs (here K = 3 and a base).
     _, members, base = folders
     specs = model_io.read_param_specs(members[0])
     budget = max(int(np.prod(s)) * np.dtype(d).itemsize for s, d in specs.values())
@@ -247,13 +247,13 @@ def test_inputs_in_memory_stay_within_budget(folders, tmp_path, monkeypatch):
     _equal_trees(model_io.load_model(out)[1], reference)
     gc.collect()
     assert held[0] == 0
-    assert 3 * budget < peak[0] <= 5 * budget
+    assert 3 * budget < peak[0] <= 6 * budget, (peak[0], budget)
 
 
 @pytest.mark.parametrize("method", ["multislerp", "linear"])
-def test_reduced_merges_hold_two_groups_whatever_k(folders, tmp_path, monkeypatch, method):
+def test_reduced_merges_hold_three_groups_whatever_k(folders, tmp_path, monkeypatch, method):
     # linear and multislerp fold each member into a float64 sum: the inputs alive at any time are the
-    # group being merged and the one read ahead, for K = 2 as for K = 3 (a read the merged leaf was
+    # group being merged and the two read ahead, for K = 2 as for K = 3 (a read the merged leaf was
     # written over is output, not input, from then on).
     _, members, _ = folders
     specs = model_io.read_param_specs(members[0])
@@ -265,7 +265,7 @@ def test_reduced_merges_hold_two_groups_whatever_k(folders, tmp_path, monkeypatc
         _equal_trees(model_io.load_model(out)[1], MERGE_METHODS[method]([_params(i) for i in range(k)]))
         gc.collect()
         assert held[0] == 0
-        assert budget <= peak[0] <= 2 * budget, (k, peak[0], budget)
+        assert budget <= peak[0] <= 3 * budget, (k, peak[0], budget)
 
 
 def test_multislerp_reads_again_where_the_mean_direction_vanishes(tmp_path, minilm_path):
