@@ -9,9 +9,8 @@ reduce one member at a time into float64 sums held in one block reused by every 
 are faulted in once) and write each result over the last member's read of that leaf. Peak memory is
 the output model plus, for those two, the float64 sums of one group and three groups of inputs
 (merged, read ahead), whatever K; for the other methods the K members' (and the base's) groups and
-two read ahead. Hugging Face inputs cannot be read leaf by
-leaf and are loaded whole. Both paths run the same `LeafMerge` on the same arrays, so they agree
-exactly.
+two read ahead. Hugging Face inputs cannot be read leaf by leaf and are loaded whole. Both paths
+run the same `LeafMerge` on the same arrays, so they agree exactly.
 
 The result is written atomically: a model folder (plus, with `export=True`, the sentence-transformers
 folder in OUT/export), built in a temp folder and renamed at the end; an incompatible set of inputs, an
