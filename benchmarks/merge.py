@@ -2,7 +2,7 @@
 
     python benchmarks/merge.py [--ks=2,5,10] [--sizes=minilm,synthetic] [--method=multislerp]
                                [--modes=read,streaming,in_memory] [--workdir=/tmp/boom_merge_bench]
-                               [--repeats=1]
+                               [--repeats=1] [--malloc_arenas=2]
 
 For each model size (MiniLM: all-MiniLM-L6-v2's real weights plus per-member noise, 22.7M params;
 synthetic: a BERT-shaped random model of ~0.5 GB) it writes K member model folders once, then runs
@@ -10,15 +10,17 @@ each measurement in its own subprocess so that the peak RSS belongs to that meas
   read       read all K checkpoints fully (model_io.read_params: metadata, then every leaf), nothing else
   in_memory  merge_models(..., streaming=False): load K models, merge, write the model folder
   streaming  merge_models(..., streaming=True): one input's group of leaves (at most the largest
-             tensor) read at a time, the next one read ahead; multislerp / linear keep a float64 sum of
-             the group, the other methods (--method) all K inputs' groups
+             tensor) merged at a time, the next two read ahead; multislerp / linear keep a float64 sum
+             of the group, the other methods (--method) all K inputs' groups
+Every measurement caps glibc's malloc arenas as `python -m boom_jax.merge` does (--malloc_arenas=0:
+glibc's default, which strands a few hundred MB of freed read buffers in per-thread arenas).
 Both merges are timed from the call to the published output folder: the inputs' compatibility check
 (their metadata), reading, merging and writing the model folder (Orbax, zstd, as every model folder
 is written). The previous run's output folder is removed before the clock starts, so no merge pays
 for deleting another's result.
 Reported: seconds of the operation (imports excluded) and its CPU seconds (all threads; steadier than
 wall time on a loaded machine), the fastest of --repeats runs (modes interleaved), peak RSS growth
-(VmHWM) over the process's RSS just before the operation, read_s / streaming_s (merge throughput
+(VmHWM) over the process's RSS just before the operation (the largest of the --repeats runs), read_s / streaming_s (merge throughput
 relative to a plain read; target >= 0.5; also in CPU seconds) and the streaming merge's peak growth
 per added member (the slope of its growth over K, in MB and in largest tensors; target <= 1 largest
 tensor).
@@ -108,11 +110,15 @@ def _members(size: str, k_max: int, workdir: str) -> list[str]:
 # One measurement (runs in a fresh subprocess)
 
 
-def _worker(mode: str, inputs: list[str], out: str, method: str) -> dict:
+def _worker(mode: str, inputs: list[str], out: str, method: str, arenas: int) -> dict:
     import numpy as np
 
     from boom_jax import model_io
+    from boom_jax.malloc_arenas import cap_malloc_arenas
     from boom_jax.merging.streaming import merge_models
+
+    if arenas:
+        cap_malloc_arenas(arenas)  # as `python -m boom_jax.merge` does (after the same imports)
 
     specs = model_io.read_param_specs(inputs[0])
     # Warm up imports and tensorstore's context (a fixed ~400 MB of pools) outside the measurement.
@@ -141,8 +147,9 @@ def _worker(mode: str, inputs: list[str], out: str, method: str) -> dict:
     }
 
 
-def _measure(mode: str, inputs: list[str], out: str, method: str) -> dict:
-    cmd = [sys.executable, __file__, f"--worker={mode}", f"--inputs={','.join(inputs)}", f"--out={out}", f"--method={method}"]
+def _measure(mode: str, inputs: list[str], out: str, method: str, arenas: int) -> dict:
+    cmd = [sys.executable, __file__, f"--worker={mode}", f"--inputs={','.join(inputs)}", f"--out={out}",
+           f"--method={method}", f"--malloc_arenas={arenas}"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0:
@@ -158,12 +165,15 @@ def main() -> None:
     parser.add_argument("--method", default="multislerp")
     parser.add_argument("--workdir", default="/tmp/boom_merge_bench")
     parser.add_argument("--repeats", type=int, default=1, help="runs per measurement; the fastest is reported")
+    parser.add_argument("--malloc_arenas", type=int, default=2,
+                        help="cap glibc's malloc arenas in every measurement, as `python -m boom_jax.merge` does "
+                             "(boom_jax/malloc_arenas.py); 0: glibc's default")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(_worker(args.worker, args.inputs.split(","), args.out, args.method)))
+        print(json.dumps(_worker(args.worker, args.inputs.split(","), args.out, args.method, args.malloc_arenas)))
         return
 
     ks = [int(k) for k in args.ks.split(",")]
@@ -178,11 +188,13 @@ def main() -> None:
             runs: dict[str, list[dict]] = {}
             for _ in range(args.repeats):  # modes interleaved, so a change in load hits all of them
                 for mode in args.modes.split(","):
-                    runs.setdefault(mode, []).append(_measure(mode, members[:k], os.path.join(args.workdir, "out"), args.method))
+                    runs.setdefault(mode, []).append(_measure(mode, members[:k], os.path.join(args.workdir, "out"), args.method,
+                                                                  args.malloc_arenas))
             for mode, ms in runs.items():
                 m = min(ms, key=lambda r: r["seconds"])
                 m["cpu_seconds"] = min(r["cpu_seconds"] for r in ms)
-                row.update({f"{mode}_s": m["seconds"], f"{mode}_cpu_s": m["cpu_seconds"], f"{mode}_growth_mb": m["peak_growth_mb"]})
+                growth = max(r["peak_growth_mb"] for r in ms)  # memory: the worst run, not the fastest
+                row.update({f"{mode}_s": m["seconds"], f"{mode}_cpu_s": m["cpu_seconds"], f"{mode}_growth_mb": growth})
                 row.update(model_mb=m["model_mb"], largest_tensor_mb=m["largest_tensor_mb"], rss_before_mb=m["rss_before_mb"])
             if "read_s" in row and "streaming_s" in row:
                 row["streaming_vs_read"] = round(row["read_s"] / row["streaming_s"], 2)

@@ -21,6 +21,7 @@ import sys
 from absl import app, flags, logging
 
 from boom_jax import cli
+from boom_jax.malloc_arenas import cap_malloc_arenas
 from boom_jax.merging.methods import MERGE_METHODS
 from boom_jax.merging.recipe import read_recipe
 from boom_jax.merging.streaming import merge_models, merge_recipe
@@ -77,6 +78,7 @@ def parse_weights(items: list[str] | None) -> list[float] | None:
 
 
 def main(argv: list[str]) -> None:
+    cap_malloc_arenas()  # reader threads' buffers otherwise strand pages in many arenas (malloc_arenas.py)
     inputs = argv[1:]
     if FLAGS.recipe and (inputs or FLAGS.weights or FLAGS.base or FLAGS.param or FLAGS["method"].present):
         raise app.UsageError("--recipe holds the models, method, weights, base and parameters: drop INPUT, "

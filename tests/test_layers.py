@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "boom_jax": 1,  # the package __init__
     "boom_jax.errors": 1,
     "boom_jax.atomic_io": 1,
+    "boom_jax.malloc_arenas": 1,
     "boom_jax.tree_paths": 1,
     "boom_jax.cli": 1,  # error reporting / flag parsing for the entry points; imports only absl
     "boom_jax.preflight": 1,
