@@ -20,8 +20,8 @@ is written). The previous run's output folder is removed before the clock starts
 for deleting another's result.
 Reported: seconds of the operation (imports excluded) and its CPU seconds (all threads; steadier than
 wall time on a loaded machine), the fastest of --repeats runs (modes interleaved), peak RSS growth
-(VmHWM) over the process's RSS just before the operation (the largest of the --repeats runs), read_s / streaming_s (merge throughput
-relative to a plain read; target >= 0.5; also in CPU seconds) and the streaming merge's peak growth
+(VmHWM) over the process's RSS just before the operation (the largest of the --repeats runs),
+read_s / streaming_s (merge throughput relative to a plain read; target >= 0.5; also in CPU seconds) and the streaming merge's peak growth
 per added member (the slope of its growth over K, in MB and in largest tensors; target <= 1 largest
 tensor).
 Results go to WORKDIR/results.json and a Markdown table on stdout.
@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="minilm,synthetic")
     parser.add_argument("--method", default="multislerp")
     parser.add_argument("--workdir", default="/tmp/boom_merge_bench")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per measurement; the fastest is reported")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per measurement; the fastest time and the largest memory growth are reported")
     parser.add_argument("--malloc_arenas", type=int, default=2,
                         help="cap glibc's malloc arenas in every measurement, as `python -m boom_jax.merge` does "
                              "(boom_jax/malloc_arenas.py); 0: glibc's default")
