@@ -1,7 +1,7 @@
 """cap_malloc_arenas: in force on glibc, steps aside for the user's MALLOC_ARENA_MAX, refuses nonsense.
 
-Each case runs in a subprocess: the cap is process-wide and the test process should keep glibc's
-default.
+The cases that reach mallopt run in a subprocess: the cap is process-wide and the test process
+should keep glibc's default.
 """
 
 import os
